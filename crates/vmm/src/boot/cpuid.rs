@@ -1,0 +1,205 @@
+//! CPUID as each vCPU sees it: what KVM supports, shaped per vCPU (APIC ID,
+//! topology, hypervisor bit) and per host profile. KVM's own signature
+//! leaves (0x4000_00xx) pass through untouched.
+
+use kvm_bindings::{kvm_cpuid_entry2, CpuId};
+
+use crate::kvm::HostKind;
+
+const LEAF1_ECX_CX16: u32 = 1 << 13;
+const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
+const LEAF1_EDX_HTT: u32 = 1 << 28;
+
+/// Host-dependent choices about the CPU the guest sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuProfile {
+    /// Hide CMPXCHG16B: KVM's instruction emulator cannot run it, and on
+    /// an emulation-only host kernel code is emulated.
+    pub hide_cx16: bool,
+}
+
+impl CpuProfile {
+    pub fn for_host(host: HostKind) -> CpuProfile {
+        CpuProfile {
+            hide_cx16: host.is_emulated(),
+        }
+    }
+}
+
+/// Bits needed to hold `n` distinct IDs (ceil(log2(n))).
+fn id_bits(n: u32) -> u32 {
+    if n <= 1 {
+        0
+    } else {
+        32 - (n - 1).leading_zeros()
+    }
+}
+
+fn is_amd(entries: &[kvm_cpuid_entry2]) -> bool {
+    entries
+        .iter()
+        .find(|e| e.function == 0)
+        .is_some_and(|e| e.ebx == u32::from_le_bytes(*b"Auth"))
+}
+
+/// Shapes `supported` (KVM_GET_SUPPORTED_CPUID) for vCPU `id` of `count`,
+/// modelled as one socket of `count` single-threaded cores.
+pub fn shape(supported: &CpuId, id: u32, count: u32, profile: CpuProfile) -> CpuId {
+    let mut cpuid = supported.clone();
+    let amd = is_amd(cpuid.as_slice());
+    let core_bits = id_bits(count);
+    for e in cpuid.as_mut_slice() {
+        match e.function {
+            1 => {
+                e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | ((count.min(255)) << 16);
+                e.ecx |= LEAF1_ECX_HYPERVISOR;
+                if profile.hide_cx16 {
+                    e.ecx &= !LEAF1_ECX_CX16;
+                }
+                if count > 1 {
+                    e.edx |= LEAF1_EDX_HTT;
+                } else {
+                    e.edx &= !LEAF1_EDX_HTT;
+                }
+            }
+            // Deterministic cache parameters: cores per package, and who
+            // shares the cache (the last level is shared by all).
+            4 if !amd && e.eax & 0x1f != 0 => {
+                let level = (e.eax >> 5) & 0x7;
+                let sharing = if level >= 3 { count - 1 } else { 0 };
+                e.eax = (e.eax & 0x3fff) | (sharing << 14) | ((count - 1) << 26);
+            }
+            // Extended topology: SMT level (1 thread), then core level.
+            0xb | 0x1f if !amd => {
+                e.edx = id;
+                match e.index {
+                    0 => {
+                        e.eax = 0;
+                        e.ebx = 1;
+                        e.ecx = 1 << 8;
+                    }
+                    1 => {
+                        e.eax = core_bits;
+                        e.ebx = count;
+                        e.ecx = (2 << 8) | 1;
+                    }
+                    n => {
+                        e.eax = 0;
+                        e.ebx = 0;
+                        e.ecx = n;
+                    }
+                }
+            }
+            // AMD: number of cores in the package and APIC ID width.
+            0x8000_0008 if amd => {
+                e.ecx = (e.ecx & !0xf0ff) | (core_bits.max(1) << 12) | (count - 1);
+            }
+            // AMD: extended APIC ID, one thread per core.
+            0x8000_001e if amd => {
+                e.eax = id;
+                e.ebx = id & 0xff;
+                e.ecx = 0;
+            }
+            _ => {}
+        }
+    }
+    cpuid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(function: u32, index: u32, regs: [u32; 4]) -> kvm_cpuid_entry2 {
+        kvm_cpuid_entry2 {
+            function,
+            index,
+            eax: regs[0],
+            ebx: regs[1],
+            ecx: regs[2],
+            edx: regs[3],
+            ..Default::default()
+        }
+    }
+
+    fn find(c: &CpuId, function: u32, index: u32) -> kvm_cpuid_entry2 {
+        *c.as_slice()
+            .iter()
+            .find(|e| e.function == function && e.index == index)
+            .unwrap()
+    }
+
+    fn intel() -> CpuId {
+        let genu = u32::from_le_bytes(*b"Genu");
+        CpuId::from_entries(&[
+            entry(0, 0, [0xd, genu, 0, 0]),
+            entry(1, 0, [0x806f8, 0x0001_0800, LEAF1_ECX_CX16, 0]),
+            entry(4, 0, [0x121, 0, 0, 0]),
+            entry(4, 3, [0x163, 0, 0, 0]),
+            entry(0xb, 0, [1, 2, 0x100, 7]),
+            entry(0xb, 1, [4, 16, 0x201, 7]),
+            entry(0xb, 2, [0, 0, 2, 7]),
+            entry(0x4000_0000, 0, [0x4000_0001, 0x4b4d564b, 0x564b4d56, 0x4d]),
+        ])
+        .unwrap()
+    }
+
+    #[test]
+    fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
+        let c = shape(&intel(), 3, 4, CpuProfile { hide_cx16: false });
+        let l1 = find(&c, 1, 0);
+        assert_eq!(l1.ebx >> 24, 3);
+        assert_eq!((l1.ebx >> 16) & 0xff, 4);
+        assert_eq!(l1.ebx & 0xffff, 0x0800, "CLFLUSH size kept");
+        assert_ne!(l1.ecx & LEAF1_ECX_HYPERVISOR, 0);
+        assert_ne!(l1.ecx & LEAF1_ECX_CX16, 0);
+        assert_ne!(l1.edx & LEAF1_EDX_HTT, 0);
+    }
+
+    #[test]
+    fn emulator_profile_hides_cx16() {
+        let c = shape(&intel(), 0, 1, CpuProfile::for_host(HostKind::Pvm));
+        assert_eq!(find(&c, 1, 0).ecx & LEAF1_ECX_CX16, 0);
+        let c = shape(&intel(), 0, 1, CpuProfile::for_host(HostKind::Vmx));
+        assert_ne!(find(&c, 1, 0).ecx & LEAF1_ECX_CX16, 0);
+    }
+
+    #[test]
+    fn topology_leaves_describe_one_socket() {
+        let c = shape(&intel(), 2, 3, CpuProfile { hide_cx16: false });
+        let smt = find(&c, 0xb, 0);
+        let core = find(&c, 0xb, 1);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 3, 0x201, 2));
+        assert_eq!(find(&c, 0xb, 2).ebx, 0);
+        assert_eq!(find(&c, 4, 0).eax >> 26, 2);
+        assert_eq!((find(&c, 4, 3).eax >> 14) & 0xfff, 2, "L3 shared by all");
+        assert_eq!((find(&c, 4, 0).eax >> 14) & 0xfff, 0, "L1 private");
+    }
+
+    #[test]
+    fn kvm_signature_leaves_pass_through() {
+        let c = shape(&intel(), 1, 2, CpuProfile { hide_cx16: true });
+        assert_eq!(find(&c, 0x4000_0000, 0), find(&intel(), 0x4000_0000, 0));
+    }
+
+    #[test]
+    fn amd_core_count_goes_to_leaf_8000_0008() {
+        let auth = u32::from_le_bytes(*b"Auth");
+        let amd = CpuId::from_entries(&[
+            entry(0, 0, [0x10, auth, 0, 0]),
+            entry(1, 0, [0, 0, 0, 0]),
+            entry(0x8000_0008, 0, [0x3030, 0, 0, 0]),
+        ])
+        .unwrap();
+        let c = shape(&amd, 1, 4, CpuProfile { hide_cx16: false });
+        let l = find(&c, 0x8000_0008, 0);
+        assert_eq!(l.ecx & 0xff, 3);
+        assert_eq!((l.ecx >> 12) & 0xf, 2);
+    }
+
+    #[test]
+    fn id_bits_rounds_up() {
+        assert_eq!([1, 2, 3, 4, 5, 8, 9].map(id_bits), [0, 1, 2, 2, 3, 3, 4]);
+    }
+}

@@ -1,0 +1,130 @@
+//! What a user asks for, checked before anything is created.
+
+use std::path::PathBuf;
+
+use crate::boot::BootPath;
+use crate::vm::layout::MIB;
+
+/// Where the serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum SerialConfig {
+    /// Output to stdout, input from stdin (raw mode on a terminal).
+    #[default]
+    Stdio,
+    None,
+    File(PathBuf),
+}
+
+/// Which CPU profile to offer the guest.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProfileChoice {
+    /// From the detected host kind.
+    #[default]
+    Auto,
+    /// As if on VT-x/AMD-V, even on an emulation-only host.
+    Native,
+    /// The emulation-only profile, on any host.
+    Emulated,
+}
+
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
+/// MADT LAPIC entries and the MP table carry 8-bit APIC IDs; 255 is broadcast.
+pub const MAX_VCPUS: usize = 254;
+
+#[derive(Clone, Debug)]
+pub struct VmConfig {
+    pub kvm_device: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    /// `None`: [`DEFAULT_CMDLINE`].
+    pub cmdline: Option<String>,
+    pub cpus: usize,
+    pub memory_mib: u64,
+    pub serial: SerialConfig,
+    pub boot_path: BootPath,
+    pub profile: ProfileChoice,
+    /// Print exit statistics and memory figures when the machine stops.
+    pub stats: bool,
+}
+
+impl VmConfig {
+    pub fn new(kernel: impl Into<PathBuf>) -> VmConfig {
+        VmConfig {
+            kvm_device: PathBuf::from("/dev/kvm"),
+            kernel: kernel.into(),
+            initrd: None,
+            cmdline: None,
+            cpus: 1,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            serial: SerialConfig::Stdio,
+            boot_path: BootPath::default(),
+            profile: ProfileChoice::Auto,
+            stats: false,
+        }
+    }
+
+    /// The command line the guest gets: the user's (or the default), with
+    /// the host profile's additions placed before any `--` init arguments.
+    pub fn guest_cmdline(&self, additions: &[&str]) -> String {
+        let base = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
+        let kernel_part = base.split(" -- ").next().unwrap_or("");
+        let missing: Vec<&str> = additions
+            .iter()
+            .copied()
+            .filter(|a| !kernel_part.split_whitespace().any(|w| w == *a))
+            .collect();
+        if missing.is_empty() {
+            return base.to_string();
+        }
+        let extra = missing.join(" ");
+        match base.find(" -- ") {
+            Some(i) => format!("{} {extra}{}", &base[..i], &base[i..]),
+            None if base.is_empty() => extra,
+            None => format!("{base} {extra}"),
+        }
+    }
+}
+
+/// Host memory in MiB, from sysinfo(2).
+pub fn host_memory_mib() -> Option<u64> {
+    // SAFETY: sysinfo is plain old data; all-zero is a valid value.
+    let mut info: libc::sysinfo = unsafe { std::mem::zeroed() };
+    // SAFETY: sysinfo writes only into the struct we pass.
+    if unsafe { libc::sysinfo(&mut info) } != 0 {
+        return None;
+    }
+    Some(info.totalram as u64 * u64::from(info.mem_unit) / MIB)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_cmdline_is_the_serial_console() {
+        let c = VmConfig::new("k");
+        assert_eq!(c.guest_cmdline(&[]), "console=ttyS0");
+        assert_eq!(c.guest_cmdline(&["noxsave"]), "console=ttyS0 noxsave");
+    }
+
+    #[test]
+    fn additions_go_before_init_arguments_and_are_not_repeated() {
+        let mut c = VmConfig::new("k");
+        c.cmdline = Some("console=ttyS0 quiet -- init-arg noxsave".into());
+        assert_eq!(
+            c.guest_cmdline(&["noxsave"]),
+            "console=ttyS0 quiet noxsave -- init-arg noxsave"
+        );
+        c.cmdline = Some("noxsave console=ttyS0".into());
+        assert_eq!(c.guest_cmdline(&["noxsave"]), "noxsave console=ttyS0");
+        c.cmdline = Some(String::new());
+        assert_eq!(c.guest_cmdline(&["noxsave"]), "noxsave");
+        assert_eq!(c.guest_cmdline(&[]), "");
+    }
+
+    #[test]
+    fn host_memory_is_known() {
+        assert!(host_memory_mib().unwrap() > 0);
+    }
+}

@@ -1,0 +1,176 @@
+//! The 8250/16550A UART on COM1 (`vm-superio`), wired to the terminal.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::Path;
+use std::sync::Arc;
+
+use vm_superio::serial::SerialEvents;
+use vm_superio::Serial;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::devices::{BusDevice, IrqLine};
+
+/// Where the guest's console output goes.
+pub enum SerialOutput {
+    Stdout,
+    Sink,
+    File(File),
+    /// Any writer (tests, benchmarks).
+    Writer(Box<dyn Write + Send>),
+}
+
+impl SerialOutput {
+    pub fn file(path: &Path) -> io::Result<SerialOutput> {
+        Ok(SerialOutput::File(File::create(path)?))
+    }
+
+    fn into_writer(self) -> Box<dyn Write + Send> {
+        match self {
+            SerialOutput::Stdout => Box::new(io::stdout()),
+            SerialOutput::Sink => Box::new(io::sink()),
+            SerialOutput::File(f) => Box::new(f),
+            SerialOutput::Writer(w) => w,
+        }
+    }
+}
+
+/// Signals the console input loop that the guest drained the receive FIFO,
+/// so input held back while it was full can be offered again.
+pub struct InputDrained(pub EventFd);
+
+impl SerialEvents for InputDrained {
+    fn buffer_read(&self) {}
+    fn out_byte(&self) {}
+    fn tx_lost_byte(&self) {}
+    fn in_buffer_empty(&self) {
+        let _ = self.0.write(1);
+    }
+}
+
+type Uart = Serial<IrqLine, Arc<InputDrained>, Box<dyn Write + Send>>;
+
+pub struct SerialConsole {
+    uart: Uart,
+    drained: Arc<InputDrained>,
+    /// Output bytes the host could not take (closed pipe, full disk).
+    pub lost_bytes: u64,
+}
+
+impl SerialConsole {
+    pub fn new(irq: IrqLine, output: SerialOutput) -> io::Result<SerialConsole> {
+        let drained = Arc::new(InputDrained(EventFd::new(libc::EFD_NONBLOCK)?));
+        Ok(SerialConsole {
+            uart: Serial::with_events(irq, drained.clone(), output.into_writer()),
+            drained,
+            lost_bytes: 0,
+        })
+    }
+
+    /// Offers host input to the guest; returns how many bytes fit in the
+    /// receive FIFO. The rest must wait for [`Self::drained_event`].
+    pub fn enqueue_input(&mut self, bytes: &[u8]) -> usize {
+        if bytes.is_empty() || self.uart.fifo_capacity() == 0 {
+            return 0;
+        }
+        self.uart.enqueue_raw_bytes(bytes).unwrap_or(0)
+    }
+
+    /// Readable when the guest has emptied the receive FIFO.
+    pub fn drained_event(&self) -> &EventFd {
+        &self.drained.0
+    }
+}
+
+impl BusDevice for SerialConsole {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        if let (Some(first), Ok(offset)) = (data.first_mut(), u8::try_from(offset)) {
+            *first = self.uart.read(offset);
+        }
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if let (Some(&value), Ok(offset)) = (data.first(), u8::try_from(offset)) {
+            if self.uart.write(offset, value).is_err() {
+                self.lost_bytes += 1;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A writer the test can look into.
+    #[derive(Clone, Default)]
+    struct Shared(Arc<Mutex<Vec<u8>>>);
+    impl Write for Shared {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const THR: u64 = 0;
+    const IER: u64 = 1;
+    const IIR: u64 = 2;
+    const LSR: u64 = 5;
+
+    #[test]
+    fn output_reaches_the_writer_and_raises_thre_interrupt() {
+        let out = Shared::default();
+        let irq = IrqLine::new().unwrap();
+        let probe = irq.0.try_clone().unwrap();
+        let mut s = SerialConsole::new(irq, SerialOutput::Writer(Box::new(out.clone()))).unwrap();
+        s.write(IER, &[0x02]); // THR-empty interrupt on
+        assert_eq!(probe.read().unwrap(), 1, "enabling fires at once");
+        for b in b"hi\n" {
+            // The driver acknowledges each interrupt by reading IIR.
+            let mut iir = [0u8];
+            s.read(IIR, &mut iir);
+            s.write(THR, &[*b]);
+            assert_eq!(probe.read().unwrap(), 1, "no THRE interrupt");
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"hi\n");
+        let mut lsr = [0u8];
+        s.read(LSR, &mut lsr);
+        assert_eq!(lsr[0] & 0x60, 0x60, "transmitter reports empty");
+    }
+
+    #[test]
+    fn input_is_bounded_by_the_fifo_and_drain_is_signalled() {
+        let mut s = SerialConsole::new(IrqLine::new().unwrap(), SerialOutput::Sink).unwrap();
+        let big = vec![b'a'; 1000];
+        let taken = s.enqueue_input(&big);
+        assert!(taken > 0 && taken < big.len(), "took {taken}");
+        assert_eq!(s.enqueue_input(&big), 0, "a full FIFO takes nothing");
+        let mut lsr = [0u8];
+        s.read(LSR, &mut lsr);
+        assert_eq!(lsr[0] & 1, 1, "data ready");
+        for _ in 0..taken {
+            let mut b = [0u8];
+            s.read(THR, &mut b);
+            assert_eq!(b[0], b'a');
+        }
+        s.read(LSR, &mut lsr);
+        assert_eq!(lsr[0] & 1, 0);
+        assert_eq!(s.drained_event().read().unwrap(), 1);
+    }
+
+    #[test]
+    fn wide_and_out_of_range_accesses_are_harmless() {
+        let mut s = SerialConsole::new(IrqLine::new().unwrap(), SerialOutput::Sink).unwrap();
+        let mut wide = [0xaa; 4];
+        s.read(LSR, &mut wide);
+        assert_eq!(&wide[1..], &[0, 0, 0]);
+        s.write(0x1_0000, &[1]);
+        s.write(THR, &[]);
+        s.read(THR, &mut []);
+    }
+}

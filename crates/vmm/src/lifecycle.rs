@@ -1,0 +1,125 @@
+//! Step 5 of a VM's life: why it ended. Whoever sees the end first (a
+//! device, a vCPU, a signal handler) records the reason here; every other
+//! thread notices and winds down.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+use vmm_sys_util::eventfd::EventFd;
+
+/// Why the machine stopped. Decides the process exit status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// The guest powered itself off (ACPI S5).
+    PowerOff,
+    /// The guest reset itself (i8042, ACPI reset register, system event).
+    Reset,
+    /// The guest died in a way the VMM can see; the report says how.
+    GuestCrash { vcpu: usize, report: String },
+    /// A host signal (SIGINT, SIGTERM, SIGHUP) asked us to stop.
+    Signal(i32),
+    /// The user asked to quit from the console (Ctrl-A x).
+    ConsoleQuit,
+    /// Tsubame itself failed while running the machine.
+    VmmError(String),
+}
+
+impl StopReason {
+    /// The documented exit status: 0 the guest ended itself, 1 Tsubame
+    /// could not run it, 2 the guest crashed, 128+N host signal N.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            StopReason::PowerOff | StopReason::Reset | StopReason::ConsoleQuit => 0,
+            StopReason::VmmError(_) => 1,
+            StopReason::GuestCrash { .. } => 2,
+            StopReason::Signal(n) => 128 + n,
+        }
+    }
+}
+
+impl fmt::Display for StopReason {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            StopReason::PowerOff => write!(f, "guest powered off"),
+            StopReason::Reset => write!(f, "guest reset"),
+            StopReason::GuestCrash { vcpu, .. } => write!(f, "guest crashed on vCPU {vcpu}"),
+            StopReason::Signal(n) => write!(f, "stopped by host signal {n}"),
+            StopReason::ConsoleQuit => write!(f, "quit from the console"),
+            StopReason::VmmError(e) => write!(f, "VMM error: {e}"),
+        }
+    }
+}
+
+/// The machine's fate, shared by every thread.
+pub struct Lifecycle {
+    stopping: AtomicBool,
+    reason: Mutex<Option<StopReason>>,
+    /// Written once when the machine starts stopping; the main loop polls it.
+    pub stop_event: EventFd,
+}
+
+impl Lifecycle {
+    pub fn new() -> std::io::Result<Lifecycle> {
+        Ok(Lifecycle {
+            stopping: AtomicBool::new(false),
+            reason: Mutex::new(None),
+            stop_event: EventFd::new(libc::EFD_NONBLOCK)?,
+        })
+    }
+
+    /// Records `reason` if the machine is not already stopping. Returns
+    /// whether this call was the one that stopped it.
+    pub fn request_stop(&self, reason: StopReason) -> bool {
+        let mut slot = self.reason.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_some() {
+            return false;
+        }
+        *slot = Some(reason);
+        self.stopping.store(true, Ordering::SeqCst);
+        let _ = self.stop_event.write(1);
+        true
+    }
+
+    /// Cheap check for the vCPU loop.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    pub fn reason(&self) -> Option<StopReason> {
+        self.reason
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let l = Lifecycle::new().unwrap();
+        assert!(!l.is_stopping());
+        assert!(l.request_stop(StopReason::PowerOff));
+        assert!(!l.request_stop(StopReason::Signal(15)));
+        assert!(l.is_stopping());
+        assert_eq!(l.reason(), Some(StopReason::PowerOff));
+        assert_eq!(l.stop_event.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn exit_codes_follow_the_documented_table() {
+        assert_eq!(StopReason::PowerOff.exit_code(), 0);
+        assert_eq!(StopReason::Reset.exit_code(), 0);
+        assert_eq!(StopReason::VmmError("x".into()).exit_code(), 1);
+        let crash = StopReason::GuestCrash {
+            vcpu: 0,
+            report: String::new(),
+        };
+        assert_eq!(crash.exit_code(), 2);
+        assert_eq!(StopReason::Signal(libc::SIGINT).exit_code(), 130);
+        assert_eq!(StopReason::Signal(libc::SIGTERM).exit_code(), 143);
+    }
+}

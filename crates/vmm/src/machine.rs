@@ -1,0 +1,271 @@
+//! A running machine: the main thread's loop (console input, host signals,
+//! the stop event) while the vCPU threads run, then the machine's death:
+//! every vCPU kicked out of KVM_RUN and joined, the terminal restored, the
+//! reason and the statistics handed back.
+
+use std::sync::{Arc, Mutex};
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use crate::console::{EscapeFilter, RawMode};
+use crate::devices::legacy::SerialConsole;
+use crate::devices::{bus, Bus};
+use crate::lifecycle::{Lifecycle, StopReason};
+use crate::signals;
+use crate::vcpu::stats::ExitStats;
+use crate::vcpu::VcpuThread;
+use crate::vm::builder::BuildSummary;
+use crate::vm::{GuestMemory, Vm};
+
+const STOP: u64 = 0;
+const SIGNAL: u64 = 1;
+const STDIN: u64 = 2;
+const DRAINED: u64 = 3;
+/// Input held back while the guest's FIFO is full, at most.
+const MAX_PENDING_INPUT: usize = 64 * 1024;
+
+/// Memory use of the VMM process and of the guest.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MemoryFigures {
+    /// VmHWM: the process's peak resident set.
+    pub peak_rss_kib: u64,
+    /// VmRSS now.
+    pub rss_kib: u64,
+    /// Guest RAM pages resident (touched) in the host.
+    pub guest_resident_kib: u64,
+}
+
+impl MemoryFigures {
+    pub fn overhead_kib(&self) -> u64 {
+        self.peak_rss_kib.saturating_sub(self.guest_resident_kib)
+    }
+}
+
+/// How a machine ended.
+#[derive(Debug)]
+pub struct RunOutcome {
+    pub reason: StopReason,
+    pub per_vcpu: Vec<ExitStats>,
+    pub total: ExitStats,
+    pub memory: MemoryFigures,
+    /// The `--stats` text: exits by reason and device, per vCPU and total.
+    pub stats_text: String,
+}
+
+pub struct Machine {
+    vm: Vm,
+    lifecycle: Arc<Lifecycle>,
+    vcpus: Vec<VcpuThread>,
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Option<Arc<Mutex<SerialConsole>>>,
+    pub summary: BuildSummary,
+}
+
+impl Machine {
+    pub(crate) fn new(
+        vm: Vm,
+        lifecycle: Arc<Lifecycle>,
+        vcpus: Vec<VcpuThread>,
+        pio: Arc<Bus>,
+        mmio: Arc<Bus>,
+        serial: Option<Arc<Mutex<SerialConsole>>>,
+        summary: BuildSummary,
+    ) -> Machine {
+        Machine {
+            vm,
+            lifecycle,
+            vcpus,
+            pio,
+            mmio,
+            serial,
+            summary,
+        }
+    }
+
+    pub fn lifecycle(&self) -> &Arc<Lifecycle> {
+        &self.lifecycle
+    }
+
+    pub fn memory(&self) -> &GuestMemory {
+        &self.vm.memory
+    }
+
+    /// Runs until the machine stops, then tears it down.
+    pub fn run(self) -> RunOutcome {
+        if let Err(e) = self.event_loop() {
+            self.lifecycle
+                .request_stop(StopReason::VmmError(format!("main loop: {e}")));
+        }
+        self.shut_down()
+    }
+
+    fn event_loop(&self) -> std::io::Result<()> {
+        let epoll = Epoll::new()?;
+        let watch = |fd: i32, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        let unwatch = |fd: i32| epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
+        use std::os::fd::AsRawFd;
+        let signal_event = signals::install()?;
+        watch(self.lifecycle.stop_event.as_raw_fd(), STOP)?;
+        watch(signal_event.as_raw_fd(), SIGNAL)?;
+
+        // The guest owns the terminal only when its console is on stdio.
+        let _raw = match &self.serial {
+            Some(serial) => {
+                watch(libc::STDIN_FILENO, STDIN).ok();
+                watch(bus::lock(serial).drained_event().as_raw_fd(), DRAINED)?;
+                RawMode::enable(libc::STDIN_FILENO)?
+            }
+            None => None,
+        };
+        let mut stdin_watched = self.serial.is_some();
+        let mut stdin_eof = false;
+        let mut filter = EscapeFilter::default();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut events = vec![EpollEvent::default(); 8];
+
+        // A signal that arrived before the loop started still counts.
+        if let Some(sig) = signals::take() {
+            self.lifecycle.request_stop(StopReason::Signal(sig));
+        }
+        while !self.lifecycle.is_stopping() {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    SIGNAL => {
+                        let _ = signal_event.read();
+                        if let Some(sig) = signals::take() {
+                            self.lifecycle.request_stop(StopReason::Signal(sig));
+                        }
+                    }
+                    STDIN => {
+                        let mut buf = [0u8; 4096];
+                        // SAFETY: reads into a stack buffer of the given length.
+                        let got = unsafe {
+                            libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
+                        };
+                        if got <= 0 {
+                            // EOF or error: the guest gets no more input.
+                            let _ = unwatch(libc::STDIN_FILENO);
+                            stdin_watched = false;
+                            stdin_eof = true;
+                            continue;
+                        }
+                        let f = filter.feed(&buf[..got as usize]);
+                        if f.quit {
+                            self.lifecycle.request_stop(StopReason::ConsoleQuit);
+                        }
+                        pending.extend(f.to_guest);
+                    }
+                    DRAINED => {
+                        if let Some(serial) = &self.serial {
+                            let _ = bus::lock(serial).drained_event().read();
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(serial) = &self.serial {
+                if !pending.is_empty() {
+                    let n = bus::lock(serial).enqueue_input(&pending);
+                    pending.drain(..n);
+                }
+                // Back-pressure: stop reading stdin while the guest is behind.
+                if stdin_watched && pending.len() >= MAX_PENDING_INPUT {
+                    let _ = unwatch(libc::STDIN_FILENO);
+                    stdin_watched = false;
+                } else if !stdin_watched && !stdin_eof && pending.is_empty() {
+                    stdin_watched = watch(libc::STDIN_FILENO, STDIN).is_ok();
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn shut_down(self) -> RunOutcome {
+        let mut per_vcpu = Vec::new();
+        for t in self.vcpus {
+            let id = t.id;
+            match t.stop_and_join() {
+                Ok(outcome) => per_vcpu.push(outcome.stats),
+                Err(_) => {
+                    self.lifecycle
+                        .request_stop(StopReason::VmmError(format!("vCPU {id} thread panicked")));
+                    per_vcpu.push(ExitStats::default());
+                }
+            }
+        }
+        let reason = self
+            .lifecycle
+            .reason()
+            .unwrap_or_else(|| StopReason::VmmError("stopped without a reason".into()));
+        let mut total = ExitStats::default();
+        let mut stats_text = String::new();
+        for (id, s) in per_vcpu.iter().enumerate() {
+            total.merge(s);
+            stats_text += &s.render(&format!("vCPU {id}"), &self.pio, &self.mmio);
+        }
+        if per_vcpu.len() > 1 {
+            stats_text += &total.render("all vCPUs", &self.pio, &self.mmio);
+        }
+        let memory = memory_figures(&self.vm.memory);
+        RunOutcome {
+            reason,
+            per_vcpu,
+            total,
+            memory,
+            stats_text,
+        }
+    }
+}
+
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Counts guest RAM pages resident in the host (mincore).
+fn guest_resident_kib(mem: &GuestMemory) -> u64 {
+    let page = 4096usize;
+    let mut pages = 0u64;
+    for region in mem.iter() {
+        let Ok(host) = region.get_host_address(vm_memory::MemoryRegionAddress(0)) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: [host, host+len) is one mapping owned by `mem`; mincore
+        // writes one byte per page into `vec`, which has exactly that many.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc == 0 {
+            pages += vec.iter().filter(|b| **b & 1 == 1).count() as u64;
+        }
+    }
+    pages * page as u64 / 1024
+}
+
+pub fn memory_figures(mem: &GuestMemory) -> MemoryFigures {
+    MemoryFigures {
+        peak_rss_kib: status_kib("VmHWM:"),
+        rss_kib: status_kib("VmRSS:"),
+        guest_resident_kib: guest_resident_kib(mem),
+    }
+}

@@ -1,0 +1,289 @@
+//! Step 3 of a VM's life: what to do with each exit from KVM_RUN. A plain
+//! function of the exit and the buses, so it is tested with synthetic exits
+//! and no guest. New exit reasons go here.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_ioctls::VcpuExit;
+
+use super::stats::{ExitKind, ExitStats, Target};
+use crate::devices::Bus;
+use crate::lifecycle::StopReason;
+
+/// A guest death the VMM can see; the run loop turns it into a report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fatal {
+    /// KVM_EXIT_SHUTDOWN: triple fault.
+    Shutdown,
+    /// KVM_EXIT_INTERNAL_ERROR; the details are in `kvm_run`.
+    InternalError,
+    /// KVM_EXIT_FAIL_ENTRY: the hardware refused the guest state.
+    FailEntry { reason: u64, cpu: u32 },
+    /// A KVM_SYSTEM_EVENT_CRASH (the guest reported a panic).
+    GuestPanic,
+    /// An exit Tsubame does not handle.
+    Unexpected(String),
+}
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self {
+            Fatal::Shutdown => write!(f, "KVM_EXIT_SHUTDOWN (triple fault)"),
+            Fatal::InternalError => write!(f, "KVM_EXIT_INTERNAL_ERROR"),
+            Fatal::FailEntry { reason, cpu } => write!(
+                f,
+                "KVM_EXIT_FAIL_ENTRY (hardware entry failure reason {reason:#x} on host CPU {cpu})"
+            ),
+            Fatal::GuestPanic => write!(f, "KVM_SYSTEM_EVENT_CRASH (guest panic)"),
+            Fatal::Unexpected(what) => write!(f, "unexpected exit {what}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ExitAction {
+    /// Back into KVM_RUN.
+    Continue,
+    /// The guest ended the machine itself.
+    Stop(StopReason),
+    /// The guest died; report and stop.
+    Fatal(Fatal),
+}
+
+/// Dispatches exits to the PIO and MMIO buses and counts them.
+pub struct ExitHandler {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    pub stats: ExitStats,
+}
+
+impl ExitHandler {
+    pub fn new(pio: Arc<Bus>, mmio: Arc<Bus>) -> ExitHandler {
+        ExitHandler {
+            pio,
+            mmio,
+            stats: ExitStats::default(),
+        }
+    }
+
+    /// Handles one exit, timing the handling.
+    pub fn handle(&mut self, exit: VcpuExit<'_>) -> ExitAction {
+        let start = Instant::now();
+        let (kind, target, action) = self.dispatch(exit);
+        if self.stats.record(kind, target, start.elapsed()) {
+            log::debug!(
+                "first access to {target:?} ({}); no device owns it",
+                kind.name()
+            );
+        }
+        action
+    }
+
+    fn dispatch(&self, exit: VcpuExit<'_>) -> (ExitKind, Option<Target>, ExitAction) {
+        use ExitAction::*;
+        match exit {
+            VcpuExit::IoIn(port, data) => {
+                let port = u64::from(port);
+                let t = match self.pio.read(port, data) {
+                    Some(i) => Target::Pio(i),
+                    None => Target::UnownedPio(port),
+                };
+                (ExitKind::IoIn, Some(t), Continue)
+            }
+            VcpuExit::IoOut(port, data) => {
+                let port = u64::from(port);
+                let t = match self.pio.write(port, data) {
+                    Some(i) => Target::Pio(i),
+                    None => Target::UnownedPio(port),
+                };
+                (ExitKind::IoOut, Some(t), Continue)
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                let t = match self.mmio.read(addr, data) {
+                    Some(i) => Target::Mmio(i),
+                    None => Target::UnownedMmio(addr),
+                };
+                (ExitKind::MmioRead, Some(t), Continue)
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                let t = match self.mmio.write(addr, data) {
+                    Some(i) => Target::Mmio(i),
+                    None => Target::UnownedMmio(addr),
+                };
+                (ExitKind::MmioWrite, Some(t), Continue)
+            }
+            // With the irqchip in the kernel, HLT waits there; an HLT exit
+            // means "no interrupt pending", and re-entering is a legal
+            // spurious wake-up.
+            VcpuExit::Hlt => (ExitKind::Hlt, None, Continue),
+            // Interrupt windows matter only to a user-space irqchip.
+            VcpuExit::IrqWindowOpen => (ExitKind::IrqWindowOpen, None, Continue),
+            VcpuExit::Intr => (ExitKind::Intr, None, Continue),
+            VcpuExit::Shutdown => (ExitKind::Shutdown, None, Fatal(self::Fatal::Shutdown)),
+            VcpuExit::InternalError => (
+                ExitKind::InternalError,
+                None,
+                Fatal(self::Fatal::InternalError),
+            ),
+            VcpuExit::FailEntry(reason, cpu) => (
+                ExitKind::FailEntry,
+                None,
+                Fatal(self::Fatal::FailEntry { reason, cpu }),
+            ),
+            VcpuExit::SystemEvent(kind, _) => {
+                let action = match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => Stop(StopReason::PowerOff),
+                    KVM_SYSTEM_EVENT_RESET => Stop(StopReason::Reset),
+                    KVM_SYSTEM_EVENT_CRASH => Fatal(self::Fatal::GuestPanic),
+                    other => Fatal(self::Fatal::Unexpected(format!("system event {other}"))),
+                };
+                (ExitKind::SystemEvent, None, action)
+            }
+            VcpuExit::Debug(_) => (
+                ExitKind::Debug,
+                None,
+                Fatal(self::Fatal::Unexpected("KVM_EXIT_DEBUG".into())),
+            ),
+            other => (
+                ExitKind::Other,
+                None,
+                Fatal(self::Fatal::Unexpected(format!("{other:?}"))),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::BusDevice;
+    use std::sync::Mutex;
+
+    /// Records writes; reads answer 0x5a.
+    #[derive(Default)]
+    struct Recorder(Vec<(u64, Vec<u8>)>);
+    impl BusDevice for Recorder {
+        fn read(&mut self, _o: u64, d: &mut [u8]) {
+            d.fill(0x5a);
+        }
+        fn write(&mut self, o: u64, d: &[u8]) {
+            self.0.push((o, d.to_vec()));
+        }
+    }
+
+    fn handler() -> (ExitHandler, Arc<Mutex<Recorder>>, Arc<Mutex<Recorder>>) {
+        let com = Arc::new(Mutex::new(Recorder::default()));
+        let mmio_dev = Arc::new(Mutex::new(Recorder::default()));
+        let mut pio = Bus::new();
+        pio.insert("com1", 0x3f8, 8, com.clone()).unwrap();
+        let mut mmio = Bus::new();
+        mmio.insert("virtio0", 0xd000_0000, 0x1000, mmio_dev.clone())
+            .unwrap();
+        (
+            ExitHandler::new(Arc::new(pio), Arc::new(mmio)),
+            com,
+            mmio_dev,
+        )
+    }
+
+    #[test]
+    fn port_io_reaches_the_owning_device() {
+        let (mut h, com, _) = handler();
+        assert_eq!(
+            h.handle(VcpuExit::IoOut(0x3f8, &[b'A'])),
+            ExitAction::Continue
+        );
+        assert_eq!(com.lock().unwrap().0, vec![(0, vec![b'A'])]);
+        let mut data = [0u8; 1];
+        assert_eq!(
+            h.handle(VcpuExit::IoIn(0x3fd, &mut data)),
+            ExitAction::Continue
+        );
+        assert_eq!(data, [0x5a]);
+        assert_eq!(h.stats.count(ExitKind::IoOut), 1);
+        assert_eq!(h.stats.count(ExitKind::IoIn), 1);
+        assert_eq!(h.stats.by_target[&Target::Pio(0)].count, 2);
+    }
+
+    #[test]
+    fn mmio_reaches_the_owning_device_at_its_offset() {
+        let (mut h, _, dev) = handler();
+        h.handle(VcpuExit::MmioWrite(0xd000_0070, &[1, 0, 0, 0]));
+        assert_eq!(dev.lock().unwrap().0, vec![(0x70, vec![1, 0, 0, 0])]);
+        let mut data = [0u8; 4];
+        h.handle(VcpuExit::MmioRead(0xd000_0000, &mut data));
+        assert_eq!(data, [0x5a; 4]);
+    }
+
+    #[test]
+    fn unowned_accesses_read_all_ones_and_are_counted() {
+        let (mut h, _, _) = handler();
+        let mut data = [0u8; 4];
+        assert_eq!(
+            h.handle(VcpuExit::MmioRead(0xc000_0000, &mut data)),
+            ExitAction::Continue
+        );
+        assert_eq!(data, [0xff; 4]);
+        let mut b = [0u8; 1];
+        assert_eq!(h.handle(VcpuExit::IoIn(0x70, &mut b)), ExitAction::Continue);
+        assert_eq!(b, [0xff]);
+        assert_eq!(h.handle(VcpuExit::IoOut(0x71, &[0])), ExitAction::Continue);
+        assert_eq!(
+            h.stats.by_target[&Target::UnownedMmio(0xc000_0000)].count,
+            1
+        );
+        assert_eq!(h.stats.by_target[&Target::UnownedPio(0x70)].count, 1);
+        assert_eq!(h.stats.by_target[&Target::UnownedPio(0x71)].count, 1);
+    }
+
+    #[test]
+    fn deaths_are_fatal_and_system_events_stop() {
+        let (mut h, _, _) = handler();
+        assert_eq!(
+            h.handle(VcpuExit::Shutdown),
+            ExitAction::Fatal(Fatal::Shutdown)
+        );
+        assert_eq!(
+            h.handle(VcpuExit::InternalError),
+            ExitAction::Fatal(Fatal::InternalError)
+        );
+        assert_eq!(
+            h.handle(VcpuExit::FailEntry(0x21, 3)),
+            ExitAction::Fatal(Fatal::FailEntry {
+                reason: 0x21,
+                cpu: 3
+            })
+        );
+        assert_eq!(
+            h.handle(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_SHUTDOWN, &[])),
+            ExitAction::Stop(StopReason::PowerOff)
+        );
+        assert_eq!(
+            h.handle(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_RESET, &[])),
+            ExitAction::Stop(StopReason::Reset)
+        );
+        assert_eq!(
+            h.handle(VcpuExit::SystemEvent(KVM_SYSTEM_EVENT_CRASH, &[])),
+            ExitAction::Fatal(Fatal::GuestPanic)
+        );
+        assert!(matches!(
+            h.handle(VcpuExit::SystemEvent(99, &[])),
+            ExitAction::Fatal(Fatal::Unexpected(_))
+        ));
+        assert!(matches!(
+            h.handle(VcpuExit::Unknown),
+            ExitAction::Fatal(Fatal::Unexpected(_))
+        ));
+    }
+
+    #[test]
+    fn benign_exits_continue() {
+        let (mut h, _, _) = handler();
+        for exit in [VcpuExit::Hlt, VcpuExit::IrqWindowOpen, VcpuExit::Intr] {
+            assert_eq!(h.handle(exit), ExitAction::Continue);
+        }
+        assert_eq!(h.stats.total_exits(), 3);
+    }
+}

@@ -1,0 +1,284 @@
+//! Exit statistics, kept per vCPU by its own thread (no sharing, so always
+//! on) and merged at the end: how many exits of each kind, which device
+//! handled them, and how long the handling took.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::Duration;
+
+use crate::devices::{Bus, DeviceIndex};
+
+/// Why the vCPU left KVM_RUN, as counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum ExitKind {
+    IoIn,
+    IoOut,
+    MmioRead,
+    MmioWrite,
+    Hlt,
+    IrqWindowOpen,
+    Intr,
+    Kick,
+    Shutdown,
+    SystemEvent,
+    InternalError,
+    FailEntry,
+    Debug,
+    Other,
+}
+
+impl ExitKind {
+    pub const ALL: [ExitKind; 14] = [
+        ExitKind::IoIn,
+        ExitKind::IoOut,
+        ExitKind::MmioRead,
+        ExitKind::MmioWrite,
+        ExitKind::Hlt,
+        ExitKind::IrqWindowOpen,
+        ExitKind::Intr,
+        ExitKind::Kick,
+        ExitKind::Shutdown,
+        ExitKind::SystemEvent,
+        ExitKind::InternalError,
+        ExitKind::FailEntry,
+        ExitKind::Debug,
+        ExitKind::Other,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitKind::IoIn => "io-in",
+            ExitKind::IoOut => "io-out",
+            ExitKind::MmioRead => "mmio-read",
+            ExitKind::MmioWrite => "mmio-write",
+            ExitKind::Hlt => "hlt",
+            ExitKind::IrqWindowOpen => "irq-window",
+            ExitKind::Intr => "intr",
+            ExitKind::Kick => "kick (EINTR)",
+            ExitKind::Shutdown => "shutdown",
+            ExitKind::SystemEvent => "system-event",
+            ExitKind::InternalError => "internal-error",
+            ExitKind::FailEntry => "fail-entry",
+            ExitKind::Debug => "debug",
+            ExitKind::Other => "other",
+        }
+    }
+}
+
+/// Which device (or nobody) an I/O exit went to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Target {
+    Pio(DeviceIndex),
+    Mmio(DeviceIndex),
+    UnownedPio(u64),
+    UnownedMmio(u64),
+}
+
+/// Count and handling time of a set of exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timing {
+    pub count: u64,
+    pub total_ns: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+}
+
+impl Timing {
+    pub fn add(&mut self, ns: u64) {
+        self.min_ns = if self.count == 0 {
+            ns
+        } else {
+            self.min_ns.min(ns)
+        };
+        self.max_ns = self.max_ns.max(ns);
+        self.count += 1;
+        self.total_ns += ns;
+    }
+
+    pub fn merge(&mut self, o: &Timing) {
+        if o.count == 0 {
+            return;
+        }
+        self.min_ns = if self.count == 0 {
+            o.min_ns
+        } else {
+            self.min_ns.min(o.min_ns)
+        };
+        self.max_ns = self.max_ns.max(o.max_ns);
+        self.count += o.count;
+        self.total_ns += o.total_ns;
+    }
+
+    pub fn mean_ns(&self) -> u64 {
+        self.total_ns.checked_div(self.count).unwrap_or(0)
+    }
+}
+
+/// Unowned addresses are listed individually up to this many.
+const MAX_UNOWNED_ADDRESSES: usize = 64;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExitStats {
+    pub by_kind: BTreeMap<ExitKind, Timing>,
+    pub by_target: BTreeMap<Target, Timing>,
+    /// Unowned accesses beyond the per-address limit.
+    pub unowned_overflow: u64,
+}
+
+impl ExitStats {
+    /// Records one exit. Returns true the first time an unowned address is
+    /// seen, so the caller can log it once.
+    pub fn record(&mut self, kind: ExitKind, target: Option<Target>, took: Duration) -> bool {
+        let ns = took.as_nanos().min(u64::MAX as u128) as u64;
+        self.by_kind.entry(kind).or_default().add(ns);
+        let Some(target) = target else { return false };
+        let unowned = matches!(target, Target::UnownedPio(_) | Target::UnownedMmio(_));
+        let known = self.by_target.contains_key(&target);
+        if unowned && !known && self.unowned_addresses() >= MAX_UNOWNED_ADDRESSES {
+            self.unowned_overflow += 1;
+            return false;
+        }
+        self.by_target.entry(target).or_default().add(ns);
+        unowned && !known
+    }
+
+    fn unowned_addresses(&self) -> usize {
+        self.by_target
+            .keys()
+            .filter(|t| matches!(t, Target::UnownedPio(_) | Target::UnownedMmio(_)))
+            .count()
+    }
+
+    pub fn merge(&mut self, o: &ExitStats) {
+        for (k, t) in &o.by_kind {
+            self.by_kind.entry(*k).or_default().merge(t);
+        }
+        for (k, t) in &o.by_target {
+            self.by_target.entry(*k).or_default().merge(t);
+        }
+        self.unowned_overflow += o.unowned_overflow;
+    }
+
+    pub fn total_exits(&self) -> u64 {
+        self.by_kind.values().map(|t| t.count).sum()
+    }
+
+    pub fn count(&self, kind: ExitKind) -> u64 {
+        self.by_kind.get(&kind).map_or(0, |t| t.count)
+    }
+
+    /// A plain-text table: exits by reason, then by device.
+    pub fn render(&self, title: &str, pio: &Bus, mmio: &Bus) -> String {
+        let mut s = String::new();
+        let row = |s: &mut String, name: &str, t: &Timing| {
+            let _ = writeln!(
+                s,
+                "  {name:<34} {:>10} {:>9.2} {:>9.2} {:>10.2}",
+                t.count,
+                t.min_ns as f64 / 1e3,
+                t.mean_ns() as f64 / 1e3,
+                t.max_ns as f64 / 1e3
+            );
+        };
+        let _ = writeln!(s, "{title}: {} exits", self.total_exits());
+        let _ = writeln!(
+            s,
+            "  {:<34} {:>10} {:>9} {:>9} {:>10}",
+            "exit reason", "count", "min µs", "mean µs", "max µs"
+        );
+        for (k, t) in &self.by_kind {
+            row(&mut s, k.name(), t);
+        }
+        if !self.by_target.is_empty() {
+            let _ = writeln!(
+                s,
+                "  {:<34} {:>10} {:>9} {:>9} {:>10}",
+                "device (address)", "count", "min µs", "mean µs", "max µs"
+            );
+        }
+        for (target, t) in &self.by_target {
+            let name = match *target {
+                Target::Pio(i) => pio.placement(i).map_or(format!("pio device {i}"), |p| {
+                    format!("{} (port {:#x})", p.name, p.base)
+                }),
+                Target::Mmio(i) => mmio.placement(i).map_or(format!("mmio device {i}"), |p| {
+                    format!("{} ({:#x})", p.name, p.base)
+                }),
+                Target::UnownedPio(a) => format!("unowned port {a:#x}"),
+                Target::UnownedMmio(a) => format!("unowned mmio {a:#x}"),
+            };
+            row(&mut s, &name, t);
+        }
+        if self.unowned_overflow > 0 {
+            let _ = writeln!(
+                s,
+                "  (and {} accesses to further unowned addresses)",
+                self.unowned_overflow
+            );
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timing_tracks_min_mean_max() {
+        let mut t = Timing::default();
+        for ns in [500, 100, 300] {
+            t.add(ns);
+        }
+        assert_eq!(
+            (t.count, t.min_ns, t.mean_ns(), t.max_ns),
+            (3, 100, 300, 500)
+        );
+        let mut u = Timing::default();
+        u.add(50);
+        t.merge(&u);
+        assert_eq!((t.count, t.min_ns, t.max_ns), (4, 50, 500));
+        let empty = Timing::default();
+        assert_eq!(empty.mean_ns(), 0);
+    }
+
+    #[test]
+    fn unowned_addresses_are_reported_once_and_bounded() {
+        let mut s = ExitStats::default();
+        let d = Duration::from_nanos(10);
+        assert!(s.record(ExitKind::IoIn, Some(Target::UnownedPio(0x70)), d));
+        assert!(!s.record(ExitKind::IoIn, Some(Target::UnownedPio(0x70)), d));
+        for port in 0..100 {
+            s.record(ExitKind::IoOut, Some(Target::UnownedPio(0x1000 + port)), d);
+        }
+        assert_eq!(s.unowned_addresses(), MAX_UNOWNED_ADDRESSES);
+        assert_eq!(s.unowned_overflow, 100 - (MAX_UNOWNED_ADDRESSES as u64 - 1));
+        assert_eq!(s.total_exits(), 102);
+    }
+
+    #[test]
+    fn merge_and_render_name_devices() {
+        let mut bus = Bus::new();
+        let dev = std::sync::Arc::new(std::sync::Mutex::new(crate::devices::legacy::PortSink));
+        bus.insert("com1", 0x3f8, 8, dev).unwrap();
+        let mut a = ExitStats::default();
+        let mut b = ExitStats::default();
+        a.record(
+            ExitKind::IoOut,
+            Some(Target::Pio(0)),
+            Duration::from_micros(2),
+        );
+        b.record(
+            ExitKind::IoOut,
+            Some(Target::Pio(0)),
+            Duration::from_micros(4),
+        );
+        b.record(ExitKind::Hlt, None, Duration::from_micros(1));
+        a.merge(&b);
+        assert_eq!(a.count(ExitKind::IoOut), 2);
+        let text = a.render("total", &bus, &Bus::new());
+        assert!(text.contains("total: 3 exits"), "{text}");
+        assert!(text.contains("com1 (port 0x3f8)"), "{text}");
+        assert!(text.contains("io-out"), "{text}");
+    }
+}

@@ -1,0 +1,425 @@
+//! A machine's birth, step by step, in qemu-kvm's order: check the inputs,
+//! open KVM, create the VM and its memory and irqchip, start the vCPU
+//! threads (which create their vCPUs and wait), attach devices, load the
+//! kernel, and finally open the start gate.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+
+use super::{layout::MemoryLayout, Vm};
+use crate::boot::acpi::{AcpiConfig, DeviceDescription, Hid, Resource};
+use crate::boot::cpuid::CpuProfile;
+use crate::boot::{self, BootConfig, BootSetup};
+use crate::config::{self, ProfileChoice, SerialConfig, VmConfig};
+use crate::devices::legacy::{
+    self, AcpiPower, PciConfigNoDevices, PortSink, SerialConsole, SerialOutput, I8042,
+};
+use crate::devices::{bus, Bus, IrqLine};
+use crate::kvm::{self, HostKind, Hypervisor};
+use crate::lifecycle::{Lifecycle, StopReason};
+use crate::machine::Machine;
+use crate::vcpu::{self, MachineReady, StartGate, VcpuThread};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("--cpus {0}: at least 1 vCPU is needed")]
+    NoCpus(usize),
+    #[error("--cpus {asked}: at most {max} vCPUs are supported{why}")]
+    TooManyCpus {
+        asked: usize,
+        max: usize,
+        why: &'static str,
+    },
+    #[error("--memory: {0}")]
+    Memory(#[from] super::layout::Error),
+    #[error("--memory {asked} MiB is more than the host has ({host} MiB)")]
+    HostMemory { asked: u64, host: u64 },
+    #[error("kernel {path}: {source}")]
+    KernelFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("initrd {path}: {source}")]
+    InitrdFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("serial output {path}: {source}")]
+    SerialFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Kvm(#[from] kvm::Error),
+    #[error(transparent)]
+    Vm(#[from] super::Error),
+    #[error("vCPU {id}: {source}")]
+    Vcpu { id: u8, source: vcpu::Error },
+    #[error("cannot start vCPU threads: {0}")]
+    Thread(std::io::Error),
+    #[error("device setup: {0}")]
+    Device(#[from] bus::Error),
+    #[error("device setup: {0}")]
+    DeviceIo(#[from] std::io::Error),
+    #[error("irqfd for GSI {gsi}: {source}")]
+    Irqfd { gsi: u32, source: kvm_ioctls::Error },
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
+    Cpuid(kvm_ioctls::Error),
+}
+
+/// The legacy devices and where they sit.
+struct Devices {
+    pio: Bus,
+    mmio: Bus,
+    serial: Option<Arc<Mutex<SerialConsole>>>,
+    acpi: Vec<DeviceDescription>,
+}
+
+/// vCPU threads started but not yet running: on any later failure, the
+/// gate is aborted and the threads joined.
+struct PendingVcpus {
+    gate: Arc<StartGate>,
+    threads: Vec<VcpuThread>,
+}
+
+impl PendingVcpus {
+    fn release(mut self) -> Vec<VcpuThread> {
+        std::mem::take(&mut self.threads)
+    }
+}
+
+impl Drop for PendingVcpus {
+    fn drop(&mut self) {
+        self.gate.abort();
+        for t in self.threads.drain(..) {
+            let _ = t.handle.join();
+        }
+    }
+}
+
+/// Checks what can be checked without KVM: sizes and files.
+fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
+    if cfg.cpus == 0 {
+        return Err(Error::NoCpus(cfg.cpus));
+    }
+    if cfg.cpus > config::MAX_VCPUS {
+        return Err(Error::TooManyCpus {
+            asked: cfg.cpus,
+            max: config::MAX_VCPUS,
+            why: " (8-bit APIC IDs)",
+        });
+    }
+    let layout = MemoryLayout::new(cfg.memory_mib)?;
+    if let Some(host) = config::host_memory_mib() {
+        if cfg.memory_mib > host {
+            return Err(Error::HostMemory {
+                asked: cfg.memory_mib,
+                host,
+            });
+        }
+    }
+    let image = std::fs::read(&cfg.kernel).map_err(|source| Error::KernelFile {
+        path: cfg.kernel.clone(),
+        source,
+    })?;
+    if let Some(initrd) = &cfg.initrd {
+        let meta = std::fs::metadata(initrd).map_err(|source| Error::InitrdFile {
+            path: initrd.clone(),
+            source,
+        })?;
+        if !meta.is_file() {
+            return Err(Error::InitrdFile {
+                path: initrd.clone(),
+                source: std::io::Error::other("not a regular file"),
+            });
+        }
+    }
+    Ok((layout, image))
+}
+
+/// The profile the guest gets, and the kernel parameters it implies.
+fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static str>) {
+    let emulated = match cfg.profile {
+        ProfileChoice::Auto => host.is_emulated(),
+        ProfileChoice::Native => false,
+        ProfileChoice::Emulated => true,
+    };
+    let profile = CpuProfile {
+        hide_cx16: emulated,
+    };
+    // XSAVE cannot be hidden from CPUID on such hosts, and the emulator
+    // cannot run xsave/xrstor: tell the kernel not to use them.
+    let params = if emulated { vec!["noxsave"] } else { vec![] };
+    (profile, params)
+}
+
+fn register_irq(vm: &Vm, gsi: u32) -> Result<IrqLine, Error> {
+    let line = IrqLine::new()?;
+    vm.fd
+        .register_irqfd(&line.0, gsi)
+        .map_err(|source| Error::Irqfd { gsi, source })?;
+    Ok(line)
+}
+
+/// COM1, the i8042, the ACPI power registers, and the quiet sinks.
+fn attach_devices(
+    vm: &Vm,
+    lifecycle: &Arc<Lifecycle>,
+    serial: &SerialConfig,
+) -> Result<Devices, Error> {
+    let mut pio = Bus::new();
+    let stop = |reason: StopReason| -> Box<dyn Fn() + Send> {
+        let l = lifecycle.clone();
+        Box::new(move || {
+            l.request_stop(reason.clone());
+        })
+    };
+
+    let output = match serial {
+        SerialConfig::Stdio => SerialOutput::Stdout,
+        SerialConfig::None => SerialOutput::Sink,
+        SerialConfig::File(path) => {
+            SerialOutput::file(path).map_err(|source| Error::SerialFile {
+                path: path.clone(),
+                source,
+            })?
+        }
+    };
+    let com1 = Arc::new(Mutex::new(SerialConsole::new(
+        register_irq(vm, legacy::COM1_IRQ)?,
+        output,
+    )?));
+    pio.insert("com1", legacy::COM1_PORT.into(), 8, com1.clone())?;
+
+    let i8042 = I8042::new(
+        register_irq(vm, legacy::I8042_IRQ)?,
+        stop(StopReason::Reset),
+    );
+    pio.insert(
+        "i8042",
+        legacy::I8042_DATA_PORT.into(),
+        5,
+        Arc::new(Mutex::new(i8042)),
+    )?;
+    pio.insert(
+        "acpi-power",
+        legacy::ACPI_POWER_PORT.into(),
+        legacy::ACPI_POWER_LEN.into(),
+        Arc::new(Mutex::new(AcpiPower::new(
+            stop(StopReason::PowerOff),
+            stop(StopReason::Reset),
+        ))),
+    )?;
+    let sink = Arc::new(Mutex::new(PortSink));
+    pio.insert("post-code", 0x80, 1, sink.clone())?;
+    pio.insert("io-delay", 0xed, 1, sink)?;
+    pio.insert(
+        "pci-config",
+        0xcf8,
+        8,
+        Arc::new(Mutex::new(PciConfigNoDevices::default())),
+    )?;
+
+    let acpi = vec![DeviceDescription {
+        name: "COM1".into(),
+        hid: Hid::Eisa("PNP0501"),
+        uid: 0,
+        resources: vec![
+            Resource::Io {
+                base: legacy::COM1_PORT,
+                len: 8,
+            },
+            Resource::Irq(legacy::COM1_IRQ),
+        ],
+    }];
+    Ok(Devices {
+        pio,
+        mmio: Bus::new(),
+        serial: (*serial == SerialConfig::Stdio).then_some(com1),
+        acpi,
+    })
+}
+
+/// What `build` did, for the log and for callers that want to check it.
+#[derive(Debug)]
+pub struct BuildSummary {
+    pub host: HostKind,
+    pub cmdline: String,
+    pub boot: BootSetup,
+}
+
+/// Brings a machine to the point where its vCPUs may run.
+pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
+    // 0. Inputs first: a bad file or size fails fast, before any KVM state.
+    let (layout, kernel_image) = check_inputs(cfg)?;
+
+    // 1. KVM.
+    let hv = Hypervisor::open(&cfg.kvm_device)?;
+    log::info!("host: {}", hv.host);
+    let max = hv.max_vcpus.min(config::MAX_VCPUS);
+    if cfg.cpus > max {
+        return Err(Error::TooManyCpus {
+            asked: cfg.cpus,
+            max,
+            why: " (KVM_CAP_MAX_VCPUS)",
+        });
+    }
+    let (profile, extra_params) = choose_profile(cfg, hv.host);
+    if profile.hide_cx16 {
+        log::info!(
+            "guest kernel code will be emulated: CPU profile hides CX16, kernel gets: {}",
+            extra_params.join(" ")
+        );
+    }
+    let cmdline = cfg.guest_cmdline(&extra_params);
+    let cpus = cfg.cpus as u8;
+
+    // 2. The VM: memory, irqchip, PIT.
+    let vm = Vm::create(&hv, layout.clone())?;
+    log::debug!("guest memory: {:?}", layout.ram);
+
+    // 3. vCPU threads: each creates its vCPU, then waits at the gate.
+    vcpu::install_kick_handler().map_err(|e| Error::Thread(e.into()))?;
+    let lifecycle = Arc::new(Lifecycle::new()?);
+    let gate = Arc::new(StartGate::default());
+    let (created_tx, created_rx) = mpsc::channel();
+    let mut pending = PendingVcpus {
+        gate: gate.clone(),
+        threads: Vec::new(),
+    };
+    for id in 0..cpus {
+        let t = vcpu::spawn(id, vm.fd.clone(), gate.clone(), created_tx.clone())
+            .map_err(Error::Thread)?;
+        pending.threads.push(t);
+    }
+    drop(created_tx);
+    for _ in 0..cpus {
+        match created_rx.recv() {
+            Ok((_, Ok(()))) => {}
+            Ok((id, Err(source))) => return Err(Error::Vcpu { id, source }),
+            Err(_) => return Err(Error::Thread(std::io::Error::other("a vCPU thread died"))),
+        }
+    }
+    log::debug!("{cpus} vCPU(s) created, waiting for machine init");
+
+    // 4. Devices.
+    let devices = attach_devices(&vm, &lifecycle, &cfg.serial)?;
+
+    // 5. Boot: kernel, initrd, command line, e820, ACPI, MP table.
+    let boot = boot::setup(
+        &vm.memory,
+        &layout,
+        &BootConfig {
+            kernel_path: &cfg.kernel,
+            kernel_image: &kernel_image,
+            initrd: cfg.initrd.as_deref(),
+            cmdline: &cmdline,
+            boot_path: cfg.boot_path,
+            acpi: AcpiConfig {
+                cpus,
+                devices: devices.acpi,
+            },
+        },
+    )?;
+    drop(kernel_image);
+    log::info!(
+        "kernel: {}, entered via {}",
+        boot.kernel.unpacked,
+        boot.entry.name()
+    );
+    log::info!("guest command line: {cmdline}");
+    for e in &boot.e820 {
+        log::debug!("e820: {e}");
+    }
+    let supported_cpuid = hv
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::Cpuid)?;
+
+    // 6. Machine init complete: open the gate.
+    let pio = Arc::new(devices.pio);
+    let mmio = Arc::new(devices.mmio);
+    gate.open(Arc::new(MachineReady {
+        pio: pio.clone(),
+        mmio: mmio.clone(),
+        lifecycle: lifecycle.clone(),
+        memory: vm.memory.clone(),
+        entry: boot.entry,
+        supported_cpuid,
+        cpu_profile: profile,
+        vcpu_count: cpus,
+    }));
+    let vcpus = pending.release();
+    Ok(Machine::new(
+        vm,
+        lifecycle,
+        vcpus,
+        pio,
+        mmio,
+        devices.serial,
+        BuildSummary {
+            host: hv.host,
+            cmdline,
+            boot,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg() -> VmConfig {
+        VmConfig::new("/nonexistent/kernel")
+    }
+
+    #[test]
+    fn bad_sizes_are_refused_before_kvm() {
+        let mut c = cfg();
+        c.cpus = 0;
+        assert!(matches!(check_inputs(&c), Err(Error::NoCpus(0))));
+        c.cpus = 255;
+        assert!(matches!(check_inputs(&c), Err(Error::TooManyCpus { .. })));
+        c.cpus = 1;
+        c.memory_mib = 0;
+        assert!(matches!(check_inputs(&c), Err(Error::Memory(_))));
+        c.memory_mib = 1 << 39;
+        assert!(matches!(check_inputs(&c), Err(Error::Memory(_))));
+        if let Some(host) = config::host_memory_mib() {
+            c.memory_mib = host + 1024;
+            assert!(matches!(check_inputs(&c), Err(Error::HostMemory { .. })));
+        }
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let c = cfg();
+        let e = check_inputs(&c).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/kernel"), "{e}");
+        let mut c = VmConfig::new("/proc/self/exe");
+        c.initrd = Some("/nonexistent/initrd".into());
+        let e = check_inputs(&c).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/initrd"), "{e}");
+        c.initrd = Some("/tmp".into());
+        let e = check_inputs(&c).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+
+    #[test]
+    fn profile_follows_the_host_unless_forced() {
+        let mut c = cfg();
+        assert_eq!(choose_profile(&c, HostKind::Pvm).1, vec!["noxsave"]);
+        assert!(choose_profile(&c, HostKind::Pvm).0.hide_cx16);
+        assert!(choose_profile(&c, HostKind::Vmx).1.is_empty());
+        assert!(!choose_profile(&c, HostKind::Svm).0.hide_cx16);
+        c.profile = ProfileChoice::Native;
+        assert!(choose_profile(&c, HostKind::Pvm).1.is_empty());
+        c.profile = ProfileChoice::Emulated;
+        assert!(choose_profile(&c, HostKind::Vmx).0.hide_cx16);
+    }
+}

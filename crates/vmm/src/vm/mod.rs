@@ -1,0 +1,96 @@
+//! Step 2 of a VM's life: `KVM_CREATE_VM`, guest RAM, and the in-kernel
+//! interrupt controllers and timer. Everything here is KVM state; devices
+//! live in `devices`, and the order of the whole life in `builder`.
+
+pub mod builder;
+pub mod layout;
+
+use std::sync::Arc;
+
+use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::VmFd;
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+
+use crate::kvm::Hypervisor;
+pub use layout::MemoryLayout;
+
+pub type GuestMemory = GuestMemoryMmap<()>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("KVM_CREATE_VM failed: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    #[error("cannot allocate {mib} MiB of guest memory: {source}")]
+    Memory {
+        mib: u64,
+        source: vm_memory::mmap::FromRangesError,
+    },
+    #[error("KVM_SET_USER_MEMORY_REGION (slot {slot}) failed: {source}")]
+    MemorySlot {
+        slot: u32,
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM_SET_TSS_ADDR failed: {0}")]
+    TssAddr(kvm_ioctls::Error),
+    #[error("KVM_SET_IDENTITY_MAP_ADDR failed: {0}")]
+    IdentityMap(kvm_ioctls::Error),
+    #[error("KVM_CREATE_IRQCHIP failed: {0}")]
+    Irqchip(kvm_ioctls::Error),
+    #[error("KVM_CREATE_PIT2 failed: {0}")]
+    Pit(kvm_ioctls::Error),
+}
+
+/// A VM with its memory registered and its irqchip created; no vCPUs yet.
+pub struct Vm {
+    pub fd: Arc<VmFd>,
+    pub memory: GuestMemory,
+    pub layout: MemoryLayout,
+}
+
+impl Vm {
+    /// Creates the VM, maps and registers guest RAM, and creates the
+    /// in-kernel PIC, IOAPIC, LAPICs and PIT (in that order: KVM wants the
+    /// irqchip before any vCPU exists).
+    pub fn create(hv: &Hypervisor, layout: MemoryLayout) -> Result<Vm, Error> {
+        let fd = hv.kvm.create_vm().map_err(Error::CreateVm)?;
+        let memory =
+            GuestMemory::from_ranges(&layout.ranges()).map_err(|source| Error::Memory {
+                mib: layout.total() >> 20,
+                source,
+            })?;
+        for (slot, region) in memory.iter().enumerate() {
+            let slot = slot as u32;
+            let host = region
+                .get_host_address(vm_memory::MemoryRegionAddress(0))
+                .expect("a region's first byte is always mapped");
+            let mem_region = kvm_userspace_memory_region {
+                slot,
+                flags: 0,
+                guest_phys_addr: region.start_addr().0,
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+            };
+            // SAFETY: the host range [host, host+len) is an mmap owned by
+            // `memory`, which lives in the returned `Vm` as long as the VM fd.
+            unsafe { fd.set_user_memory_region(mem_region) }
+                .map_err(|source| Error::MemorySlot { slot, source })?;
+        }
+        // Only VT-x uses these pages (real-mode emulation); other hosts
+        // accept and ignore them.
+        fd.set_identity_map_address(layout::KVM_IDENTITY_MAP_ADDR)
+            .map_err(Error::IdentityMap)?;
+        fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
+            .map_err(Error::TssAddr)?;
+        fd.create_irq_chip().map_err(Error::Irqchip)?;
+        let pit = kvm_pit_config {
+            flags: KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        };
+        fd.create_pit2(pit).map_err(Error::Pit)?;
+        Ok(Vm {
+            fd: Arc::new(fd),
+            memory,
+            layout,
+        })
+    }
+}

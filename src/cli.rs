@@ -1,0 +1,231 @@
+//! The command line. Usage errors exit 1 (bad configuration or input), like
+//! every other configuration error; `--help` and `--version` exit 0.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use vmm::boot::BootPath;
+use vmm::config::{ProfileChoice, SerialConfig, VmConfig, DEFAULT_MEMORY_MIB};
+
+const EXIT_STATUS_HELP: &str = "\
+Exit status:
+  0       the guest powered off or reset itself (or Ctrl-A x on the console)
+  1       bad configuration or input, or Tsubame could not run the machine
+  2       the guest died in a way the VMM can see (triple fault, KVM internal
+          error, failed entry); a report goes to stderr
+  128+N   stopped by host signal N (130 for SIGINT, 143 for SIGTERM)";
+
+#[derive(Parser, Debug)]
+#[command(name = "tsubame", version, about = "A virtual machine monitor for Linux KVM", after_help = EXIT_STATUS_HELP)]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, global = true, value_enum, default_value = "info")]
+    pub log_level: LogLevel,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a kernel and run the VM until it stops.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Run(RunArgs),
+    /// Measure exit costs, start-up time and memory overhead.
+    Bench(crate::bench::BenchArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootPathArg {
+    /// Decompress a bzImage on the host and boot its vmlinux (default).
+    HostDecompress,
+    /// Run the bzImage's own decompressor in the guest.
+    GuestDecompress,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileArg {
+    /// Chosen from the host kind (default).
+    Auto,
+    /// As on VT-x/AMD-V.
+    Native,
+    /// For emulation-only hosts: CX16 hidden, `noxsave`.
+    Emulated,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel image: bzImage, ELF vmlinux, or ELF with a PVH note.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line [default: console=ttyS0].
+    #[arg(long, value_name = "STRING")]
+    pub cmdline: Option<String>,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub cpus: usize,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MIB", default_value_t = DEFAULT_MEMORY_MIB)]
+    pub memory: u64,
+    /// Serial console: stdio, none, or a file path for the output.
+    #[arg(long, value_name = "stdio|none|PATH", default_value = "stdio")]
+    pub serial: String,
+    /// Print exit statistics and memory use when the VM stops.
+    #[arg(long)]
+    pub stats: bool,
+    /// How a bzImage is decompressed.
+    #[arg(long, value_enum, default_value = "host-decompress")]
+    pub boot_path: BootPathArg,
+    /// CPU profile offered to the guest.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub cpu_profile: ProfileArg,
+    /// The KVM device.
+    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    pub kvm_device: PathBuf,
+}
+
+impl RunArgs {
+    pub fn into_config(self) -> Result<VmConfig, String> {
+        let serial = match self.serial.as_str() {
+            "stdio" => SerialConfig::Stdio,
+            "none" => SerialConfig::None,
+            "" => return Err("--serial: expected stdio, none or a file path".into()),
+            path => SerialConfig::File(path.into()),
+        };
+        let mut cfg = VmConfig::new(self.kernel);
+        cfg.kvm_device = self.kvm_device;
+        cfg.initrd = self.initrd;
+        cfg.cmdline = self.cmdline;
+        cfg.cpus = self.cpus;
+        cfg.memory_mib = self.memory;
+        cfg.serial = serial;
+        cfg.stats = self.stats;
+        cfg.boot_path = match self.boot_path {
+            BootPathArg::HostDecompress => BootPath::HostDecompress,
+            BootPathArg::GuestDecompress => BootPath::GuestDecompress,
+        };
+        cfg.profile = match self.cpu_profile {
+            ProfileArg::Auto => ProfileChoice::Auto,
+            ProfileArg::Native => ProfileChoice::Native,
+            ProfileArg::Emulated => ProfileChoice::Emulated,
+        };
+        Ok(cfg)
+    }
+}
+
+/// Parses `std::env::args`; on error prints clap's message and returns
+/// the exit code (0 for help/version, 1 otherwise).
+pub fn parse() -> Result<Cli, ExitCode> {
+    parse_from(std::env::args_os())
+}
+
+pub fn parse_from<I, T>(args: I) -> Result<Cli, ExitCode>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    Cli::try_parse_from(args).map_err(|e| {
+        let _ = e.print();
+        if e.use_stderr() {
+            ExitCode::from(1)
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, ()> {
+        let mut v = vec!["tsubame", "run"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v) {
+            Ok(Cli {
+                command: Command::Run(r),
+                ..
+            }) => Ok(r),
+            _ => Err(()),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let r = run_args(&["--kernel", "k"]).unwrap();
+        assert_eq!((r.cpus, r.memory, r.stats), (1, 128, false));
+        let cfg = r.into_config().unwrap();
+        assert_eq!(cfg.serial, SerialConfig::Stdio);
+        assert_eq!(cfg.guest_cmdline(&[]), "console=ttyS0");
+        assert_eq!(cfg.boot_path, BootPath::HostDecompress);
+    }
+
+    #[test]
+    fn every_option_parses() {
+        let r = run_args(&[
+            "--kernel",
+            "k",
+            "--initrd",
+            "i",
+            "--cmdline",
+            "a b",
+            "--cpus",
+            "2",
+            "--memory",
+            "512",
+            "--serial",
+            "/tmp/out",
+            "--stats",
+            "--boot-path",
+            "guest-decompress",
+            "--cpu-profile",
+            "native",
+        ])
+        .unwrap();
+        let cfg = r.into_config().unwrap();
+        assert_eq!(cfg.initrd, Some("i".into()));
+        assert_eq!(cfg.cmdline.as_deref(), Some("a b"));
+        assert_eq!((cfg.cpus, cfg.memory_mib), (2, 512));
+        assert_eq!(cfg.serial, SerialConfig::File("/tmp/out".into()));
+        assert_eq!(cfg.boot_path, BootPath::GuestDecompress);
+        assert_eq!(cfg.profile, ProfileChoice::Native);
+        assert!(cfg.stats);
+        let none = run_args(&["--kernel", "k", "--serial", "none"]).unwrap();
+        assert_eq!(none.into_config().unwrap().serial, SerialConfig::None);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        assert!(run_args(&[]).is_err(), "no --kernel");
+        assert!(run_args(&["--kernel", "k", "--cpus", "two"]).is_err());
+        assert!(run_args(&["--kernel", "k", "--memory", "-5"]).is_err());
+        assert!(run_args(&["--kernel", "k", "--frobnicate"]).is_err());
+        assert!(run_args(&["--kernel", "k", "--boot-path", "sideways"]).is_err());
+        let empty_serial = run_args(&["--kernel", "k", "--serial", ""]).unwrap();
+        assert!(empty_serial.into_config().is_err());
+    }
+
+    #[test]
+    fn usage_errors_exit_1_and_help_exits_0() {
+        assert_eq!(
+            parse_from(["tsubame", "run", "--cpus", "x"]).unwrap_err(),
+            ExitCode::from(1)
+        );
+        assert_eq!(
+            parse_from(["tsubame", "--help"]).unwrap_err(),
+            ExitCode::SUCCESS
+        );
+    }
+}
