@@ -45,15 +45,16 @@ impl fmt::Display for E820Entry {
     }
 }
 
-/// RAM below the EBDA, the EBDA (MP table), the BIOS area (ACPI tables),
-/// RAM from 1 MiB to the hole, the chipset range at the top of the hole
-/// (IOAPIC, LAPIC, KVM's pages), and RAM above 4 GiB.
+/// RAM below the EBDA; everything from the EBDA to 1 MiB (MP table, the
+/// legacy VGA/ROM hole, the BIOS area with the ACPI tables) reserved as one
+/// range, as Linux would merge it anyway; RAM from 1 MiB to the hole; the
+/// chipset range at the top of the hole (IOAPIC, LAPIC, KVM's pages); and
+/// RAM above 4 GiB.
 pub fn build(mem: &MemoryLayout) -> Vec<E820Entry> {
     use E820Type::*;
     let mut map = vec![
         E820Entry::new(0, layout::EBDA_START, Ram),
-        E820Entry::new(layout::EBDA_START, 0xa0000, Reserved),
-        E820Entry::new(layout::BIOS_START, layout::BIOS_END, Reserved),
+        E820Entry::new(layout::EBDA_START, layout::BIOS_END, Reserved),
         E820Entry::new(layout::HIMEM_START, mem.low_end(), Ram),
         E820Entry::new(layout::IOAPIC_ADDR, layout::MMIO_HOLE_END, Reserved),
     ];
@@ -76,8 +77,7 @@ mod tests {
             text,
             [
                 "[mem 0x0000000000000000-0x000000000009fbff] usable",
-                "[mem 0x000000000009fc00-0x000000000009ffff] reserved",
-                "[mem 0x00000000000e0000-0x00000000000fffff] reserved",
+                "[mem 0x000000000009fc00-0x00000000000fffff] reserved",
                 "[mem 0x0000000000100000-0x0000000007ffffff] usable",
                 "[mem 0x00000000fec00000-0x00000000ffffffff] reserved",
             ]

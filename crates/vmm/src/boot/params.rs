@@ -163,7 +163,7 @@ mod tests {
         assert_eq!({ p.hdr.ramdisk_size }, 0x12345);
         assert_eq!({ p.acpi_rsdp_addr }, 0xe0000);
         assert_eq!(p.e820_entries as usize, map.len());
-        let e = p.e820_table[3];
+        let e = p.e820_table[2];
         assert_eq!(
             ({ e.addr }, { e.size }, { e.r#type }),
             (0x10_0000, 127 << 20, 1)

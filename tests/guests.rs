@@ -1,0 +1,211 @@
+//! End-to-end: `tsubame run` on the tiny guests in tests/guests/asm, one
+//! exit path each.
+
+mod common;
+
+use common::{guest, host_is_emulated, run, run_and_signal, run_with, scratch};
+use std::time::Duration;
+
+fn kernel(name: &str) -> String {
+    guest(name).to_string_lossy().into_owned()
+}
+
+/// The command line the guest sees for `base` on this host.
+fn seen_cmdline(base: &str) -> String {
+    if host_is_emulated() {
+        format!("{base} noxsave")
+    } else {
+        base.to_string()
+    }
+}
+
+#[test]
+fn elf_64bit_entry_boots_and_powers_off() {
+    let r = run(&["run", "--kernel", &kernel("hello64")]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("Hello from a 64-bit guest"), "{}", r.output());
+    let want = format!("zero page ok, cmdline: {}", seen_cmdline("console=ttyS0"));
+    assert!(r.stdout.contains(&want), "{}", r.output());
+    assert!(r.stderr.contains("guest powered off"), "{}", r.output());
+}
+
+#[test]
+fn pvh_entry_gets_start_info() {
+    let r = run(&["run", "--kernel", &kernel("pvh"), "--cmdline", "a=b c"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stderr.contains("entered via PVH"), "{}", r.output());
+    let want = format!("start info ok, cmdline: {}", seen_cmdline("a=b c"));
+    assert!(r.stdout.contains(&want), "{}", r.output());
+}
+
+#[test]
+fn emulation_only_host_is_announced() {
+    let r = run(&["run", "--kernel", &kernel("hello64")]);
+    let said = r.stderr.contains("emulation-only KVM");
+    assert_eq!(said, host_is_emulated(), "{}", r.output());
+    let r = run(&["run", "--kernel", &kernel("hello64"), "--cpu-profile", "native"]);
+    assert!(r.stdout.contains("cmdline: console=ttyS0\n"), "{}", r.output());
+}
+
+#[test]
+fn serial_input_reaches_the_guest() {
+    let r = run_with(
+        &["run", "--kernel", &kernel("echo")],
+        Some(b"hello world\n".to_vec()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("ready\nHELLO WORLD\nbye"), "{}", r.output());
+}
+
+#[test]
+fn ctrl_a_x_quits() {
+    let r = run_with(
+        &["run", "--kernel", &kernel("echo")],
+        Some(b"ab\x01x".to_vec()),
+        Duration::from_secs(60),
+    );
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stderr.contains("quit from the console"), "{}", r.output());
+}
+
+#[test]
+fn unowned_mmio_reads_all_ones_and_is_counted() {
+    let r = run(&["run", "--kernel", &kernel("mmio"), "--stats"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("mmio read 00000000ffffffff"), "{}", r.output());
+    let line = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("unowned mmio 0xd0000000"))
+        .unwrap_or_else(|| panic!("{}", r.output()));
+    assert_eq!(line.split_whitespace().nth(3), Some("2"), "one write, one read: {line}");
+}
+
+#[test]
+fn stats_show_exits_by_reason_and_device() {
+    let r = run(&["run", "--kernel", &kernel("hello64"), "--stats"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    for needle in ["vCPU 0:", "io-out", "io-in", "com1 (port 0x3f8)", "acpi-power (port 0x600)", "VMM overhead"] {
+        assert!(r.stderr.contains(needle), "missing {needle}: {}", r.output());
+    }
+}
+
+#[test]
+fn i8042_reset_exits_zero() {
+    let r = run(&["run", "--kernel", &kernel("reset")]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("resetting"), "{}", r.output());
+    assert!(r.stderr.contains("guest reset"), "{}", r.output());
+}
+
+#[test]
+fn triple_fault_exits_two_with_a_report() {
+    let r = run(&["run", "--kernel", &kernel("triple")]);
+    assert_eq!(r.status, 2, "{}", r.output());
+    assert!(r.stdout.contains("about to triple fault"), "{}", r.output());
+    for needle in ["KVM_EXIT_SHUTDOWN (triple fault)", "64-bit long mode, CPL 0", "ud2", "rip="] {
+        assert!(r.stderr.contains(needle), "missing {needle}: {}", r.output());
+    }
+}
+
+#[test]
+fn rejected_instruction_is_reported_with_its_bytes() {
+    let r = run(&["run", "--kernel", &kernel("badinsn")]);
+    if host_is_emulated() {
+        assert_eq!(r.status, 2, "{}", r.output());
+        for needle in ["KVM_EXIT_INTERNAL_ERROR", "emulation failure", "f3 4c 0f b8 e3  popcnt r12,rbx"] {
+            assert!(r.stderr.contains(needle), "missing {needle}: {}", r.output());
+        }
+    } else {
+        assert_eq!(r.status, 0, "{}", r.output());
+        assert!(r.stdout.contains("popcnt ran natively: 0000000000000008"), "{}", r.output());
+    }
+}
+
+#[test]
+fn smp_bsp_wakes_every_ap() {
+    let r = run(&["run", "--kernel", &kernel("smp"), "--cpus", "4"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("cpu 00 up (BSP), vCPUs: 0000000000000004"), "{}", r.output());
+    for id in 1..4 {
+        assert!(r.stdout.contains(&format!("cpu {id:02x} up\n")), "AP {id}: {}", r.output());
+    }
+    assert!(r.stdout.contains("all cpus up"), "{}", r.output());
+}
+
+#[test]
+fn serial_output_to_a_file_or_nowhere() {
+    let dir = scratch("serial");
+    let file = dir.join("console.txt");
+    let r = run(&["run", "--kernel", &kernel("hello64"), "--serial", file.to_str().unwrap()]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(!r.stdout.contains("Hello"), "{}", r.output());
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("Hello from a 64-bit guest"), "{text}");
+    let r = run(&["run", "--kernel", &kernel("hello64"), "--serial", "none"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.is_empty(), "{}", r.output());
+}
+
+#[test]
+fn sigterm_stops_a_busy_guest_with_143() {
+    // The echo guest spins polling the UART: the vCPU is in KVM_RUN.
+    let r = run_and_signal(&["run", "--kernel", &kernel("echo")], Some(vec![]), "ready", libc::SIGTERM);
+    assert_eq!(r.status, 128 + libc::SIGTERM, "{}", r.output());
+    assert!(r.stderr.contains("stopped by host signal 15"), "{}", r.output());
+}
+
+#[test]
+fn sigint_stops_a_halted_guest_with_130() {
+    // cli; hlt: the vCPU sleeps in the kernel until kicked.
+    let r = run_and_signal(&["run", "--kernel", &kernel("halt"), "--cpus", "2"], None, "halting", libc::SIGINT);
+    assert_eq!(r.status, 128 + libc::SIGINT, "{}", r.output());
+}
+
+/// A bzImage whose payload is `hello64` compressed with Linux's legacy LZ4
+/// framing (or gzip), and whose own 64-bit entry runs `bzstub`.
+fn test_bzimage(gzip: bool) -> Vec<u8> {
+    let vmlinux = std::fs::read(guest("hello64")).unwrap();
+    let payload = if gzip {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(&vmlinux).unwrap();
+        e.finish().unwrap()
+    } else {
+        let mut p = 0x184c_2102u32.to_le_bytes().to_vec();
+        let block = lz4_flex::block::compress(&vmlinux);
+        p.extend((block.len() as u32).to_le_bytes());
+        p.extend(block);
+        p.extend((vmlinux.len() as u32).to_le_bytes());
+        p
+    };
+    let mut pm = vec![0x90u8; 0x200];
+    pm.extend(std::fs::read(guest("bzstub.bin")).unwrap());
+    vmm::boot::elf_image::bzimage(&pm, &payload)
+}
+
+#[test]
+fn bzimage_is_decompressed_on_the_host() {
+    let dir = scratch("bzimage");
+    for (gzip, format) in [(false, "lz4"), (true, "gzip")] {
+        let path = dir.join(format!("bzImage-{format}"));
+        std::fs::write(&path, test_bzimage(gzip)).unwrap();
+        let r = run(&["run", "--kernel", path.to_str().unwrap()]);
+        assert_eq!(r.status, 0, "{}", r.output());
+        assert!(r.stdout.contains("Hello from a 64-bit guest"), "{}", r.output());
+        let said = format!("{format} payload decompressed on the host");
+        assert!(r.stderr.contains(&said), "{}", r.output());
+    }
+}
+
+#[test]
+fn bzimage_guest_decompress_path_enters_at_0x200() {
+    let dir = scratch("bzimage-guest");
+    let path = dir.join("bzImage");
+    std::fs::write(&path, test_bzimage(false)).unwrap();
+    let r = run(&["run", "--kernel", path.to_str().unwrap(), "--boot-path", "guest-decompress"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("bzImage entered through its own 64-bit entry"), "{}", r.output());
+    assert!(r.stderr.contains("decompressed by the guest (requested)"), "{}", r.output());
+}
