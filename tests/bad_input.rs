@@ -12,7 +12,11 @@ fn refused(args: &[&str], needle: &str) {
     assert!(!r.stderr.contains("panicked"), "{}", r.output());
     let errors = r.error_lines();
     assert_eq!(errors.len(), 1, "{}", r.output());
-    assert!(errors[0].contains(needle), "want {needle:?}: {}", r.output());
+    assert!(
+        errors[0].contains(needle),
+        "want {needle:?}: {}",
+        r.output()
+    );
     assert!(r.stdout.is_empty(), "{}", r.output());
 }
 
@@ -31,22 +35,33 @@ fn hello() -> String {
 
 #[test]
 fn missing_kernel() {
-    refused(&["run", "--kernel", "/nonexistent/vmlinuz"], "kernel /nonexistent/vmlinuz: No such file");
+    refused(
+        &["run", "--kernel", "/nonexistent/vmlinuz"],
+        "kernel /nonexistent/vmlinuz: No such file",
+    );
 }
 
 #[test]
 fn empty_kernel() {
     let p = scratch("empty").join("vmlinuz");
     std::fs::write(&p, b"").unwrap();
-    refused(&["run", "--kernel", p.to_str().unwrap()], "the kernel image is empty");
+    refused(
+        &["run", "--kernel", p.to_str().unwrap()],
+        "the kernel image is empty",
+    );
 }
 
 #[test]
 fn random_bytes_kernel() {
     let p = scratch("random").join("vmlinuz");
-    let bytes: Vec<u8> = (0..64 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     std::fs::write(&p, bytes).unwrap();
-    refused(&["run", "--kernel", p.to_str().unwrap()], "neither an ELF vmlinux nor a bzImage");
+    refused(
+        &["run", "--kernel", p.to_str().unwrap()],
+        "neither an ELF vmlinux nor a bzImage",
+    );
 }
 
 #[test]
@@ -54,7 +69,10 @@ fn truncated_kernel() {
     let p = scratch("truncated").join("vmlinuz");
     let full = std::fs::read(guest("hello64")).unwrap();
     std::fs::write(&p, &full[..200]).unwrap();
-    refused(&["run", "--kernel", p.to_str().unwrap()], "cannot load the kernel");
+    refused(
+        &["run", "--kernel", p.to_str().unwrap()],
+        "cannot load the kernel",
+    );
 }
 
 #[test]
@@ -69,24 +87,39 @@ fn truncated_bzimage() {
 #[test]
 fn missing_initrd() {
     refused(
-        &["run", "--kernel", &hello(), "--initrd", "/nonexistent/initrd.img"],
+        &[
+            "run",
+            "--kernel",
+            &hello(),
+            "--initrd",
+            "/nonexistent/initrd.img",
+        ],
         "initrd /nonexistent/initrd.img",
     );
 }
 
 #[test]
 fn zero_memory() {
-    refused(&["run", "--kernel", &hello(), "--memory", "0"], "--memory: memory size 0 MiB is too small");
+    refused(
+        &["run", "--kernel", &hello(), "--memory", "0"],
+        "--memory: memory size 0 MiB is too small",
+    );
 }
 
 #[test]
 fn absurd_memory() {
-    refused(&["run", "--kernel", &hello(), "--memory", "99999999999999"], "too large");
+    refused(
+        &["run", "--kernel", &hello(), "--memory", "99999999999999"],
+        "too large",
+    );
 }
 
 #[test]
 fn memory_beyond_the_host() {
-    refused(&["run", "--kernel", &hello(), "--memory", "1000000"], "more than the host has");
+    refused(
+        &["run", "--kernel", &hello(), "--memory", "1000000"],
+        "more than the host has",
+    );
 }
 
 #[test]
@@ -96,13 +129,19 @@ fn zero_cpus() {
 
 #[test]
 fn too_many_cpus() {
-    refused(&["run", "--kernel", &hello(), "--cpus", "100000"], "--cpus 100000: at most");
+    refused(
+        &["run", "--kernel", &hello(), "--cpus", "100000"],
+        "--cpus 100000: at most",
+    );
 }
 
 #[test]
 fn non_numbers() {
     usage_error(&["run", "--kernel", &hello(), "--cpus", "two"], "--cpus");
-    usage_error(&["run", "--kernel", &hello(), "--memory", "lots"], "--memory");
+    usage_error(
+        &["run", "--kernel", &hello(), "--memory", "lots"],
+        "--memory",
+    );
 }
 
 #[test]
@@ -122,13 +161,25 @@ fn unknown_subcommand() {
 
 #[test]
 fn missing_kvm_device() {
-    refused(&["run", "--kernel", &hello(), "--kvm-device", "/nonexistent/kvm"], "/nonexistent/kvm");
+    refused(
+        &[
+            "run",
+            "--kernel",
+            &hello(),
+            "--kvm-device",
+            "/nonexistent/kvm",
+        ],
+        "/nonexistent/kvm",
+    );
 }
 
 #[test]
 fn overlong_command_line() {
     let long = "x".repeat(5000);
-    refused(&["run", "--kernel", &hello(), "--cmdline", &long], "kernel command line is");
+    refused(
+        &["run", "--kernel", &hello(), "--cmdline", &long],
+        "kernel command line is",
+    );
 }
 
 #[test]

@@ -23,7 +23,11 @@ fn seen_cmdline(base: &str) -> String {
 fn elf_64bit_entry_boots_and_powers_off() {
     let r = run(&["run", "--kernel", &kernel("hello64")]);
     assert_eq!(r.status, 0, "{}", r.output());
-    assert!(r.stdout.contains("Hello from a 64-bit guest"), "{}", r.output());
+    assert!(
+        r.stdout.contains("Hello from a 64-bit guest"),
+        "{}",
+        r.output()
+    );
     let want = format!("zero page ok, cmdline: {}", seen_cmdline("console=ttyS0"));
     assert!(r.stdout.contains(&want), "{}", r.output());
     assert!(r.stderr.contains("guest powered off"), "{}", r.output());
@@ -43,8 +47,18 @@ fn emulation_only_host_is_announced() {
     let r = run(&["run", "--kernel", &kernel("hello64")]);
     let said = r.stderr.contains("emulation-only KVM");
     assert_eq!(said, host_is_emulated(), "{}", r.output());
-    let r = run(&["run", "--kernel", &kernel("hello64"), "--cpu-profile", "native"]);
-    assert!(r.stdout.contains("cmdline: console=ttyS0\n"), "{}", r.output());
+    let r = run(&[
+        "run",
+        "--kernel",
+        &kernel("hello64"),
+        "--cpu-profile",
+        "native",
+    ]);
+    assert!(
+        r.stdout.contains("cmdline: console=ttyS0\n"),
+        "{}",
+        r.output()
+    );
 }
 
 #[test]
@@ -55,7 +69,11 @@ fn serial_input_reaches_the_guest() {
         Duration::from_secs(60),
     );
     assert_eq!(r.status, 0, "{}", r.output());
-    assert!(r.stdout.contains("ready\nHELLO WORLD\nbye"), "{}", r.output());
+    assert!(
+        r.stdout.contains("ready\nHELLO WORLD\nbye"),
+        "{}",
+        r.output()
+    );
 }
 
 #[test]
@@ -73,21 +91,40 @@ fn ctrl_a_x_quits() {
 fn unowned_mmio_reads_all_ones_and_is_counted() {
     let r = run(&["run", "--kernel", &kernel("mmio"), "--stats"]);
     assert_eq!(r.status, 0, "{}", r.output());
-    assert!(r.stdout.contains("mmio read 00000000ffffffff"), "{}", r.output());
+    assert!(
+        r.stdout.contains("mmio read 00000000ffffffff"),
+        "{}",
+        r.output()
+    );
     let line = r
         .stderr
         .lines()
         .find(|l| l.contains("unowned mmio 0xd0000000"))
         .unwrap_or_else(|| panic!("{}", r.output()));
-    assert_eq!(line.split_whitespace().nth(3), Some("2"), "one write, one read: {line}");
+    assert_eq!(
+        line.split_whitespace().nth(3),
+        Some("2"),
+        "one write, one read: {line}"
+    );
 }
 
 #[test]
 fn stats_show_exits_by_reason_and_device() {
     let r = run(&["run", "--kernel", &kernel("hello64"), "--stats"]);
     assert_eq!(r.status, 0, "{}", r.output());
-    for needle in ["vCPU 0:", "io-out", "io-in", "com1 (port 0x3f8)", "acpi-power (port 0x600)", "VMM overhead"] {
-        assert!(r.stderr.contains(needle), "missing {needle}: {}", r.output());
+    for needle in [
+        "vCPU 0:",
+        "io-out",
+        "io-in",
+        "com1 (port 0x3f8)",
+        "acpi-power (port 0x600)",
+        "VMM overhead",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "missing {needle}: {}",
+            r.output()
+        );
     }
 }
 
@@ -104,8 +141,17 @@ fn triple_fault_exits_two_with_a_report() {
     let r = run(&["run", "--kernel", &kernel("triple")]);
     assert_eq!(r.status, 2, "{}", r.output());
     assert!(r.stdout.contains("about to triple fault"), "{}", r.output());
-    for needle in ["KVM_EXIT_SHUTDOWN (triple fault)", "64-bit long mode, CPL 0", "ud2", "rip="] {
-        assert!(r.stderr.contains(needle), "missing {needle}: {}", r.output());
+    for needle in [
+        "KVM_EXIT_SHUTDOWN (triple fault)",
+        "64-bit long mode, CPL 0",
+        "ud2",
+        "rip=",
+    ] {
+        assert!(
+            r.stderr.contains(needle),
+            "missing {needle}: {}",
+            r.output()
+        );
     }
 }
 
@@ -114,12 +160,24 @@ fn rejected_instruction_is_reported_with_its_bytes() {
     let r = run(&["run", "--kernel", &kernel("badinsn")]);
     if host_is_emulated() {
         assert_eq!(r.status, 2, "{}", r.output());
-        for needle in ["KVM_EXIT_INTERNAL_ERROR", "emulation failure", "f3 4c 0f b8 e3  popcnt r12,rbx"] {
-            assert!(r.stderr.contains(needle), "missing {needle}: {}", r.output());
+        for needle in [
+            "KVM_EXIT_INTERNAL_ERROR",
+            "emulation failure",
+            "f3 4c 0f b8 e3  popcnt r12,rbx",
+        ] {
+            assert!(
+                r.stderr.contains(needle),
+                "missing {needle}: {}",
+                r.output()
+            );
         }
     } else {
         assert_eq!(r.status, 0, "{}", r.output());
-        assert!(r.stdout.contains("popcnt ran natively: 0000000000000008"), "{}", r.output());
+        assert!(
+            r.stdout.contains("popcnt ran natively: 0000000000000008"),
+            "{}",
+            r.output()
+        );
     }
 }
 
@@ -127,9 +185,18 @@ fn rejected_instruction_is_reported_with_its_bytes() {
 fn smp_bsp_wakes_every_ap() {
     let r = run(&["run", "--kernel", &kernel("smp"), "--cpus", "4"]);
     assert_eq!(r.status, 0, "{}", r.output());
-    assert!(r.stdout.contains("cpu 00 up (BSP), vCPUs: 0000000000000004"), "{}", r.output());
+    assert!(
+        r.stdout
+            .contains("cpu 00 up (BSP), vCPUs: 0000000000000004"),
+        "{}",
+        r.output()
+    );
     for id in 1..4 {
-        assert!(r.stdout.contains(&format!("cpu {id:02x} up\n")), "AP {id}: {}", r.output());
+        assert!(
+            r.stdout.contains(&format!("cpu {id:02x} up\n")),
+            "AP {id}: {}",
+            r.output()
+        );
     }
     assert!(r.stdout.contains("all cpus up"), "{}", r.output());
 }
@@ -138,7 +205,13 @@ fn smp_bsp_wakes_every_ap() {
 fn serial_output_to_a_file_or_nowhere() {
     let dir = scratch("serial");
     let file = dir.join("console.txt");
-    let r = run(&["run", "--kernel", &kernel("hello64"), "--serial", file.to_str().unwrap()]);
+    let r = run(&[
+        "run",
+        "--kernel",
+        &kernel("hello64"),
+        "--serial",
+        file.to_str().unwrap(),
+    ]);
     assert_eq!(r.status, 0, "{}", r.output());
     assert!(!r.stdout.contains("Hello"), "{}", r.output());
     let text = std::fs::read_to_string(&file).unwrap();
@@ -151,15 +224,29 @@ fn serial_output_to_a_file_or_nowhere() {
 #[test]
 fn sigterm_stops_a_busy_guest_with_143() {
     // The echo guest spins polling the UART: the vCPU is in KVM_RUN.
-    let r = run_and_signal(&["run", "--kernel", &kernel("echo")], Some(vec![]), "ready", libc::SIGTERM);
+    let r = run_and_signal(
+        &["run", "--kernel", &kernel("echo")],
+        Some(vec![]),
+        "ready",
+        libc::SIGTERM,
+    );
     assert_eq!(r.status, 128 + libc::SIGTERM, "{}", r.output());
-    assert!(r.stderr.contains("stopped by host signal 15"), "{}", r.output());
+    assert!(
+        r.stderr.contains("stopped by host signal 15"),
+        "{}",
+        r.output()
+    );
 }
 
 #[test]
 fn sigint_stops_a_halted_guest_with_130() {
     // cli; hlt: the vCPU sleeps in the kernel until kicked.
-    let r = run_and_signal(&["run", "--kernel", &kernel("halt"), "--cpus", "2"], None, "halting", libc::SIGINT);
+    let r = run_and_signal(
+        &["run", "--kernel", &kernel("halt"), "--cpus", "2"],
+        None,
+        "halting",
+        libc::SIGINT,
+    );
     assert_eq!(r.status, 128 + libc::SIGINT, "{}", r.output());
 }
 
@@ -193,7 +280,11 @@ fn bzimage_is_decompressed_on_the_host() {
         std::fs::write(&path, test_bzimage(gzip)).unwrap();
         let r = run(&["run", "--kernel", path.to_str().unwrap()]);
         assert_eq!(r.status, 0, "{}", r.output());
-        assert!(r.stdout.contains("Hello from a 64-bit guest"), "{}", r.output());
+        assert!(
+            r.stdout.contains("Hello from a 64-bit guest"),
+            "{}",
+            r.output()
+        );
         let said = format!("{format} payload decompressed on the host");
         assert!(r.stderr.contains(&said), "{}", r.output());
     }
@@ -204,8 +295,23 @@ fn bzimage_guest_decompress_path_enters_at_0x200() {
     let dir = scratch("bzimage-guest");
     let path = dir.join("bzImage");
     std::fs::write(&path, test_bzimage(false)).unwrap();
-    let r = run(&["run", "--kernel", path.to_str().unwrap(), "--boot-path", "guest-decompress"]);
+    let r = run(&[
+        "run",
+        "--kernel",
+        path.to_str().unwrap(),
+        "--boot-path",
+        "guest-decompress",
+    ]);
     assert_eq!(r.status, 0, "{}", r.output());
-    assert!(r.stdout.contains("bzImage entered through its own 64-bit entry"), "{}", r.output());
-    assert!(r.stderr.contains("decompressed by the guest (requested)"), "{}", r.output());
+    assert!(
+        r.stdout
+            .contains("bzImage entered through its own 64-bit entry"),
+        "{}",
+        r.output()
+    );
+    assert!(
+        r.stderr.contains("decompressed by the guest (requested)"),
+        "{}",
+        r.output()
+    );
 }

@@ -127,7 +127,10 @@ pub fn run_and_signal(args: &[&str], stdin: Option<Vec<u8>>, marker: &str, signa
     let start = Instant::now();
     let mut buf = [0u8; 256];
     while !String::from_utf8_lossy(&seen).contains(marker) {
-        assert!(start.elapsed() < Duration::from_secs(60), "never printed {marker}");
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never printed {marker}"
+        );
         match stdout.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => seen.extend_from_slice(&buf[..n]),

@@ -252,7 +252,10 @@ mod tests {
         // no mouse.
         d.write(COMMAND, &[0xd3]);
         d.write(DATA, &[0x5a]);
-        assert_eq!(rd(&mut d, COMMAND) & (STS_OBF | STS_AUXDATA), STS_OBF | STS_AUXDATA);
+        assert_eq!(
+            rd(&mut d, COMMAND) & (STS_OBF | STS_AUXDATA),
+            STS_OBF | STS_AUXDATA
+        );
         assert_ne!(rd(&mut d, DATA), 0x5a);
         d.write(COMMAND, &[0xa9]);
         assert_eq!(rd(&mut d, DATA), 0x01);
