@@ -187,11 +187,11 @@ impl Cpio {
         self.data.extend(header.as_bytes());
         self.data.extend(name.as_bytes());
         self.data.push(0);
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
         self.data.extend(body);
-        while self.data.len() % 4 != 0 {
+        while !self.data.len().is_multiple_of(4) {
             self.data.push(0);
         }
     }

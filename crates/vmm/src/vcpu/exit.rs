@@ -191,10 +191,7 @@ mod tests {
     #[test]
     fn port_io_reaches_the_owning_device() {
         let (mut h, com, _) = handler();
-        assert_eq!(
-            h.handle(VcpuExit::IoOut(0x3f8, &[b'A'])),
-            ExitAction::Continue
-        );
+        assert_eq!(h.handle(VcpuExit::IoOut(0x3f8, b"A")), ExitAction::Continue);
         assert_eq!(com.lock().unwrap().0, vec![(0, vec![b'A'])]);
         let mut data = [0u8; 1];
         assert_eq!(

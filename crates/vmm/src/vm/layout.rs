@@ -53,6 +53,18 @@ pub const MIN_MEMORY: u64 = 8 * MIB;
 /// 1 TiB: well inside a 46-bit physical address space.
 pub const MAX_MEMORY: u64 = 1 << 40;
 
+// The fixed low-memory structures must not overlap; checked at compile time.
+const _: () = {
+    let pd_end = PD_ADDR + (IDENTITY_MAP_SIZE / GIB) * 0x1000;
+    assert!(GDT_ADDR < IDT_ADDR && IDT_ADDR + 16 <= PVH_INFO_ADDR);
+    assert!(PVH_MEMMAP_ADDR + (PVH_MEMMAP_MAX_ENTRIES as u64) * 24 <= ZERO_PAGE_ADDR);
+    assert!(ZERO_PAGE_ADDR + 0x1000 <= PML4_ADDR);
+    assert!(pd_end <= CMDLINE_ADDR);
+    assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= MPTABLE_ADDR);
+    assert!(ACPI_TABLES_ADDR < BIOS_END);
+    assert!(MMIO_DEVICES_END <= IOAPIC_ADDR);
+};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("memory size {0} MiB is too small: at least {min} MiB is needed", min = MIN_MEMORY / MIB)]
@@ -152,17 +164,5 @@ mod tests {
             MemoryLayout::new(MAX_MEMORY / MIB + 1),
             Err(Error::TooLarge(MAX_MEMORY / MIB + 1))
         );
-    }
-
-    #[test]
-    fn fixed_addresses_do_not_overlap() {
-        let pd_end = PD_ADDR + (IDENTITY_MAP_SIZE / GIB) * 0x1000;
-        assert!(GDT_ADDR < IDT_ADDR && IDT_ADDR + 16 <= PVH_INFO_ADDR);
-        assert!(PVH_MEMMAP_ADDR + (PVH_MEMMAP_MAX_ENTRIES as u64) * 24 <= ZERO_PAGE_ADDR);
-        assert!(ZERO_PAGE_ADDR + 0x1000 <= PML4_ADDR);
-        assert!(pd_end <= CMDLINE_ADDR);
-        assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= MPTABLE_ADDR);
-        assert!(ACPI_TABLES_ADDR < BIOS_END);
-        assert!(MMIO_DEVICES_END <= IOAPIC_ADDR);
     }
 }
