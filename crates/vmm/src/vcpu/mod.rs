@@ -132,9 +132,16 @@ impl VcpuThread {
     /// Kicks the thread until it leaves KVM_RUN and ends, then joins it.
     /// Re-kicking covers a kick that lands just before KVM_RUN is entered.
     pub fn stop_and_join(self) -> std::thread::Result<VcpuOutcome> {
-        while !self.handle.is_finished() {
+        'kick: while !self.handle.is_finished() {
             let _ = self.handle.kill(kick_signal());
-            std::thread::sleep(Duration::from_millis(2));
+            // Poll briefly before kicking again: a thread leaving KVM_RUN
+            // ends within microseconds.
+            for _ in 0..100 {
+                if self.handle.is_finished() {
+                    break 'kick;
+                }
+                std::thread::sleep(Duration::from_micros(50));
+            }
         }
         self.handle.join()
     }
