@@ -53,6 +53,14 @@ pub enum BootPathArg {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapsArg {
+    /// Complete what KVM's emulator rejects, repair `syscall` (default).
+    Complete,
+    /// Report the first emulator gap as a guest crash (exit 2).
+    Report,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ProfileArg {
     /// Chosen from the host kind (default).
     Auto,
@@ -91,6 +99,13 @@ pub struct RunArgs {
     /// CPU profile offered to the guest.
     #[arg(long, value_enum, default_value = "auto")]
     pub cpu_profile: ProfileArg,
+    /// Emulation-only hosts: what to do with instructions KVM's emulator
+    /// rejects.
+    #[arg(long, value_enum, default_value = "complete")]
+    pub emulator_gaps: GapsArg,
+    /// Sample guest RIPs every 10 ms and print the most frequent at exit.
+    #[arg(long)]
+    pub sample_rip: bool,
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     pub kvm_device: PathBuf,
@@ -112,6 +127,8 @@ impl RunArgs {
         cfg.memory_mib = self.memory;
         cfg.serial = serial;
         cfg.stats = self.stats;
+        cfg.sample_rip = self.sample_rip;
+        cfg.complete_gaps = self.emulator_gaps == GapsArg::Complete;
         cfg.boot_path = match self.boot_path {
             BootPathArg::HostDecompress => BootPath::HostDecompress,
             BootPathArg::GuestDecompress => BootPath::GuestDecompress,

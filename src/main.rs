@@ -52,6 +52,16 @@ fn run(args: cli::RunArgs) -> ExitCode {
             m.overhead_kib()
         );
     }
+    if !outcome.samples.is_empty() {
+        let total: u64 = outcome.samples.iter().map(|(_, n)| n).sum();
+        eprintln!("guest RIP samples ({total} in all):");
+        for ((rip, cpl), n) in outcome.samples.iter().take(2000) {
+            eprintln!(
+                "  {rip:#018x} cpl{cpl} {n:>8} {:5.1}%",
+                *n as f64 * 100.0 / total as f64
+            );
+        }
+    }
     let code = outcome.reason.exit_code();
     log::info!("{} (exit status {code})", outcome.reason);
     ExitCode::from(code as u8)

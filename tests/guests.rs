@@ -13,7 +13,7 @@ fn kernel(name: &str) -> String {
 /// The command line the guest sees for `base` on this host.
 fn seen_cmdline(base: &str) -> String {
     if host_is_emulated() {
-        format!("{base} noxsave")
+        format!("{base} {}", vmm::vm::builder::EMULATION_PARAMS.join(" "))
     } else {
         base.to_string()
     }

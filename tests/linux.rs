@@ -63,6 +63,10 @@ fn debian_kernel_sees_the_machine_tsubame_built() {
             cmdline,
             "--log-level",
             "debug",
+            // Stop at the first emulator gap (if any): this test is about
+            // the machine, the next one about reaching user space.
+            "--emulator-gaps",
+            "report",
         ],
         None,
         Duration::from_secs(900),
@@ -152,5 +156,98 @@ fn debian_kernel_sees_the_machine_tsubame_built() {
     } else {
         assert_eq!(r.status, 0, "{}", r.output());
         assert!(r.stdout.contains("TSUBAME-INIT: nproc=2"), "{}", r.output());
+    }
+}
+
+/// The init of the user-space test: system calls, files, FPU state across
+/// context switches, a syscall-rate probe, then `reboot -f`.
+const USER_INIT: &str = "#!/bin/busybox sh
+/bin/busybox mount -t proc proc /proc
+echo TSUBAME-INIT: user space reached
+echo TSUBAME-INIT: nproc=$(/bin/busybox nproc)
+echo TSUBAME-INIT: $(/bin/busybox grep MemTotal /proc/meminfo)
+/bin/busybox dd if=/dev/zero of=/tmp/file bs=1024 count=64 2>/dev/null
+echo TSUBAME-INIT: sha256=$(/bin/busybox sha256sum /tmp/file)
+/bin/fpcheck & /bin/fpcheck & wait
+/bin/sysrate
+echo TSUBAME-INIT: rebooting
+/bin/busybox reboot -f
+";
+
+#[test]
+fn debian_kernel_reaches_user_space_and_reboots() {
+    let kernel = debian_kernel();
+    let dir = scratch("linux-user");
+    let initrd = common::initramfs_with(
+        &dir,
+        USER_INIT,
+        &[
+            ("bin/fpcheck", common::guest("fpcheck")),
+            ("bin/sysrate", common::guest("sysrate")),
+        ],
+    );
+    let r = run_with(
+        &[
+            "run",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--memory",
+            "128",
+            "--stats",
+        ],
+        None,
+        Duration::from_secs(1800),
+    );
+    eprintln!(
+        "booted to user space and rebooted in {:.1} s",
+        r.elapsed.as_secs_f64()
+    );
+    let lines = console(&r);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stderr.contains("guest reset"), "{}", r.output());
+    assert_eq!(
+        after(&lines, "TSUBAME-INIT: nproc="),
+        Some("2"),
+        "{}",
+        r.output()
+    );
+
+    let mem = after(&lines, "TSUBAME-INIT: MemTotal:").unwrap_or_else(|| panic!("{}", r.output()));
+    let kib: u64 = mem.trim().trim_end_matches("kB").trim().parse().unwrap();
+    assert!(
+        kib > 64 * 1024 && kib <= 128 * 1024,
+        "MemTotal {kib} kB for 128 MiB"
+    );
+
+    // sha256 of 64 KiB of zeros, as the host computes it.
+    let zeros = dir.join("zeros");
+    std::fs::write(&zeros, vec![0u8; 64 * 1024]).unwrap();
+    let host = std::process::Command::new("sha256sum")
+        .arg(&zeros)
+        .output()
+        .unwrap();
+    let want = String::from_utf8_lossy(&host.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let got = after(&lines, "TSUBAME-INIT: sha256=").unwrap_or_else(|| panic!("{}", r.output()));
+    assert!(got.starts_with(&want), "guest {got}, host {want}");
+
+    // Two processes kept their own XMM registers across context switches.
+    assert_eq!(
+        lines.iter().filter(|l| l.as_str() == "fpcheck ok").count(),
+        2,
+        "{}",
+        r.output()
+    );
+    let rate = after(&lines, "syscalls: ").unwrap_or_else(|| panic!("{}", r.output()));
+    eprintln!("syscall probe: {rate}");
+    if host_is_emulated() {
+        assert!(r.stderr.contains("syscall (repaired)"), "{}", r.output());
     }
 }

@@ -238,6 +238,11 @@ pub fn busybox() -> Vec<u8> {
 
 /// A busybox initramfs whose /init is `script`.
 pub fn busybox_initramfs(dir: &Path, script: &str) -> PathBuf {
+    initramfs_with(dir, script, &[])
+}
+
+/// The same, with extra executables: (path in the image, file on the host).
+pub fn initramfs_with(dir: &Path, script: &str, extra: &[(&str, PathBuf)]) -> PathBuf {
     let mut c = Cpio::default();
     c.dir("bin")
         .dir("dev")
@@ -246,6 +251,9 @@ pub fn busybox_initramfs(dir: &Path, script: &str) -> PathBuf {
         .dir("tmp")
         .file("bin/busybox", 0o755, &busybox())
         .file("init", 0o755, script.as_bytes());
+    for (name, host) in extra {
+        c.file(name, 0o755, &std::fs::read(host).unwrap());
+    }
     let path = dir.join("initramfs.cpio");
     std::fs::write(&path, c.finish()).unwrap();
     path

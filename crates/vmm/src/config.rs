@@ -46,6 +46,13 @@ pub struct VmConfig {
     pub profile: ProfileChoice,
     /// Print exit statistics and memory figures when the machine stops.
     pub stats: bool,
+    /// On emulation-only hosts, complete instructions the emulator rejects
+    /// (and repair `syscall`); `false` reports the first such gap as a
+    /// guest crash.
+    pub complete_gaps: bool,
+    /// Sample guest RIPs every 10 ms (a profile of where the guest spends
+    /// its time, printed at exit).
+    pub sample_rip: bool,
 }
 
 impl VmConfig {
@@ -61,6 +68,8 @@ impl VmConfig {
             boot_path: BootPath::default(),
             profile: ProfileChoice::Auto,
             stats: false,
+            complete_gaps: true,
+            sample_rip: false,
         }
     }
 

@@ -51,6 +51,8 @@ pub struct RunOutcome {
     pub memory: MemoryFigures,
     /// The `--stats` text: exits by reason and device, per vCPU and total.
     pub stats_text: String,
+    /// Guest RIP samples, all vCPUs: ((RIP, CPL), count), most frequent first.
+    pub samples: Vec<((u64, u8), u64)>,
 }
 
 pub struct Machine {
@@ -60,6 +62,8 @@ pub struct Machine {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     serial: Option<Arc<Mutex<SerialConsole>>>,
+    /// -1, or how often to sample guest RIPs.
+    sample_period_ms: i32,
     pub summary: BuildSummary,
 }
 
@@ -71,6 +75,7 @@ impl Machine {
         pio: Arc<Bus>,
         mmio: Arc<Bus>,
         serial: Option<Arc<Mutex<SerialConsole>>>,
+        sample_rip: bool,
         summary: BuildSummary,
     ) -> Machine {
         Machine {
@@ -80,6 +85,7 @@ impl Machine {
             pio,
             mmio,
             serial,
+            sample_period_ms: if sample_rip { 10 } else { -1 },
             summary,
         }
     }
@@ -136,11 +142,17 @@ impl Machine {
             self.lifecycle.request_stop(StopReason::Signal(sig));
         }
         while !self.lifecycle.is_stopping() {
-            let n = match epoll.wait(-1, &mut events) {
+            let n = match epoll.wait(self.sample_period_ms, &mut events) {
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
+            if n == 0 {
+                // The sampling timer: kick every vCPU so it records its RIP.
+                for v in &self.vcpus {
+                    v.kick();
+                }
+            }
             for ev in &events[..n] {
                 match ev.data() {
                     SIGNAL => {
@@ -195,10 +207,16 @@ impl Machine {
 
     fn shut_down(self) -> RunOutcome {
         let mut per_vcpu = Vec::new();
+        let mut samples = std::collections::BTreeMap::new();
         for t in self.vcpus {
             let id = t.id;
             match t.stop_and_join() {
-                Ok(outcome) => per_vcpu.push(outcome.stats),
+                Ok(outcome) => {
+                    per_vcpu.push(outcome.stats);
+                    for (k, n) in outcome.samples {
+                        *samples.entry(k).or_insert(0u64) += n;
+                    }
+                }
                 Err(_) => {
                     self.lifecycle
                         .request_stop(StopReason::VmmError(format!("vCPU {id} thread panicked")));
@@ -220,12 +238,15 @@ impl Machine {
             stats_text += &total.render("all vCPUs", &self.pio, &self.mmio);
         }
         let memory = memory_figures(&self.vm.memory);
+        let mut samples: Vec<_> = samples.into_iter().collect();
+        samples.sort_by(|a, b| b.1.cmp(&a.1));
         RunOutcome {
             reason,
             per_vcpu,
             total,
             memory,
             stats_text,
+            samples,
         }
     }
 }

@@ -25,8 +25,9 @@ const OEM_REVISION: u32 = 1;
 /// The ACPI tables must stay below the MP configuration table.
 pub const ACPI_TABLES_END: u64 = crate::boot::mptable::CONFIG_ADDR;
 
-/// FADT IAPC_BOOT_ARCH: no VGA, no CMOS RTC. The 8042 bit stays clear so
-/// Linux probes the keyboard controller's ports directly.
+/// FADT IAPC_BOOT_ARCH: an 8042 (also described in the DSDT), no VGA, no
+/// CMOS RTC.
+const IAPC_BOOT_ARCH_8042: u16 = 1 << 1;
 const IAPC_BOOT_ARCH_NO_VGA: u16 = 1 << 2;
 const IAPC_BOOT_ARCH_NO_CMOS_RTC: u16 = 1 << 5;
 /// MADT flags: dual 8259s present (KVM's in-kernel PIC).
@@ -171,7 +172,8 @@ pub fn fadt(dsdt_addr: u64) -> Vec<u8> {
         .flag(Flags::ResetRegSup)
         .flag(Flags::PwrButton)
         .flag(Flags::SlpButton);
-    f.iapc_boot_arch = (IAPC_BOOT_ARCH_NO_VGA | IAPC_BOOT_ARCH_NO_CMOS_RTC).into();
+    f.iapc_boot_arch =
+        (IAPC_BOOT_ARCH_8042 | IAPC_BOOT_ARCH_NO_VGA | IAPC_BOOT_ARCH_NO_CMOS_RTC).into();
     f.sleep_control_reg = io_register(ACPI_POWER_PORT + power::SLEEP_CONTROL as u16);
     f.sleep_status_reg = io_register(ACPI_POWER_PORT + power::SLEEP_STATUS as u16);
     f.reset_reg = io_register(ACPI_POWER_PORT + power::RESET as u16);

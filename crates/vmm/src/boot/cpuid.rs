@@ -13,15 +13,15 @@ const LEAF1_EDX_HTT: u32 = 1 << 28;
 /// Host-dependent choices about the CPU the guest sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuProfile {
-    /// Hide CMPXCHG16B: KVM's instruction emulator cannot run it, and on
-    /// an emulation-only host kernel code is emulated.
-    pub hide_cx16: bool,
+    /// Guest kernel code runs in KVM's instruction emulator: hide what it
+    /// cannot run and CPUID can hide (CMPXCHG16B).
+    pub emulated: bool,
 }
 
 impl CpuProfile {
     pub fn for_host(host: HostKind) -> CpuProfile {
         CpuProfile {
-            hide_cx16: host.is_emulated(),
+            emulated: host.is_emulated(),
         }
     }
 }
@@ -53,7 +53,7 @@ pub fn shape(supported: &CpuId, id: u32, count: u32, profile: CpuProfile) -> Cpu
             1 => {
                 e.ebx = (e.ebx & 0x0000_ffff) | (id << 24) | ((count.min(255)) << 16);
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
-                if profile.hide_cx16 {
+                if profile.emulated {
                     e.ecx &= !LEAF1_ECX_CX16;
                 }
                 if count > 1 {
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
-        let c = shape(&intel(), 3, 4, CpuProfile { hide_cx16: false });
+        let c = shape(&intel(), 3, 4, CpuProfile { emulated: false });
         let l1 = find(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 3);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn topology_leaves_describe_one_socket() {
-        let c = shape(&intel(), 2, 3, CpuProfile { hide_cx16: false });
+        let c = shape(&intel(), 2, 3, CpuProfile { emulated: false });
         let smt = find(&c, 0xb, 0);
         let core = find(&c, 0xb, 1);
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
@@ -179,7 +179,7 @@ mod tests {
 
     #[test]
     fn kvm_signature_leaves_pass_through() {
-        let c = shape(&intel(), 1, 2, CpuProfile { hide_cx16: true });
+        let c = shape(&intel(), 1, 2, CpuProfile { emulated: true });
         assert_eq!(find(&c, 0x4000_0000, 0), find(&intel(), 0x4000_0000, 0));
     }
 
@@ -192,7 +192,7 @@ mod tests {
             entry(0x8000_0008, 0, [0x3030, 0, 0, 0]),
         ])
         .unwrap();
-        let c = shape(&amd, 1, 4, CpuProfile { hide_cx16: false });
+        let c = shape(&amd, 1, 4, CpuProfile { emulated: false });
         let l = find(&c, 0x8000_0008, 0);
         assert_eq!(l.ecx & 0xff, 3);
         assert_eq!((l.ecx >> 12) & 0xf, 2);

@@ -50,6 +50,12 @@ pub enum ExitAction {
     Stop(StopReason),
     /// The guest died; report and stop.
     Fatal(Fatal),
+    /// A guest-debug exception (KVM_EXIT_DEBUG) at `pc`: only the vCPU
+    /// loop knows whether it set a breakpoint there.
+    Debug { pc: u64 },
+    /// A WRMSR stopped by the MSR filter, accepted: the vCPU loop must
+    /// perform it (KVM did not).
+    WriteMsr { index: u32, data: u64 },
 }
 
 /// Dispatches exits to the PIO and MMIO buses and counts them.
@@ -141,11 +147,18 @@ impl ExitHandler {
                 };
                 (ExitKind::SystemEvent, None, action)
             }
-            VcpuExit::Debug(_) => (
-                ExitKind::Debug,
-                None,
-                Fatal(self::Fatal::Unexpected("KVM_EXIT_DEBUG".into())),
-            ),
+            VcpuExit::Debug(arch) => (ExitKind::Debug, None, Debug { pc: arch.pc }),
+            VcpuExit::X86Wrmsr(exit) => {
+                *exit.error = 0;
+                (
+                    ExitKind::Wrmsr,
+                    None,
+                    WriteMsr {
+                        index: exit.index,
+                        data: exit.data,
+                    },
+                )
+            }
             other => (
                 ExitKind::Other,
                 None,

@@ -3,9 +3,12 @@
 //! (qemu-kvm's `ap_main_loop` waiting for `qemu_system_ready`), configures
 //! itself, and runs KVM_RUN until the machine stops.
 
+pub mod complete;
 pub mod exit;
+pub mod gaps;
 pub mod report;
 pub mod stats;
+pub mod syscall;
 
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
@@ -34,6 +37,10 @@ pub struct MachineReady {
     pub supported_cpuid: CpuId,
     pub cpu_profile: CpuProfile,
     pub vcpu_count: u8,
+    /// Complete instructions KVM's emulator rejects (emulation-only hosts).
+    pub complete_gaps: bool,
+    /// Record the guest RIP at every kick (the main loop kicks on a timer).
+    pub sample_rip: bool,
 }
 
 enum GateState {
@@ -89,6 +96,8 @@ impl StartGate {
 #[derive(Debug, Default)]
 pub struct VcpuOutcome {
     pub stats: ExitStats,
+    /// Guest RIP samples (RIP, CPL) → count, with `sample_rip`.
+    pub samples: std::collections::BTreeMap<(u64, u8), u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +138,11 @@ pub struct VcpuThread {
 }
 
 impl VcpuThread {
+    /// Interrupts KVM_RUN once (the loop goes on).
+    pub fn kick(&self) {
+        let _ = self.handle.kill(kick_signal());
+    }
+
     /// Kicks the thread until it leaves KVM_RUN and ends, then joins it.
     /// Re-kicking covers a kick that lands just before KVM_RUN is entered.
     pub fn stop_and_join(self) -> std::thread::Result<VcpuOutcome> {
@@ -249,6 +263,8 @@ fn configure(fd: &VcpuFd, id: u8, ready: &MachineReady) -> Result<(), Error> {
 /// The main loop: KVM_RUN, dispatch, repeat, until the machine stops.
 fn run(mut fd: VcpuFd, id: u8, ready: &MachineReady) -> VcpuOutcome {
     let mut handler = ExitHandler::new(ready.pio.clone(), ready.mmio.clone());
+    let mut repair = syscall::SyscallRepair::default();
+    let mut samples = std::collections::BTreeMap::new();
     let lifecycle = &ready.lifecycle;
     if id == 0 {
         log::debug!(
@@ -262,18 +278,70 @@ fn run(mut fd: VcpuFd, id: u8, ready: &MachineReady) -> VcpuOutcome {
             Ok(exit) => handler.handle(exit),
             Err(e) if e.errno() == libc::EINTR => {
                 handler.stats.record(ExitKind::Kick, None, Duration::ZERO);
+                if ready.sample_rip {
+                    if let (Ok(r), Ok(s)) = (fd.get_regs(), fd.get_sregs()) {
+                        *samples.entry((r.rip, report::cpl(&s))).or_insert(0u64) += 1;
+                    }
+                }
                 ExitAction::Continue
             }
             Err(e) if e.errno() == libc::EAGAIN => ExitAction::Continue,
             Err(e) => ExitAction::Fatal(exit::Fatal::Unexpected(format!("KVM_RUN failed: {e}"))),
         };
+        let action = match action {
+            ExitAction::Debug { pc } => match repair.on_breakpoint(&fd, &ready.memory, pc) {
+                Ok(syscall::Breakpoint::Syscall) => {
+                    handler.stats.record_completion("syscall (repaired)".into());
+                    ExitAction::Continue
+                }
+                Ok(syscall::Breakpoint::PageFault) => {
+                    handler
+                        .stats
+                        .record_completion("page fault (let through)".into());
+                    ExitAction::Continue
+                }
+                Ok(syscall::Breakpoint::Foreign) => ExitAction::Fatal(exit::Fatal::Unexpected(
+                    format!("KVM_EXIT_DEBUG at {pc:#x}"),
+                )),
+                Err(e) => {
+                    ExitAction::Fatal(exit::Fatal::Unexpected(format!("syscall repair: {e}")))
+                }
+            },
+            ExitAction::WriteMsr { index, data } => {
+                let done = if index == syscall::MSR_LSTAR {
+                    repair
+                        .on_lstar_write(&fd, &ready.memory, data)
+                        .map_err(|e| e.to_string())
+                } else {
+                    write_msr(&fd, index, data)
+                };
+                match done {
+                    Ok(()) => ExitAction::Continue,
+                    Err(e) => {
+                        ExitAction::Fatal(exit::Fatal::Unexpected(format!("WRMSR {index:#x}: {e}")))
+                    }
+                }
+            }
+            other => other,
+        };
         match action {
-            ExitAction::Continue => {}
+            ExitAction::Continue | ExitAction::Debug { .. } | ExitAction::WriteMsr { .. } => {}
             ExitAction::Stop(reason) => {
                 lifecycle.request_stop(reason);
             }
             ExitAction::Fatal(why) => {
-                let cpu = report::snapshot(&mut fd, &why, &ready.memory);
+                let mut cpu = report::snapshot(&mut fd, &why, &ready.memory);
+                if ready.complete_gaps {
+                    if let Some(ie) = cpu.internal.as_ref().filter(|ie| ie.suberror == 1) {
+                        match gaps::handle_emulation_failure(&fd, &ready.memory, ie) {
+                            gaps::Handled::Yes(what) => {
+                                handler.stats.record_completion(what);
+                                continue;
+                            }
+                            gaps::Handled::No(why) => cpu.note = Some(why),
+                        }
+                    }
+                }
                 let report = report::render(usize::from(id), &why, &cpu);
                 lifecycle.request_stop(StopReason::GuestCrash {
                     vcpu: usize::from(id),
@@ -284,6 +352,22 @@ fn run(mut fd: VcpuFd, id: u8, ready: &MachineReady) -> VcpuOutcome {
     }
     VcpuOutcome {
         stats: handler.stats,
+        samples,
+    }
+}
+
+/// Performs a guest WRMSR that the MSR filter sent to us.
+fn write_msr(fd: &VcpuFd, index: u32, data: u64) -> Result<(), String> {
+    let msrs = kvm_bindings::Msrs::from_entries(&[kvm_bindings::kvm_msr_entry {
+        index,
+        data,
+        ..Default::default()
+    }])
+    .map_err(|e| format!("{e:?}"))?;
+    match fd.set_msrs(&msrs) {
+        Ok(1) => Ok(()),
+        Ok(_) => Err("refused".into()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -113,6 +113,8 @@ pub struct CpuSnapshot {
     /// Bytes at CS:RIP, from KVM or from guest memory.
     pub insn: Option<Vec<u8>>,
     pub internal: Option<InternalError>,
+    /// Why Tsubame could not carry on (e.g. no completion for it).
+    pub note: Option<String>,
 }
 
 /// Renders the report for vCPU `id`.
@@ -196,6 +198,9 @@ pub fn render(id: usize, why: &Fatal, cpu: &CpuSnapshot) -> String {
         let words: Vec<String> = ie.data.iter().map(|w| format!("{w:#x}")).collect();
         let _ = writeln!(out, "  internal error data: [{}]", words.join(", "));
     }
+    if let Some(note) = &cpu.note {
+        let _ = writeln!(out, "  not completed: {note}");
+    }
     out
 }
 
@@ -226,6 +231,7 @@ pub fn snapshot(fd: &mut VcpuFd, why: &Fatal, mem: &GuestMemory) -> CpuSnapshot 
         sregs,
         insn,
         internal,
+        note: None,
     }
 }
 
@@ -320,6 +326,7 @@ mod tests {
             sregs: long_mode(),
             insn: Some(bytes),
             internal: Some(ie),
+            note: None,
         };
         let text = render(0, &Fatal::InternalError, &cpu);
         assert!(text.contains("emulation failure (suberror 1)"), "{text}");

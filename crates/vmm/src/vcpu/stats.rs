@@ -24,11 +24,12 @@ pub enum ExitKind {
     InternalError,
     FailEntry,
     Debug,
+    Wrmsr,
     Other,
 }
 
 impl ExitKind {
-    pub const ALL: [ExitKind; 14] = [
+    pub const ALL: [ExitKind; 15] = [
         ExitKind::IoIn,
         ExitKind::IoOut,
         ExitKind::MmioRead,
@@ -42,6 +43,7 @@ impl ExitKind {
         ExitKind::InternalError,
         ExitKind::FailEntry,
         ExitKind::Debug,
+        ExitKind::Wrmsr,
         ExitKind::Other,
     ];
 
@@ -60,6 +62,7 @@ impl ExitKind {
             ExitKind::InternalError => "internal-error",
             ExitKind::FailEntry => "fail-entry",
             ExitKind::Debug => "debug",
+            ExitKind::Wrmsr => "wrmsr (filtered)",
             ExitKind::Other => "other",
         }
     }
@@ -123,6 +126,10 @@ pub struct ExitStats {
     pub by_target: BTreeMap<Target, Timing>,
     /// Unowned accesses beyond the per-address limit.
     pub unowned_overflow: u64,
+    /// What the VMM did for the guest on an emulation-only host:
+    /// instructions completed or turned into exceptions (by mnemonic),
+    /// repaired syscalls, page faults let through the breakpoint.
+    pub completed: BTreeMap<String, u64>,
 }
 
 impl ExitStats {
@@ -149,7 +156,14 @@ impl ExitStats {
             .count()
     }
 
+    pub fn record_completion(&mut self, what: String) {
+        *self.completed.entry(what).or_default() += 1;
+    }
+
     pub fn merge(&mut self, o: &ExitStats) {
+        for (k, n) in &o.completed {
+            *self.completed.entry(k.clone()).or_default() += n;
+        }
         for (k, t) in &o.by_kind {
             self.by_kind.entry(*k).or_default().merge(t);
         }
@@ -208,6 +222,12 @@ impl ExitStats {
                 Target::UnownedMmio(a) => format!("unowned mmio {a:#x}"),
             };
             row(&mut s, &name, t);
+        }
+        if !self.completed.is_empty() {
+            let _ = writeln!(s, "  {:<34} {:>10}", "handled by the VMM", "count");
+            for (what, n) in &self.completed {
+                let _ = writeln!(s, "  {what:<34} {n:>10}");
+            }
         }
         if self.unowned_overflow > 0 {
             let _ = writeln!(

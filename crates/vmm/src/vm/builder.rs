@@ -142,6 +142,27 @@ fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
     Ok((layout, image))
 }
 
+/// Kernel parameters for emulation-only hosts, each for a measured reason
+/// (see the README's notes on such hosts):
+/// - `noxsave`, `clearcpuid=smap`: XSAVE and SMAP cannot be hidden from
+///   CPUID there, and the emulator runs neither xsave/xrstor nor stac/clac
+///   (6.1 has no `nosmap`; `clearcpuid` takes feature names since 5.19).
+/// - `clearcpuid=ssse3`: otherwise random.c's blake2s runs SSSE3 code at
+///   CPL0, which the emulator cannot.
+/// - `clearcpuid=erms`: `rep stosb`/`rep movsb` page clears and copies cost
+///   one emulated step per byte; without ERMS the kernel uses 8-byte steps.
+/// - `mitigations=off`: emulated kernel code does not speculate, and the
+///   return/indirect-branch thunks were a third of the sampled boot time.
+/// - `cryptomgr.notests`, `nosoftlockup`: crypto self-tests and soft-lockup
+///   backtraces (kallsyms lookups) are minutes of emulated time.
+pub const EMULATION_PARAMS: &[&str] = &[
+    "noxsave",
+    "clearcpuid=smap,ssse3,erms",
+    "mitigations=off",
+    "cryptomgr.notests",
+    "nosoftlockup",
+];
+
 /// The profile the guest gets, and the kernel parameters it implies.
 fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static str>) {
     let emulated = match cfg.profile {
@@ -149,12 +170,12 @@ fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static s
         ProfileChoice::Native => false,
         ProfileChoice::Emulated => true,
     };
-    let profile = CpuProfile {
-        hide_cx16: emulated,
+    let profile = CpuProfile { emulated: emulated };
+    let params = if emulated {
+        EMULATION_PARAMS.to_vec()
+    } else {
+        vec![]
     };
-    // XSAVE cannot be hidden from CPUID on such hosts, and the emulator
-    // cannot run xsave/xrstor: tell the kernel not to use them.
-    let params = if emulated { vec!["noxsave"] } else { vec![] };
     (profile, params)
 }
 
@@ -225,18 +246,37 @@ fn attach_devices(
         Arc::new(Mutex::new(PciConfigNoDevices::default())),
     )?;
 
-    let acpi = vec![DeviceDescription {
-        name: "COM1".into(),
-        hid: Hid::Eisa("PNP0501"),
-        uid: 0,
-        resources: vec![
-            Resource::Io {
-                base: legacy::COM1_PORT,
-                len: 8,
-            },
-            Resource::Irq(legacy::COM1_IRQ),
-        ],
-    }];
+    let acpi = vec![
+        DeviceDescription {
+            name: "COM1".into(),
+            hid: Hid::Eisa("PNP0501"),
+            uid: 0,
+            resources: vec![
+                Resource::Io {
+                    base: legacy::COM1_PORT,
+                    len: 8,
+                },
+                Resource::Irq(legacy::COM1_IRQ),
+            ],
+        },
+        // Described, so a stock kernel's PNP probe finds the controller.
+        DeviceDescription {
+            name: "PS2K".into(),
+            hid: Hid::Eisa("PNP0303"),
+            uid: 0,
+            resources: vec![
+                Resource::Io {
+                    base: legacy::I8042_DATA_PORT,
+                    len: 1,
+                },
+                Resource::Io {
+                    base: legacy::I8042_CMD_PORT,
+                    len: 1,
+                },
+                Resource::Irq(legacy::I8042_IRQ),
+            ],
+        },
+    ];
     Ok(Devices {
         pio,
         mmio: Bus::new(),
@@ -270,7 +310,7 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
         });
     }
     let (profile, extra_params) = choose_profile(cfg, hv.host);
-    if profile.hide_cx16 {
+    if profile.emulated {
         log::info!(
             "guest kernel code will be emulated: CPU profile hides CX16, kernel gets: {}",
             extra_params.join(" ")
@@ -282,6 +322,10 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     // 2. The VM: memory, irqchip, PIT.
     let vm = Vm::create(&hv, layout.clone())?;
     log::debug!("guest memory: {:?}", layout.ram);
+    let complete_gaps = profile.emulated && cfg.complete_gaps;
+    if complete_gaps {
+        vm.trap_lstar_writes()?;
+    }
 
     // 3. vCPU threads: each creates its vCPU, then waits at the gate.
     vcpu::install_kick_handler().map_err(|e| Error::Thread(e.into()))?;
@@ -353,6 +397,8 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
         supported_cpuid,
         cpu_profile: profile,
         vcpu_count: cpus,
+        complete_gaps,
+        sample_rip: cfg.sample_rip,
     }));
     let vcpus = pending.release();
     Ok(Machine::new(
@@ -362,6 +408,7 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
         pio,
         mmio,
         devices.serial,
+        cfg.sample_rip,
         BuildSummary {
             host: hv.host,
             cmdline,
@@ -413,13 +460,13 @@ mod tests {
     #[test]
     fn profile_follows_the_host_unless_forced() {
         let mut c = cfg();
-        assert_eq!(choose_profile(&c, HostKind::Pvm).1, vec!["noxsave"]);
-        assert!(choose_profile(&c, HostKind::Pvm).0.hide_cx16);
+        assert_eq!(choose_profile(&c, HostKind::Pvm).1, EMULATION_PARAMS);
+        assert!(choose_profile(&c, HostKind::Pvm).0.emulated);
         assert!(choose_profile(&c, HostKind::Vmx).1.is_empty());
-        assert!(!choose_profile(&c, HostKind::Svm).0.hide_cx16);
+        assert!(!choose_profile(&c, HostKind::Svm).0.emulated);
         c.profile = ProfileChoice::Native;
         assert!(choose_profile(&c, HostKind::Pvm).1.is_empty());
         c.profile = ProfileChoice::Emulated;
-        assert!(choose_profile(&c, HostKind::Vmx).0.hide_cx16);
+        assert!(choose_profile(&c, HostKind::Vmx).0.emulated);
     }
 }

@@ -7,8 +7,11 @@ pub mod layout;
 
 use std::sync::Arc;
 
-use kvm_bindings::{kvm_pit_config, kvm_userspace_memory_region, KVM_PIT_SPEAKER_DUMMY};
-use kvm_ioctls::VmFd;
+use kvm_bindings::{
+    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR,
+    KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY,
+};
+use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::kvm::Hypervisor;
@@ -38,6 +41,8 @@ pub enum Error {
     Irqchip(kvm_ioctls::Error),
     #[error("KVM_CREATE_PIT2 failed: {0}")]
     Pit(kvm_ioctls::Error),
+    #[error("MSR filter (KVM_CAP_X86_USER_SPACE_MSR / KVM_X86_SET_MSR_FILTER): {0}")]
+    MsrFilter(kvm_ioctls::Error),
 }
 
 /// A VM with its memory registered and its irqchip created; no vCPUs yet.
@@ -92,5 +97,29 @@ impl Vm {
             memory,
             layout,
         })
+    }
+
+    /// Makes guest writes of LSTAR exit to user space (the `syscall`
+    /// repair arms itself there on emulation-only hosts). Every other MSR
+    /// access stays in the kernel.
+    pub fn trap_lstar_writes(&self) -> Result<(), Error> {
+        let cap = kvm_enable_cap {
+            cap: KVM_CAP_X86_USER_SPACE_MSR,
+            args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+            ..Default::default()
+        };
+        self.fd.enable_cap(&cap).map_err(Error::MsrFilter)?;
+        let deny = [0u8];
+        self.fd
+            .set_msr_filter(
+                MsrFilterDefaultAction::ALLOW,
+                &[MsrFilterRange {
+                    flags: MsrFilterRangeFlags::WRITE,
+                    base: crate::vcpu::syscall::MSR_LSTAR,
+                    msr_count: 1,
+                    bitmap: &deny,
+                }],
+            )
+            .map_err(Error::MsrFilter)
     }
 }

@@ -1,0 +1,308 @@
+//! The `syscall` repair on emulation-only hosts. There, a `syscall` from
+//! user mode (which runs natively) lands at LSTAR still at CPL3, and the
+//! guest takes a page fault on its own kernel entry (a supervisor page).
+//! Tsubame puts a hardware breakpoint on the guest's page-fault handler;
+//! when the fault frame says "instruction fetch at LSTAR from user mode",
+//! it performs the rest of the SYSCALL transition (kernel CS/SS from STAR,
+//! the user RSP kept, RIP = LSTAR) and resumes. Other page faults go on
+//! with RFLAGS.RF set, so the breakpoint lets them through once.
+//!
+//! The breakpoint is placed when the guest writes LSTAR (an MSR filter
+//! makes that write exit): by then the IDT holds the final handler.
+
+use kvm_bindings::{
+    kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_USE_HW_BP,
+};
+use kvm_ioctls::VcpuFd;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::vm::GuestMemory;
+
+pub const MSR_STAR: u32 = 0xc000_0081;
+pub const MSR_LSTAR: u32 = 0xc000_0082;
+const VECTOR_PF: u64 = 14;
+/// #PF error code: present, user mode, instruction fetch.
+const PF_USER_FETCH: u64 = 0x15;
+const RFLAGS_RF: u64 = 1 << 16;
+/// DR7: local enable of breakpoint 0, execute, length 1.
+const DR7_L0: u64 = 1;
+
+/// The frame the CPU pushed for a page fault, at the handler's RSP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultFrame {
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl FaultFrame {
+    pub fn from_bytes(b: &[u8; 48]) -> FaultFrame {
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+        FaultFrame {
+            error_code: w(0),
+            rip: w(1),
+            cs: w(2),
+            rflags: w(3),
+            rsp: w(4),
+            ss: w(5),
+        }
+    }
+
+    /// The fault a broken user-mode `syscall` produces.
+    pub fn is_broken_syscall(&self, lstar: u64) -> bool {
+        self.rip == lstar && self.cs & 3 == 3 && self.error_code == PF_USER_FETCH
+    }
+}
+
+fn flat_segment(selector: u16, code: bool) -> kvm_segment {
+    kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector,
+        type_: if code { 0xb } else { 0x3 },
+        present: 1,
+        dpl: 0,
+        db: u8::from(!code),
+        s: 1,
+        l: u8::from(code),
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    }
+}
+
+/// The state right after a SYSCALL from the fault frame: what the CPU would
+/// have done had the switch to CPL0 happened. RCX, R11 and the masked
+/// RFLAGS were already set by the broken instruction.
+pub fn syscall_entry(
+    frame: &FaultFrame,
+    star: u64,
+    lstar: u64,
+    mut regs: kvm_regs,
+    mut sregs: kvm_sregs,
+) -> (kvm_regs, kvm_sregs) {
+    let kernel_cs = ((star >> 32) & 0xfffc) as u16;
+    regs.rip = lstar;
+    regs.rsp = frame.rsp;
+    regs.rflags = frame.rflags & !RFLAGS_RF;
+    sregs.cs = flat_segment(kernel_cs, true);
+    sregs.ss = flat_segment(kernel_cs + 8, false);
+    (regs, sregs)
+}
+
+/// Reads the handler address of IDT vector `vector`.
+fn idt_handler(fd: &VcpuFd, mem: &GuestMemory, sregs: &kvm_sregs, vector: u64) -> Option<u64> {
+    if u64::from(sregs.idt.limit) < vector * 16 + 15 {
+        return None;
+    }
+    let gate = read_virt::<16>(fd, mem, sregs.idt.base + vector * 16)?;
+    let lo = u64::from(u16::from_le_bytes([gate[0], gate[1]]));
+    let mid = u64::from(u16::from_le_bytes([gate[6], gate[7]]));
+    let hi = u64::from(u32::from_le_bytes([gate[8], gate[9], gate[10], gate[11]]));
+    Some(lo | (mid << 16) | (hi << 32))
+}
+
+/// Reads N bytes at a guest virtual address (within one page or two).
+fn read_virt<const N: usize>(fd: &VcpuFd, mem: &GuestMemory, gva: u64) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
+    let mut done = 0;
+    while done < N {
+        let at = gva + done as u64;
+        let t = fd.translate_gva(at).ok()?;
+        if t.valid == 0 {
+            return None;
+        }
+        let n = ((0x1000 - (at & 0xfff)) as usize).min(N - done);
+        mem.read_slice(&mut out[done..done + n], GuestAddress(t.physical_address))
+            .ok()?;
+        done += n;
+    }
+    Some(out)
+}
+
+fn read_msr(fd: &VcpuFd, index: u32) -> Option<u64> {
+    let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+        index,
+        ..Default::default()
+    }])
+    .ok()?;
+    (fd.get_msrs(&mut msrs).ok()? == 1).then(|| msrs.as_slice()[0].data)
+}
+
+/// What a breakpoint at the page-fault handler turned out to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Breakpoint {
+    /// A user `syscall`, now entering the kernel properly.
+    Syscall,
+    /// An ordinary page fault, let through.
+    PageFault,
+    /// Not our breakpoint.
+    Foreign,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("KVM ioctl: {0}")]
+    Kvm(#[from] kvm_ioctls::Error),
+    #[error("cannot read the page-fault frame at {0:#x}")]
+    Frame(u64),
+}
+
+/// Per-vCPU repair state.
+#[derive(Debug, Default)]
+pub struct SyscallRepair {
+    lstar: u64,
+    star: u64,
+    handler: Option<u64>,
+}
+
+impl SyscallRepair {
+    /// The guest wrote LSTAR (the write exited through the MSR filter):
+    /// perform it, then (re)arm the breakpoint on the page-fault handler.
+    pub fn on_lstar_write(
+        &mut self,
+        fd: &VcpuFd,
+        mem: &GuestMemory,
+        value: u64,
+    ) -> Result<(), Error> {
+        let msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index: MSR_LSTAR,
+            data: value,
+            ..Default::default()
+        }])
+        .map_err(|_| Error::Kvm(kvm_ioctls::Error::new(libc::ENOMEM)))?;
+        fd.set_msrs(&msrs)?;
+        self.lstar = value;
+        self.star = read_msr(fd, MSR_STAR).unwrap_or(0);
+        let sregs = fd.get_sregs()?;
+        self.handler = idt_handler(fd, mem, &sregs, VECTOR_PF);
+        let mut dbg = kvm_guest_debug::default();
+        if let Some(handler) = self.handler {
+            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+            dbg.arch.debugreg[0] = handler;
+            dbg.arch.debugreg[7] = DR7_L0;
+            log::debug!("syscall repair armed: LSTAR {value:#x}, #PF handler {handler:#x}");
+        } else {
+            log::warn!("syscall repair: no page-fault handler in the IDT yet");
+        }
+        fd.set_guest_debug(&dbg)?;
+        Ok(())
+    }
+
+    /// KVM_EXIT_DEBUG at `pc`.
+    pub fn on_breakpoint(
+        &mut self,
+        fd: &VcpuFd,
+        mem: &GuestMemory,
+        pc: u64,
+    ) -> Result<Breakpoint, Error> {
+        if Some(pc) != self.handler {
+            return Ok(Breakpoint::Foreign);
+        }
+        let mut regs = fd.get_regs()?;
+        let frame = read_virt::<48>(fd, mem, regs.rsp)
+            .map(|b| FaultFrame::from_bytes(&b))
+            .ok_or(Error::Frame(regs.rsp))?;
+        if frame.is_broken_syscall(self.lstar) {
+            let sregs = fd.get_sregs()?;
+            let (regs, sregs) = syscall_entry(&frame, self.star, self.lstar, regs, sregs);
+            fd.set_sregs(&sregs)?;
+            fd.set_regs(&regs)?;
+            return Ok(Breakpoint::Syscall);
+        }
+        regs.rflags |= RFLAGS_RF;
+        fd.set_regs(&regs)?;
+        Ok(Breakpoint::PageFault)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Linux's STAR: user CS base 0x23 - 16 in 63:48, kernel CS 0x10 in 47:32.
+    const STAR: u64 = (0x23u64 << 48) | (0x10u64 << 32);
+    const LSTAR: u64 = 0xffff_ffff_8200_0040;
+
+    fn frame_bytes(f: &FaultFrame) -> [u8; 48] {
+        let mut b = [0u8; 48];
+        for (i, w) in [f.error_code, f.rip, f.cs, f.rflags, f.rsp, f.ss]
+            .iter()
+            .enumerate()
+        {
+            b[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        b
+    }
+
+    fn broken() -> FaultFrame {
+        FaultFrame {
+            error_code: PF_USER_FETCH,
+            rip: LSTAR,
+            cs: 0x33,
+            rflags: 0x202,
+            rsp: 0x7fff_0000_1000,
+            ss: 0x2b,
+        }
+    }
+
+    #[test]
+    fn frames_parse() {
+        let f = broken();
+        assert_eq!(FaultFrame::from_bytes(&frame_bytes(&f)), f);
+    }
+
+    #[test]
+    fn only_user_fetch_faults_at_lstar_are_syscalls() {
+        assert!(broken().is_broken_syscall(LSTAR));
+        let kernel_mode = FaultFrame {
+            cs: 0x10,
+            ..broken()
+        };
+        assert!(!kernel_mode.is_broken_syscall(LSTAR));
+        let data_fault = FaultFrame {
+            error_code: 0x6,
+            ..broken()
+        };
+        assert!(!data_fault.is_broken_syscall(LSTAR));
+        let elsewhere = FaultFrame {
+            rip: 0x40_1000,
+            ..broken()
+        };
+        assert!(!elsewhere.is_broken_syscall(LSTAR));
+    }
+
+    #[test]
+    fn the_transition_is_what_syscall_would_have_done() {
+        // As the broken syscall left them: RCX = return address, R11 = RFLAGS.
+        let regs = kvm_regs {
+            rcx: 0x40_1234,
+            r11: 0x246,
+            rax: 39,
+            rsp: 0xffff_c900_0000_3f58, // the #PF frame on the kernel stack
+            rip: 0xffff_ffff_8100_0000, // the handler
+            rflags: 0x2,
+            ..Default::default()
+        };
+        let mut sregs = kvm_sregs::default();
+        sregs.cs.selector = 0x10;
+        let (r, s) = syscall_entry(&broken(), STAR, LSTAR, regs, sregs);
+        assert_eq!(r.rip, LSTAR);
+        assert_eq!(r.rsp, 0x7fff_0000_1000, "SYSCALL does not switch stacks");
+        assert_eq!(r.rflags, 0x202);
+        assert_eq!((r.rcx, r.r11, r.rax), (0x40_1234, 0x246, 39), "untouched");
+        assert_eq!(
+            (s.cs.selector, s.cs.dpl, s.cs.l, s.cs.type_),
+            (0x10, 0, 1, 0xb)
+        );
+        assert_eq!(
+            (s.ss.selector, s.ss.dpl, s.ss.db, s.ss.type_),
+            (0x18, 0, 1, 0x3)
+        );
+    }
+}
