@@ -55,9 +55,9 @@ fn run(args: cli::RunArgs) -> ExitCode {
     if !outcome.samples.is_empty() {
         let total: u64 = outcome.samples.iter().map(|(_, n)| n).sum();
         eprintln!("guest RIP samples ({total} in all):");
-        for ((rip, cpl), n) in outcome.samples.iter().take(2000) {
+        for ((rip, cpl, caller), n) in outcome.samples.iter().take(2000) {
             eprintln!(
-                "  {rip:#018x} cpl{cpl} {n:>8} {:5.1}%",
+                "  {rip:#018x} cpl{cpl} {n:>8} {:5.1}% caller {caller:#x}",
                 *n as f64 * 100.0 / total as f64
             );
         }

@@ -75,13 +75,16 @@ impl VmConfig {
 
     /// The command line the guest gets: the user's (or the default), with
     /// the host profile's additions placed before any `--` init arguments.
+    /// An addition is left out when the user's line already sets the same
+    /// parameter (`mitigations=auto` keeps `mitigations=off` out).
     pub fn guest_cmdline(&self, additions: &[&str]) -> String {
         let base = self.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE);
         let kernel_part = base.split(" -- ").next().unwrap_or("");
+        let key = |p: &str| p.split('=').next().unwrap_or(p).to_string();
         let missing: Vec<&str> = additions
             .iter()
             .copied()
-            .filter(|a| !kernel_part.split_whitespace().any(|w| w == *a))
+            .filter(|a| !kernel_part.split_whitespace().any(|w| key(w) == key(a)))
             .collect();
         if missing.is_empty() {
             return base.to_string();
@@ -129,6 +132,12 @@ mod tests {
         assert_eq!(c.guest_cmdline(&["noxsave"]), "noxsave console=ttyS0");
         c.cmdline = Some(String::new());
         assert_eq!(c.guest_cmdline(&["noxsave"]), "noxsave");
+        c.cmdline = Some("console=ttyS0 mitigations=auto".into());
+        assert_eq!(
+            c.guest_cmdline(&["mitigations=off", "noxsave"]),
+            "console=ttyS0 mitigations=auto noxsave",
+            "the user's setting wins"
+        );
         assert_eq!(c.guest_cmdline(&[]), "");
     }
 

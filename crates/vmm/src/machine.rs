@@ -51,8 +51,9 @@ pub struct RunOutcome {
     pub memory: MemoryFigures,
     /// The `--stats` text: exits by reason and device, per vCPU and total.
     pub stats_text: String,
-    /// Guest RIP samples, all vCPUs: ((RIP, CPL), count), most frequent first.
-    pub samples: Vec<((u64, u8), u64)>,
+    /// Guest RIP samples, all vCPUs: ((RIP, CPL, caller), count), most
+    /// frequent first.
+    pub samples: Vec<((u64, u8, u64), u64)>,
 }
 
 pub struct Machine {

@@ -96,8 +96,8 @@ impl StartGate {
 #[derive(Debug, Default)]
 pub struct VcpuOutcome {
     pub stats: ExitStats,
-    /// Guest RIP samples (RIP, CPL) → count, with `sample_rip`.
-    pub samples: std::collections::BTreeMap<(u64, u8), u64>,
+    /// Guest RIP samples (RIP, CPL, likely caller) → count, with `sample_rip`.
+    pub samples: std::collections::BTreeMap<(u64, u8, u64), u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -280,7 +280,13 @@ fn run(mut fd: VcpuFd, id: u8, ready: &MachineReady) -> VcpuOutcome {
                 handler.stats.record(ExitKind::Kick, None, Duration::ZERO);
                 if ready.sample_rip {
                     if let (Ok(r), Ok(s)) = (fd.get_regs(), fd.get_sregs()) {
-                        *samples.entry((r.rip, report::cpl(&s))).or_insert(0u64) += 1;
+                        let cpl = report::cpl(&s);
+                        let caller = if cpl == 0 {
+                            stack_caller(&fd, &ready.memory, r.rsp)
+                        } else {
+                            0
+                        };
+                        *samples.entry((r.rip, cpl, caller)).or_insert(0u64) += 1;
                     }
                 }
                 ExitAction::Continue
@@ -354,6 +360,19 @@ fn run(mut fd: VcpuFd, id: u8, ready: &MachineReady) -> VcpuOutcome {
         stats: handler.stats,
         samples,
     }
+}
+
+/// The first word on the guest stack that looks like a kernel text
+/// address: a cheap guess at the sampled function's caller.
+fn stack_caller(fd: &VcpuFd, mem: &GuestMemory, rsp: u64) -> u64 {
+    let Some(words) = syscall::read_virt::<128>(fd, mem, rsp) else {
+        return 0;
+    };
+    words
+        .chunks(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+        .find(|&w| (0xffff_ffff_8000_0000..0xffff_ffff_c000_0000).contains(&w))
+        .unwrap_or(0)
 }
 
 /// Performs a guest WRMSR that the MSR filter sent to us.

@@ -5,11 +5,17 @@
 //! when the fault frame says "instruction fetch at LSTAR from user mode",
 //! it performs the rest of the SYSCALL transition (kernel CS/SS from STAR,
 //! the user RSP kept, RIP = LSTAR) and resumes. Other page faults go on
-//! with RFLAGS.RF set, so the breakpoint lets them through once.
+//! past the handler's first instruction, which Tsubame carries out itself
+//! (it is a `nop`, `endbr64`, `clac` or `cld`): RFLAGS.RF, the usual way to
+//! step over a breakpoint, is not honoured by this host's emulator, and the
+//! breakpoint would fire again for ever. The instruction is decoded at each
+//! hit: the kernel rewrites its own entry code (alternatives turn three
+//! one-byte nops into one three-byte nop) after the breakpoint is placed.
 //!
 //! The breakpoint is placed when the guest writes LSTAR (an MSR filter
 //! makes that write exit): by then the IDT holds the final handler.
 
+use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use kvm_bindings::{
     kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs, KVM_GUESTDBG_ENABLE,
     KVM_GUESTDBG_USE_HW_BP,
@@ -25,6 +31,8 @@ const VECTOR_PF: u64 = 14;
 /// #PF error code: present, user mode, instruction fetch.
 const PF_USER_FETCH: u64 = 0x15;
 const RFLAGS_RF: u64 = 1 << 16;
+const RFLAGS_DF: u64 = 1 << 10;
+const RFLAGS_AC: u64 = 1 << 18;
 /// DR7: local enable of breakpoint 0, execute, length 1.
 const DR7_L0: u64 = 1;
 
@@ -95,6 +103,40 @@ pub fn syscall_entry(
     (regs, sregs)
 }
 
+/// A handler's first instruction, which Tsubame performs itself to get the
+/// guest past the breakpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirstInstruction {
+    pub len: u64,
+    /// RFLAGS bits the instruction clears (`clac`: AC, `cld`: DF).
+    pub clears: u64,
+}
+
+impl FirstInstruction {
+    /// Accepts only instructions whose whole effect is "clear a flag" or
+    /// nothing at all.
+    pub fn decode(bytes: &[u8]) -> Option<FirstInstruction> {
+        let insn = Decoder::new(64, bytes, DecoderOptions::NONE).decode();
+        let clears = match insn.mnemonic() {
+            Mnemonic::Nop | Mnemonic::Endbr64 => 0,
+            Mnemonic::Clac => RFLAGS_AC,
+            Mnemonic::Cld => RFLAGS_DF,
+            _ => return None,
+        };
+        Some(FirstInstruction {
+            len: insn.len() as u64,
+            clears,
+        })
+    }
+
+    /// The registers after the instruction ran.
+    pub fn step(&self, mut regs: kvm_regs) -> kvm_regs {
+        regs.rip += self.len;
+        regs.rflags &= !(self.clears | RFLAGS_RF);
+        regs
+    }
+}
+
 /// Reads the handler address of IDT vector `vector`.
 fn idt_handler(fd: &VcpuFd, mem: &GuestMemory, sregs: &kvm_sregs, vector: u64) -> Option<u64> {
     if u64::from(sregs.idt.limit) < vector * 16 + 15 {
@@ -108,7 +150,11 @@ fn idt_handler(fd: &VcpuFd, mem: &GuestMemory, sregs: &kvm_sregs, vector: u64) -
 }
 
 /// Reads N bytes at a guest virtual address (within one page or two).
-fn read_virt<const N: usize>(fd: &VcpuFd, mem: &GuestMemory, gva: u64) -> Option<[u8; N]> {
+pub(crate) fn read_virt<const N: usize>(
+    fd: &VcpuFd,
+    mem: &GuestMemory,
+    gva: u64,
+) -> Option<[u8; N]> {
     let mut out = [0u8; N];
     let mut done = 0;
     while done < N {
@@ -151,6 +197,8 @@ pub enum Error {
     Kvm(#[from] kvm_ioctls::Error),
     #[error("cannot read the page-fault frame at {0:#x}")]
     Frame(u64),
+    #[error("the page-fault handler at {0:#x} no longer starts with an instruction Tsubame can step over")]
+    Prologue(u64),
 }
 
 /// Per-vCPU repair state.
@@ -181,14 +229,25 @@ impl SyscallRepair {
         self.star = read_msr(fd, MSR_STAR).unwrap_or(0);
         let sregs = fd.get_sregs()?;
         self.handler = idt_handler(fd, mem, &sregs, VECTOR_PF);
+        let first = self
+            .handler
+            .and_then(|h| read_virt::<15>(fd, mem, h))
+            .and_then(|b| FirstInstruction::decode(&b));
         let mut dbg = kvm_guest_debug::default();
-        if let Some(handler) = self.handler {
-            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
-            dbg.arch.debugreg[0] = handler;
-            dbg.arch.debugreg[7] = DR7_L0;
-            log::debug!("syscall repair armed: LSTAR {value:#x}, #PF handler {handler:#x}");
-        } else {
-            log::warn!("syscall repair: no page-fault handler in the IDT yet");
+        match (self.handler, first) {
+            (Some(handler), Some(_)) => {
+                dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+                dbg.arch.debugreg[0] = handler;
+                dbg.arch.debugreg[7] = DR7_L0;
+                log::debug!("syscall repair armed: LSTAR {value:#x}, #PF handler {handler:#x}");
+            }
+            (Some(handler), None) => {
+                log::warn!(
+                    "syscall repair off: the #PF handler at {handler:#x} does not start with an instruction Tsubame can step over"
+                );
+                self.handler = None;
+            }
+            (None, _) => log::warn!("syscall repair off: no page-fault handler in the IDT"),
         }
         fd.set_guest_debug(&dbg)?;
         Ok(())
@@ -204,7 +263,7 @@ impl SyscallRepair {
         if Some(pc) != self.handler {
             return Ok(Breakpoint::Foreign);
         }
-        let mut regs = fd.get_regs()?;
+        let regs = fd.get_regs()?;
         let frame = read_virt::<48>(fd, mem, regs.rsp)
             .map(|b| FaultFrame::from_bytes(&b))
             .ok_or(Error::Frame(regs.rsp))?;
@@ -215,8 +274,19 @@ impl SyscallRepair {
             fd.set_regs(&regs)?;
             return Ok(Breakpoint::Syscall);
         }
-        regs.rflags |= RFLAGS_RF;
-        fd.set_regs(&regs)?;
+        if log::log_enabled!(log::Level::Trace) {
+            let cr2 = fd.get_sregs().map(|s| s.cr2).unwrap_or(0);
+            log::trace!(
+                "page fault: rip {:#x} cs {:#x} error {:#x} cr2 {cr2:#x}",
+                frame.rip,
+                frame.cs,
+                frame.error_code
+            );
+        }
+        let first = read_virt::<15>(fd, mem, pc)
+            .and_then(|b| FirstInstruction::decode(&b))
+            .ok_or(Error::Prologue(pc))?;
+        fd.set_regs(&first.step(regs))?;
         Ok(Breakpoint::PageFault)
     }
 }
@@ -249,6 +319,33 @@ mod tests {
             rsp: 0x7fff_0000_1000,
             ss: 0x2b,
         }
+    }
+
+    #[test]
+    fn handler_prologues_are_stepped_over() {
+        // Linux 6.1 with SMAP off: `clac` becomes three one-byte nops, and
+        // later (alternatives) one three-byte nop.
+        let nop = FirstInstruction::decode(&[0x90, 0x90, 0x90, 0xfc]).unwrap();
+        assert_eq!(nop, FirstInstruction { len: 1, clears: 0 });
+        let nopl = FirstInstruction::decode(&[0x0f, 0x1f, 0x00, 0xfc]).unwrap();
+        assert_eq!(nopl, FirstInstruction { len: 3, clears: 0 });
+        let endbr = FirstInstruction::decode(&[0xf3, 0x0f, 0x1e, 0xfa]).unwrap();
+        assert_eq!(endbr.len, 4);
+        let clac = FirstInstruction::decode(&[0x0f, 0x01, 0xca]).unwrap();
+        let regs = kvm_regs {
+            rip: 0x1000,
+            rflags: RFLAGS_AC | RFLAGS_RF | 0x202,
+            ..Default::default()
+        };
+        let after = clac.step(regs);
+        assert_eq!((after.rip, after.rflags), (0x1003, 0x202));
+        assert_eq!(
+            FirstInstruction::decode(&[0xfc]).unwrap().step(regs).rflags & RFLAGS_DF,
+            0
+        );
+        // Anything with more effect is refused: the repair stays off.
+        assert_eq!(FirstInstruction::decode(&[0x6a, 0xff]), None); // push -1
+        assert_eq!(FirstInstruction::decode(&[0xe8, 0, 0, 0, 0]), None); // call
     }
 
     #[test]

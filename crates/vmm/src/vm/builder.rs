@@ -142,23 +142,26 @@ fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
     Ok((layout, image))
 }
 
-/// Kernel parameters for emulation-only hosts, each for a measured reason
-/// (see the README's notes on such hosts):
+/// Kernel parameters for emulation-only hosts, each for a measured reason:
 /// - `noxsave`, `clearcpuid=smap`: XSAVE and SMAP cannot be hidden from
 ///   CPUID there, and the emulator runs neither xsave/xrstor nor stac/clac
 ///   (6.1 has no `nosmap`; `clearcpuid` takes feature names since 5.19).
 /// - `clearcpuid=ssse3`: otherwise random.c's blake2s runs SSSE3 code at
 ///   CPL0, which the emulator cannot.
-/// - `clearcpuid=erms`: `rep stosb`/`rep movsb` page clears and copies cost
-///   one emulated step per byte; without ERMS the kernel uses 8-byte steps.
-/// - `mitigations=off`: emulated kernel code does not speculate, and the
-///   return/indirect-branch thunks were a third of the sampled boot time.
-/// - `cryptomgr.notests`, `nosoftlockup`: crypto self-tests and soft-lockup
-///   backtraces (kallsyms lookups) are minutes of emulated time.
+/// - `spectre_v2=off spec_rstack_overflow=off retbleed=off`: the retpoline
+///   and return thunks were 8-12% of sampled boot time, and they guard
+///   against speculation of kernel code, which here is emulated, not run.
+///   (Meltdown/MDS mitigations stay: user code does run natively.)
+/// - `cryptomgr.notests`: the crypto self-tests (RSA above all) were minutes
+///   of emulated time.
+/// - `nosoftlockup`: a slow boot trips the soft-lockup detector, whose
+///   backtraces (kallsyms lookups) cost more emulated time.
 pub const EMULATION_PARAMS: &[&str] = &[
     "noxsave",
-    "clearcpuid=smap,ssse3,erms",
-    "mitigations=off",
+    "clearcpuid=smap,ssse3",
+    "spectre_v2=off",
+    "spec_rstack_overflow=off",
+    "retbleed=off",
     "cryptomgr.notests",
     "nosoftlockup",
 ];
