@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmm::boot::BootPath;
-use vmm::config::{ProfileChoice, SerialConfig, VmConfig, DEFAULT_MEMORY_MIB};
+use vmm::config::{DiskConfig, ProfileChoice, SerialConfig, VmConfig, DEFAULT_MEMORY_MIB};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -109,6 +109,12 @@ pub struct RunArgs {
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     pub kvm_device: PathBuf,
+    /// A virtio-blk disk on a raw image (repeatable).
+    #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME]")]
+    pub disk: Vec<DiskConfig>,
+    /// A virtio-rng device fed by the host's getrandom.
+    #[arg(long)]
+    pub rng: bool,
 }
 
 impl RunArgs {
@@ -128,6 +134,8 @@ impl RunArgs {
         cfg.serial = serial;
         cfg.stats = self.stats;
         cfg.sample_rip = self.sample_rip;
+        cfg.disks = self.disk;
+        cfg.rng = self.rng;
         cfg.complete_gaps = self.emulator_gaps == GapsArg::Complete;
         cfg.boot_path = match self.boot_path {
             BootPathArg::HostDecompress => BootPath::HostDecompress,

@@ -12,11 +12,12 @@ fn kernel(name: &str) -> String {
 
 /// The command line the guest sees for `base` on this host.
 fn seen_cmdline(base: &str) -> String {
+    use vmm::vm::builder::{EMULATION_PARAMS, MACHINE_PARAMS};
+    let mut s = format!("{base} {}", MACHINE_PARAMS.join(" "));
     if host_is_emulated() {
-        format!("{base} {}", vmm::vm::builder::EMULATION_PARAMS.join(" "))
-    } else {
-        base.to_string()
+        s = format!("{s} {}", EMULATION_PARAMS.join(" "));
     }
+    s
 }
 
 #[test]
@@ -55,7 +56,7 @@ fn emulation_only_host_is_announced() {
         "native",
     ]);
     assert!(
-        r.stdout.contains("cmdline: console=ttyS0\n"),
+        r.stdout.contains("cmdline: console=ttyS0 reboot=acpi\n"),
         "{}",
         r.output()
     );
@@ -137,6 +138,14 @@ fn i8042_reset_exits_zero() {
 }
 
 #[test]
+fn real_mode_jump_to_the_reset_vector_is_a_reset() {
+    let r = run(&["run", "--kernel", &kernel("biosreset")]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("BIOS reset vector"), "{}", r.output());
+    assert!(r.stderr.contains("guest reset"), "{}", r.output());
+}
+
+#[test]
 fn triple_fault_exits_two_with_a_report() {
     let r = run(&["run", "--kernel", &kernel("triple")]);
     assert_eq!(r.status, 2, "{}", r.output());
@@ -157,7 +166,13 @@ fn triple_fault_exits_two_with_a_report() {
 
 #[test]
 fn rejected_instruction_is_reported_with_its_bytes() {
-    let r = run(&["run", "--kernel", &kernel("badinsn")]);
+    let r = run(&[
+        "run",
+        "--kernel",
+        &kernel("badinsn"),
+        "--emulator-gaps",
+        "report",
+    ]);
     if host_is_emulated() {
         assert_eq!(r.status, 2, "{}", r.output());
         for needle in [
@@ -173,12 +188,19 @@ fn rejected_instruction_is_reported_with_its_bytes() {
         }
     } else {
         assert_eq!(r.status, 0, "{}", r.output());
-        assert!(
-            r.stdout.contains("popcnt ran natively: 0000000000000008"),
-            "{}",
-            r.output()
-        );
     }
+}
+
+#[test]
+fn rejected_instruction_is_completed_by_default() {
+    // Natively on VT-x/AMD-V; completed by the VMM on emulation-only hosts.
+    let r = run(&["run", "--kernel", &kernel("badinsn")]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(
+        r.stdout.contains("popcnt ran natively: 0000000000000008"),
+        "{}",
+        r.output()
+    );
 }
 
 #[test]
@@ -313,5 +335,82 @@ fn bzimage_guest_decompress_path_enters_at_0x200() {
         r.stderr.contains("decompressed by the guest (requested)"),
         "{}",
         r.output()
+    );
+}
+
+#[test]
+fn kernel_page_faults_pass_the_syscall_repair_breakpoint_once_each() {
+    let r = run(&["run", "--kernel", &kernel("pfstep"), "--stats"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(
+        r.stdout.contains("page faults handled: 0000000000000005"),
+        "{}",
+        r.output()
+    );
+    if host_is_emulated() {
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.contains("page fault (let through)"))
+            .unwrap_or_else(|| panic!("{}", r.output()));
+        assert_eq!(line.split_whitespace().last(), Some("5"), "{line}");
+    }
+}
+
+/// A disk image of 8 sectors whose sector 0 starts with "HOSTDISK".
+fn disk_image(name: &str) -> std::path::PathBuf {
+    let img = scratch(name).join("disk.img");
+    let mut data = vec![0u8; 8 * 512];
+    data[..8].copy_from_slice(b"HOSTDISK");
+    std::fs::write(&img, &data).unwrap();
+    img
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+#[test]
+fn virtio_blk_guest_reads_writes_and_flushes_an_image() {
+    let img = disk_image("virtio-blk");
+    let disk = format!("path={},id=guest-disk", img.display());
+    let r = run(&["run", "--kernel", &kernel("virtioblk"), "--disk", &disk]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    let ok = hex(0);
+    let marker = hex(u64::from_le_bytes(*b"HOSTDISK"));
+    let pattern = hex(u64::from_le_bytes(*b"TSUBAME!"));
+    for want in [
+        "virtio-blk found, queue ready".to_string(),
+        format!("read0 {ok} {marker}"),
+        format!("write1 {ok}"),
+        format!("flush {ok}"),
+        format!("read1 {ok} {pattern}"),
+    ] {
+        assert!(r.stdout.contains(&want), "missing {want}: {}", r.output());
+    }
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(&data[..8], b"HOSTDISK");
+    assert!(
+        data[512..1024].chunks(8).all(|c| c == b"TSUBAME!"),
+        "sector 1 on the host is not what the guest wrote"
+    );
+    assert!(data[1024..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn virtio_blk_read_only_disk_refuses_the_guest_write() {
+    let img = disk_image("virtio-blk-ro");
+    let disk = format!("path={},readonly=on", img.display());
+    let r = run(&["run", "--kernel", &kernel("virtioblk"), "--disk", &disk]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(
+        r.stdout.contains(&format!("write1 {}", hex(1))),
+        "expected IOERR: {}",
+        r.output()
+    );
+    let data = std::fs::read(&img).unwrap();
+    assert!(
+        data[512..].iter().all(|&b| b == 0),
+        "read-only image changed"
     );
 }

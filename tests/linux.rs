@@ -162,7 +162,14 @@ fn debian_kernel_sees_the_machine_tsubame_built() {
 /// The init of the user-space test: system calls, files, FPU state across
 /// context switches, a syscall-rate probe, then `reboot -f`.
 const USER_INIT: &str = "#!/bin/busybox sh
+# Known open bug on emulation-only hosts (README): the first process to run
+# on the second vCPU may fault in glibc's TLS set-up. Meet it here, on
+# purpose, and report it, so that it cannot hit a command whose output the
+# test checks.
+/bin/busybox taskset 2 /bin/busybox true
+echo TSUBAME-INIT: first process on CPU 1 exited with $?
 /bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs dev /dev
 echo TSUBAME-INIT: user space reached
 echo TSUBAME-INIT: nproc=$(/bin/busybox nproc)
 echo TSUBAME-INIT: $(/bin/busybox grep MemTotal /proc/meminfo)
@@ -207,6 +214,10 @@ fn debian_kernel_reaches_user_space_and_reboots() {
         r.elapsed.as_secs_f64()
     );
     let lines = console(&r);
+    eprintln!(
+        "first process on CPU 1 exited with {:?}",
+        after(&lines, "TSUBAME-INIT: first process on CPU 1 exited with ")
+    );
     assert_eq!(r.status, 0, "{}", r.output());
     assert!(r.stderr.contains("guest reset"), "{}", r.output());
     assert_eq!(

@@ -27,6 +27,50 @@ pub enum ProfileChoice {
     Emulated,
 }
 
+/// A virtio-blk disk: `--disk path=FILE[,readonly=on][,id=NAME]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    pub path: PathBuf,
+    pub read_only: bool,
+    /// What GET_ID answers (at most 20 bytes); default: the file name.
+    pub id: Option<String>,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<DiskConfig, String> {
+        let mut path = None;
+        let mut read_only = false;
+        let mut id = None;
+        for part in s.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected key=value"))?;
+            match key {
+                "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
+                "readonly" => {
+                    read_only = match value {
+                        "on" | "true" => true,
+                        "off" | "false" => false,
+                        _ => return Err(format!("readonly={value}: expected on or off")),
+                    }
+                }
+                "id" if value.len() <= 20 => id = Some(value.to_string()),
+                "id" => return Err(format!("id={value}: at most 20 bytes")),
+                "path" => return Err("path=: empty path".into()),
+                _ => return Err(format!("unknown key `{key}` (path, readonly, id)")),
+            }
+        }
+        let path = path.ok_or("path=FILE is required")?;
+        Ok(DiskConfig {
+            path,
+            read_only,
+            id,
+        })
+    }
+}
+
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 /// MADT LAPIC entries and the MP table carry 8-bit APIC IDs; 255 is broadcast.
@@ -53,6 +97,10 @@ pub struct VmConfig {
     /// Sample guest RIPs every 10 ms (a profile of where the guest spends
     /// its time, printed at exit).
     pub sample_rip: bool,
+    /// virtio-blk disks, in order.
+    pub disks: Vec<DiskConfig>,
+    /// A virtio-rng device.
+    pub rng: bool,
 }
 
 impl VmConfig {
@@ -70,6 +118,8 @@ impl VmConfig {
             stats: false,
             complete_gaps: true,
             sample_rip: false,
+            disks: Vec::new(),
+            rng: false,
         }
     }
 
@@ -112,6 +162,32 @@ pub fn host_memory_mib() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn disk_options_parse_and_errors_name_the_problem() {
+        let d: DiskConfig = "path=/a.img,readonly=on,id=root".parse().unwrap();
+        assert_eq!(
+            d,
+            DiskConfig {
+                path: "/a.img".into(),
+                read_only: true,
+                id: Some("root".into())
+            }
+        );
+        let d: DiskConfig = "path=b.img".parse().unwrap();
+        assert!(!d.read_only && d.id.is_none());
+        for (bad, needle) in [
+            ("readonly=on", "path=FILE is required"),
+            ("path=", "empty path"),
+            ("path=a,readonly=maybe", "readonly=maybe"),
+            ("path=a,speed=9", "unknown key `speed`"),
+            ("path=a,id=123456789012345678901", "at most 20"),
+            ("a.img", "`a.img`: expected key=value"),
+        ] {
+            let e = bad.parse::<DiskConfig>().unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn default_cmdline_is_the_serial_console() {

@@ -57,40 +57,20 @@ pub struct RunOutcome {
 }
 
 pub struct Machine {
-    vm: Vm,
-    lifecycle: Arc<Lifecycle>,
-    vcpus: Vec<VcpuThread>,
-    pio: Arc<Bus>,
-    mmio: Arc<Bus>,
-    serial: Option<Arc<Mutex<SerialConsole>>>,
-    /// -1, or how often to sample guest RIPs.
-    sample_period_ms: i32,
+    pub(crate) vm: Vm,
+    pub(crate) lifecycle: Arc<Lifecycle>,
+    pub(crate) vcpus: Vec<VcpuThread>,
+    pub(crate) pio: Arc<Bus>,
+    pub(crate) mmio: Arc<Bus>,
+    pub(crate) serial: Option<Arc<Mutex<SerialConsole>>>,
+    /// Runs virtio queue work; stopped after the vCPUs.
+    pub(crate) device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
+    /// -1, or how often (ms) to sample guest RIPs.
+    pub(crate) sample_period_ms: i32,
     pub summary: BuildSummary,
 }
 
 impl Machine {
-    pub(crate) fn new(
-        vm: Vm,
-        lifecycle: Arc<Lifecycle>,
-        vcpus: Vec<VcpuThread>,
-        pio: Arc<Bus>,
-        mmio: Arc<Bus>,
-        serial: Option<Arc<Mutex<SerialConsole>>>,
-        sample_rip: bool,
-        summary: BuildSummary,
-    ) -> Machine {
-        Machine {
-            vm,
-            lifecycle,
-            vcpus,
-            pio,
-            mmio,
-            serial,
-            sample_period_ms: if sample_rip { 10 } else { -1 },
-            summary,
-        }
-    }
-
     pub fn lifecycle(&self) -> &Arc<Lifecycle> {
         &self.lifecycle
     }
@@ -225,6 +205,10 @@ impl Machine {
                 }
             }
         }
+        // No vCPU can notify any more; let the device thread finish.
+        if let Some(t) = self.device_thread {
+            t.stop();
+        }
         let reason = self
             .lifecycle
             .reason()
@@ -240,7 +224,7 @@ impl Machine {
         }
         let memory = memory_figures(&self.vm.memory);
         let mut samples: Vec<_> = samples.into_iter().collect();
-        samples.sort_by(|a, b| b.1.cmp(&a.1));
+        samples.sort_by_key(|s| std::cmp::Reverse(s.1));
         RunOutcome {
             reason,
             per_vcpu,

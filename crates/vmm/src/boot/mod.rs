@@ -26,6 +26,33 @@ pub use regs::{BootRegs, Entry};
 use crate::vm::layout::{self, MemoryLayout, CMDLINE_ADDR, CMDLINE_MAX_SIZE, GDT_ADDR, IDT_ADDR};
 use crate::vm::GuestMemory;
 
+/// Real-mode code for the reset vector. There is no firmware to re-run, so
+/// a jump to F000:FFF0 (Linux's last-resort "BIOS" restart, which it picks
+/// on hardware-reduced ACPI without EFI) writes the ACPI reset register,
+/// and the VMM ends the machine as a reset.
+pub fn reset_vector() -> [u8; 16] {
+    use crate::devices::legacy::{power, ACPI_POWER_PORT};
+    let [lo, hi] = (ACPI_POWER_PORT + power::RESET as u16).to_le_bytes();
+    [
+        0xba,
+        lo,
+        hi, // mov dx, reset register
+        0xb0,
+        power::RESET_VALUE, // mov al, reset value
+        0xee,               // out dx, al
+        0xfa,               // cli
+        0xf4,               // hlt
+        0xeb,
+        0xfd, // jmp back to hlt
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ]
+}
+
 /// Highest initrd address a kernel without a setup header accepts.
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x7fff_ffff;
 const PAGE: u64 = 0x1000;
@@ -102,6 +129,7 @@ pub fn setup(
     let e820 = e820::build(layout);
     let acpi = acpi::write_tables(mem, &cfg.acpi)?;
     mptable::write(mem, cfg.acpi.cpus)?;
+    mem.write_slice(&reset_vector(), GuestAddress(layout::RESET_VECTOR_ADDR))?;
 
     let info = params::BootInfo {
         cmdline_addr: CMDLINE_ADDR,

@@ -9,9 +9,10 @@ use crate::boot::acpi::ioapic_id;
 use crate::vm::layout::{IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_ADDR};
 use crate::vm::GuestMemory;
 
-/// The configuration table: the upper half of the BIOS area.
+/// The configuration table: the upper half of the BIOS area, below the
+/// reset vector.
 pub const CONFIG_ADDR: u64 = 0xf0000;
-const CONFIG_END: u64 = 0x10_0000;
+const CONFIG_END: u64 = crate::vm::layout::RESET_VECTOR_ADDR;
 
 const SPEC_REV: u8 = 4;
 const APIC_VERSION: u8 = 0x14;

@@ -58,11 +58,28 @@ pub enum ExitAction {
     WriteMsr { index: u32, data: u64 },
 }
 
+/// One I/O exit, remembered for crash reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub kind: ExitKind,
+    pub addr: u64,
+    pub value: u64,
+    pub len: usize,
+}
+
+/// How many recent I/O exits a crash report shows.
+pub const HISTORY: usize = 24;
+/// COM1's ports: console traffic would flush everything else out of the
+/// history, so it is left out.
+const CONSOLE_PORTS: std::ops::Range<u64> = 0x3f8..0x400;
+
 /// Dispatches exits to the PIO and MMIO buses and counts them.
 pub struct ExitHandler {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     pub stats: ExitStats,
+    history: [Option<Access>; HISTORY],
+    next: usize,
 }
 
 impl ExitHandler {
@@ -71,7 +88,32 @@ impl ExitHandler {
             pio,
             mmio,
             stats: ExitStats::default(),
+            history: [None; HISTORY],
+            next: 0,
         }
+    }
+
+    /// The most recent I/O exits (not console traffic), oldest first.
+    pub fn history(&self) -> Vec<Access> {
+        (0..HISTORY)
+            .filter_map(|i| self.history[(self.next + i) % HISTORY])
+            .collect()
+    }
+
+    fn remember(&mut self, kind: ExitKind, addr: u64, data: &[u8]) {
+        if kind.is_pio() && CONSOLE_PORTS.contains(&addr) {
+            return;
+        }
+        let mut b = [0u8; 8];
+        let len = data.len().min(8);
+        b[..len].copy_from_slice(&data[..len]);
+        self.history[self.next] = Some(Access {
+            kind,
+            addr,
+            value: u64::from_le_bytes(b),
+            len: data.len(),
+        });
+        self.next = (self.next + 1) % HISTORY;
     }
 
     /// Handles one exit, timing the handling.
@@ -87,7 +129,7 @@ impl ExitHandler {
         action
     }
 
-    fn dispatch(&self, exit: VcpuExit<'_>) -> (ExitKind, Option<Target>, ExitAction) {
+    fn dispatch(&mut self, exit: VcpuExit<'_>) -> (ExitKind, Option<Target>, ExitAction) {
         use ExitAction::*;
         match exit {
             VcpuExit::IoIn(port, data) => {
@@ -96,6 +138,7 @@ impl ExitHandler {
                     Some(i) => Target::Pio(i),
                     None => Target::UnownedPio(port),
                 };
+                self.remember(ExitKind::IoIn, port, data);
                 (ExitKind::IoIn, Some(t), Continue)
             }
             VcpuExit::IoOut(port, data) => {
@@ -104,6 +147,7 @@ impl ExitHandler {
                     Some(i) => Target::Pio(i),
                     None => Target::UnownedPio(port),
                 };
+                self.remember(ExitKind::IoOut, port, data);
                 (ExitKind::IoOut, Some(t), Continue)
             }
             VcpuExit::MmioRead(addr, data) => {
@@ -111,6 +155,7 @@ impl ExitHandler {
                     Some(i) => Target::Mmio(i),
                     None => Target::UnownedMmio(addr),
                 };
+                self.remember(ExitKind::MmioRead, addr, data);
                 (ExitKind::MmioRead, Some(t), Continue)
             }
             VcpuExit::MmioWrite(addr, data) => {
@@ -118,6 +163,7 @@ impl ExitHandler {
                     Some(i) => Target::Mmio(i),
                     None => Target::UnownedMmio(addr),
                 };
+                self.remember(ExitKind::MmioWrite, addr, data);
                 (ExitKind::MmioWrite, Some(t), Continue)
             }
             // With the irqchip in the kernel, HLT waits there; an HLT exit
@@ -286,6 +332,31 @@ mod tests {
             h.handle(VcpuExit::Unknown),
             ExitAction::Fatal(Fatal::Unexpected(_))
         ));
+    }
+
+    #[test]
+    fn history_keeps_recent_io_but_not_console_traffic() {
+        let (mut h, _, _) = handler();
+        h.handle(VcpuExit::IoOut(0x3f8, b"x"));
+        h.handle(VcpuExit::IoOut(0x64, &[0xfe]));
+        let mut b = [0u8; 4];
+        h.handle(VcpuExit::MmioRead(0xd000_0000, &mut b));
+        let hist = h.history();
+        assert_eq!(hist.len(), 2);
+        assert_eq!(
+            (hist[0].kind, hist[0].addr, hist[0].value),
+            (ExitKind::IoOut, 0x64, 0xfe)
+        );
+        assert_eq!(
+            (hist[1].kind, hist[1].value, hist[1].len),
+            (ExitKind::MmioRead, 0x5a5a_5a5a, 4)
+        );
+        for i in 0..100 {
+            h.handle(VcpuExit::IoOut(0x80, &[i]));
+        }
+        let hist = h.history();
+        assert_eq!(hist.len(), HISTORY);
+        assert_eq!(hist.last().unwrap().value, 99);
     }
 
     #[test]

@@ -348,6 +348,7 @@ fn run(mut fd: VcpuFd, id: u8, ready: &MachineReady) -> VcpuOutcome {
                         }
                     }
                 }
+                cpu.history = handler.history();
                 let report = report::render(usize::from(id), &why, &cpu);
                 lifecycle.request_stop(StopReason::GuestCrash {
                     vcpu: usize::from(id),

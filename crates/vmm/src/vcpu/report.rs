@@ -115,6 +115,8 @@ pub struct CpuSnapshot {
     pub internal: Option<InternalError>,
     /// Why Tsubame could not carry on (e.g. no completion for it).
     pub note: Option<String>,
+    /// The vCPU's last I/O exits before it died, oldest first.
+    pub history: Vec<super::exit::Access>,
 }
 
 /// Renders the report for vCPU `id`.
@@ -201,6 +203,22 @@ pub fn render(id: usize, why: &Fatal, cpu: &CpuSnapshot) -> String {
     if let Some(note) = &cpu.note {
         let _ = writeln!(out, "  not completed: {note}");
     }
+    if !cpu.history.is_empty() {
+        let _ = writeln!(
+            out,
+            "  last I/O exits (console traffic left out), oldest first:"
+        );
+        for a in &cpu.history {
+            let _ = writeln!(
+                out,
+                "    {:<10} {:#x} {}-byte {:#x}",
+                a.kind.name(),
+                a.addr,
+                a.len,
+                a.value
+            );
+        }
+    }
     out
 }
 
@@ -232,6 +250,7 @@ pub fn snapshot(fd: &mut VcpuFd, why: &Fatal, mem: &GuestMemory) -> CpuSnapshot 
         insn,
         internal,
         note: None,
+        history: Vec::new(),
     }
 }
 
@@ -327,6 +346,7 @@ mod tests {
             insn: Some(bytes),
             internal: Some(ie),
             note: None,
+            history: vec![],
         };
         let text = render(0, &Fatal::InternalError, &cpu);
         assert!(text.contains("emulation failure (suberror 1)"), "{text}");

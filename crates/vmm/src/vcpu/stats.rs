@@ -47,6 +47,10 @@ impl ExitKind {
         ExitKind::Other,
     ];
 
+    pub fn is_pio(self) -> bool {
+        matches!(self, ExitKind::IoIn | ExitKind::IoOut)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             ExitKind::IoIn => "io-in",

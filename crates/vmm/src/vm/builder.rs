@@ -70,6 +70,8 @@ pub enum Error {
     Boot(#[from] boot::Error),
     #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
     Cpuid(kvm_ioctls::Error),
+    #[error(transparent)]
+    Virtio(#[from] super::virtio::Error),
 }
 
 /// The legacy devices and where they sit.
@@ -166,6 +168,13 @@ pub const EMULATION_PARAMS: &[&str] = &[
     "nosoftlockup",
 ];
 
+/// Kernel parameters for every host, part of describing this machine:
+/// - `reboot=acpi`: on hardware-reduced ACPI, Linux otherwise picks an EFI
+///   reboot (there is no EFI here) and then a real-mode jump into a BIOS
+///   that does not exist; the FADT's reset register is what this machine
+///   has. (The reset vector ends the machine too, as a fallback.)
+pub const MACHINE_PARAMS: &[&str] = &["reboot=acpi"];
+
 /// The profile the guest gets, and the kernel parameters it implies.
 fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static str>) {
     let emulated = match cfg.profile {
@@ -173,12 +182,11 @@ fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static s
         ProfileChoice::Native => false,
         ProfileChoice::Emulated => true,
     };
-    let profile = CpuProfile { emulated: emulated };
-    let params = if emulated {
-        EMULATION_PARAMS.to_vec()
-    } else {
-        vec![]
-    };
+    let profile = CpuProfile { emulated };
+    let mut params = MACHINE_PARAMS.to_vec();
+    if emulated {
+        params.extend_from_slice(EMULATION_PARAMS);
+    }
     (profile, params)
 }
 
@@ -300,6 +308,7 @@ pub struct BuildSummary {
 pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     // 0. Inputs first: a bad file or size fails fast, before any KVM state.
     let (layout, kernel_image) = check_inputs(cfg)?;
+    let virtio_plan = super::virtio::plan(cfg)?;
 
     // 1. KVM.
     let hv = Hypervisor::open(&cfg.kvm_device)?;
@@ -319,7 +328,10 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
             extra_params.join(" ")
         );
     }
-    let cmdline = cfg.guest_cmdline(&extra_params);
+    let virtio_params = super::virtio::cmdline_params(&virtio_plan);
+    let mut params: Vec<&str> = extra_params.clone();
+    params.extend(virtio_params.iter().map(String::as_str));
+    let cmdline = cfg.guest_cmdline(&params);
     let cpus = cfg.cpus as u8;
 
     // 2. The VM: memory, irqchip, PIT.
@@ -355,7 +367,16 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     log::debug!("{cpus} vCPU(s) created, waiting for machine init");
 
     // 4. Devices.
-    let devices = attach_devices(&vm, &lifecycle, &cfg.serial)?;
+    let mut devices = attach_devices(&vm, &lifecycle, &cfg.serial)?;
+    devices
+        .acpi
+        .extend(super::virtio::acpi_descriptions(&virtio_plan));
+    let transports =
+        super::virtio::attach(&vm.fd, &vm.memory, &mut devices.mmio, virtio_plan, |gsi| {
+            register_irq(&vm, gsi)
+        })?;
+    let device_thread =
+        crate::devices::virtio::worker::DeviceThread::spawn(&transports).map_err(Error::Thread)?;
 
     // 5. Boot: kernel, initrd, command line, e820, ACPI, MP table.
     let boot = boot::setup(
@@ -404,20 +425,21 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
         sample_rip: cfg.sample_rip,
     }));
     let vcpus = pending.release();
-    Ok(Machine::new(
+    Ok(Machine {
         vm,
         lifecycle,
         vcpus,
         pio,
         mmio,
-        devices.serial,
-        cfg.sample_rip,
-        BuildSummary {
+        serial: devices.serial,
+        device_thread,
+        sample_period_ms: if cfg.sample_rip { 10 } else { -1 },
+        summary: BuildSummary {
             host: hv.host,
             cmdline,
             boot,
         },
-    ))
+    })
 }
 
 #[cfg(test)]
@@ -463,12 +485,13 @@ mod tests {
     #[test]
     fn profile_follows_the_host_unless_forced() {
         let mut c = cfg();
-        assert_eq!(choose_profile(&c, HostKind::Pvm).1, EMULATION_PARAMS);
+        let pvm: Vec<&str> = [MACHINE_PARAMS, EMULATION_PARAMS].concat();
+        assert_eq!(choose_profile(&c, HostKind::Pvm).1, pvm);
         assert!(choose_profile(&c, HostKind::Pvm).0.emulated);
-        assert!(choose_profile(&c, HostKind::Vmx).1.is_empty());
+        assert_eq!(choose_profile(&c, HostKind::Vmx).1, MACHINE_PARAMS);
         assert!(!choose_profile(&c, HostKind::Svm).0.emulated);
         c.profile = ProfileChoice::Native;
-        assert!(choose_profile(&c, HostKind::Pvm).1.is_empty());
+        assert_eq!(choose_profile(&c, HostKind::Pvm).1, MACHINE_PARAMS);
         c.profile = ProfileChoice::Emulated;
         assert!(choose_profile(&c, HostKind::Vmx).0.emulated);
     }

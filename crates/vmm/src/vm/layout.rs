@@ -33,6 +33,9 @@ pub const BIOS_START: u64 = 0xe0000;
 pub const RSDP_ADDR: u64 = BIOS_START;
 pub const ACPI_TABLES_ADDR: u64 = BIOS_START + 0x100;
 pub const BIOS_END: u64 = 0x10_0000;
+/// Where a CPU starts after reset (F000:FFF0), and where Linux's real-mode
+/// restart jumps; [`crate::boot::reset_vector`] puts a reset there.
+pub const RESET_VECTOR_ADDR: u64 = 0xffff0;
 /// The first address a kernel or initrd may use.
 pub const HIMEM_START: u64 = 0x10_0000;
 
@@ -61,7 +64,7 @@ const _: () = {
     assert!(ZERO_PAGE_ADDR + 0x1000 <= PML4_ADDR);
     assert!(pd_end <= CMDLINE_ADDR);
     assert!(CMDLINE_ADDR + CMDLINE_MAX_SIZE as u64 <= MPTABLE_ADDR);
-    assert!(ACPI_TABLES_ADDR < BIOS_END);
+    assert!(ACPI_TABLES_ADDR < RESET_VECTOR_ADDR && RESET_VECTOR_ADDR + 16 == BIOS_END);
     assert!(MMIO_DEVICES_END <= IOAPIC_ADDR);
 };
 

@@ -4,6 +4,7 @@
 
 pub mod builder;
 pub mod layout;
+pub mod virtio;
 
 use std::sync::Arc;
 

@@ -1,0 +1,690 @@
+//! virtio-blk on a raw image file (virtio 1.2, 5.2).
+//!
+//! Requests are parsed from the chain's readable and writable bytes, never
+//! from its descriptor layout: a header split across descriptors, or data
+//! and status in one descriptor, work like any other legal chain. Every
+//! sector range is checked against the image before the file is touched.
+
+use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use crate::devices::virtio::mmio::RING_EVENT_IDX;
+use crate::vm::GuestMemory;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
+use vm_memory::ByteValued;
+
+pub const SECTOR_SIZE: u64 = 512;
+const SECTOR_SHIFT: u32 = 9;
+pub const QUEUE_SIZE: u16 = 256;
+
+pub const F_RO: u64 = 1 << 5;
+pub const F_FLUSH: u64 = 1 << 9;
+pub const F_DISCARD: u64 = 1 << 13;
+pub const F_WRITE_ZEROES: u64 = 1 << 14;
+
+pub const T_IN: u32 = 0;
+pub const T_OUT: u32 = 1;
+pub const T_FLUSH: u32 = 4;
+pub const T_GET_ID: u32 = 8;
+pub const T_DISCARD: u32 = 11;
+pub const T_WRITE_ZEROES: u32 = 13;
+
+pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+pub const S_UNSUPP: u8 = 2;
+
+/// Length of the GET_ID answer.
+pub const ID_BYTES: usize = 20;
+/// Largest data transfer of one request; bounds the bounce buffer.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest discard / write-zeroes range, in sectors.
+const MAX_RANGE_SECTORS: u32 = 1 << 16;
+const MAX_RANGE_SEGMENTS: u32 = 1;
+
+/// `struct virtio_blk_outhdr`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct RequestHeader {
+    pub request_type: u32,
+    pub reserved: u32,
+    pub sector: u64,
+}
+// SAFETY: plain integers, no padding (4 + 4 + 8 bytes, 8-aligned).
+unsafe impl ByteValued for RequestHeader {}
+
+/// `struct virtio_blk_discard_write_zeroes`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Segment {
+    pub sector: u64,
+    pub num_sectors: u32,
+    pub flags: u32,
+}
+// SAFETY: plain integers, no padding (8 + 4 + 4 bytes, 8-aligned).
+unsafe impl ByteValued for Segment {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("disk image {path}: {source}")]
+    Open {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("disk image {path}: size {size} is not a multiple of 512 bytes")]
+    Size { path: String, size: u64 },
+}
+
+/// Why a request failed: the status the driver sees.
+#[derive(Debug, PartialEq, Eq)]
+enum Fault {
+    /// Malformed or out-of-range request, or a host I/O error.
+    Io,
+    Unsupported,
+}
+
+pub struct Block {
+    file: File,
+    /// Image size in sectors, fixed at open.
+    sectors: u64,
+    read_only: bool,
+    id: [u8; ID_BYTES],
+    features: u64,
+    config: Vec<u8>,
+}
+
+impl Block {
+    pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, Error> {
+        let name = path.display().to_string();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(|source| Error::Open {
+                path: name.clone(),
+                source,
+            })?;
+        let size = file
+            .metadata()
+            .map_err(|source| Error::Open {
+                path: name.clone(),
+                source,
+            })?
+            .len();
+        if size % SECTOR_SIZE != 0 {
+            return Err(Error::Size { path: name, size });
+        }
+        let id_text = id.map(str::to_owned).unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        Ok(Block::with_file(
+            file,
+            size / SECTOR_SIZE,
+            read_only,
+            &id_text,
+        ))
+    }
+
+    pub fn with_file(file: File, sectors: u64, read_only: bool, id_text: &str) -> Block {
+        let mut id = [0u8; ID_BYTES];
+        let n = id_text.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&id_text.as_bytes()[..n]);
+        let mut features =
+            VIRTIO_F_VERSION_1 | RING_EVENT_IDX | F_FLUSH | F_DISCARD | F_WRITE_ZEROES;
+        if read_only {
+            features |= F_RO;
+        }
+        Block {
+            file,
+            sectors,
+            read_only,
+            id,
+            features,
+            config: config_space(sectors),
+        }
+    }
+
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// Byte range of `count` bytes at `sector`, if it lies inside the image.
+    fn range(&self, sector: u64, count: u64) -> Result<u64, Fault> {
+        let start = sector.checked_mul(SECTOR_SIZE).ok_or(Fault::Io)?;
+        let end = start.checked_add(count).ok_or(Fault::Io)?;
+        if end > self.sectors * SECTOR_SIZE {
+            return Err(Fault::Io);
+        }
+        Ok(start)
+    }
+
+    /// Executes one request. Returns the status and how many bytes were
+    /// written into the driver's buffers before the status byte.
+    fn execute(
+        &mut self,
+        header: RequestHeader,
+        reader: &mut Reader<'_>,
+        data: &mut Writer<'_>,
+    ) -> Result<u32, Fault> {
+        match header.request_type {
+            T_IN => {
+                let len = data.available_bytes();
+                if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
+                    return Err(Fault::Io);
+                }
+                let offset = self.range(header.sector, len as u64)?;
+                let mut buf = vec![0u8; len];
+                self.file
+                    .read_exact_at(&mut buf, offset)
+                    .map_err(|_| Fault::Io)?;
+                data.write_all(&buf).map_err(|_| Fault::Io)?;
+                Ok(len as u32)
+            }
+            T_OUT => {
+                if self.read_only {
+                    return Err(Fault::Io);
+                }
+                let len = reader.available_bytes();
+                if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
+                    return Err(Fault::Io);
+                }
+                let offset = self.range(header.sector, len as u64)?;
+                let mut buf = vec![0u8; len];
+                reader.read_exact(&mut buf).map_err(|_| Fault::Io)?;
+                self.file
+                    .write_all_at(&buf, offset)
+                    .map_err(|_| Fault::Io)?;
+                Ok(0)
+            }
+            T_FLUSH => {
+                if !self.read_only {
+                    self.file.sync_data().map_err(|_| Fault::Io)?;
+                }
+                Ok(0)
+            }
+            T_GET_ID => {
+                if data.available_bytes() < ID_BYTES {
+                    return Err(Fault::Io);
+                }
+                data.write_all(&self.id).map_err(|_| Fault::Io)?;
+                Ok(ID_BYTES as u32)
+            }
+            T_DISCARD | T_WRITE_ZEROES => {
+                if self.read_only {
+                    return Err(Fault::Io);
+                }
+                let zeroes = header.request_type == T_WRITE_ZEROES;
+                let segments = reader.available_bytes() / std::mem::size_of::<Segment>();
+                if segments == 0 || segments > MAX_RANGE_SEGMENTS as usize {
+                    return Err(Fault::Io);
+                }
+                let seg: Segment = reader.read_obj().map_err(|_| Fault::Io)?;
+                // Only bit 0 (unmap, write-zeroes only) is defined.
+                if seg.flags & !1 != 0 || (!zeroes && seg.flags != 0) {
+                    return Err(Fault::Unsupported);
+                }
+                if seg.num_sectors > MAX_RANGE_SECTORS {
+                    return Err(Fault::Io);
+                }
+                let len = u64::from(seg.num_sectors) << SECTOR_SHIFT;
+                let offset = self.range(seg.sector, len)?;
+                punch_or_zero(&self.file, offset, len, zeroes).map_err(|_| Fault::Io)?;
+                Ok(0)
+            }
+            _ => Err(Fault::Unsupported),
+        }
+    }
+
+    /// Handles one chain; returns the used length: data written plus the
+    /// status byte, or 0 when the chain cannot carry a status (dropped).
+    fn handle_chain(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
+        let Ok(mut reader) = Reader::new(mem, chain.clone()) else {
+            return 0;
+        };
+        let Ok(mut writer) = Writer::new(mem, chain) else {
+            return 0;
+        };
+        let writable = writer.available_bytes();
+        if writable == 0 {
+            // Nowhere to put a status: the request is dropped.
+            return 0;
+        }
+        let Ok(mut status) = writer.split_at(writable - 1) else {
+            return 0;
+        };
+        let result = match reader.read_obj::<RequestHeader>() {
+            Ok(header) => self.execute(header, &mut reader, &mut writer),
+            Err(_) => Err(Fault::Io),
+        };
+        let (code, written) = match result {
+            Ok(n) => (S_OK, n),
+            Err(Fault::Io) => (S_IOERR, 0),
+            Err(Fault::Unsupported) => (S_UNSUPP, 0),
+        };
+        if status.write_all(&[code]).is_err() {
+            return 0;
+        }
+        written + 1
+    }
+}
+
+/// Discard punches a hole (the image stays the same size); write-zeroes
+/// must read back as zeros, which a punched hole also guarantees.
+fn punch_or_zero(file: &File, offset: u64, len: u64, zeroes: bool) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+    // SAFETY: fallocate on a file descriptor we own, with a checked range;
+    // it touches no memory of ours.
+    let rc = unsafe { libc::fallocate(file.as_raw_fd(), mode, offset as i64, len as i64) };
+    if rc == 0 {
+        return Ok(());
+    }
+    if !zeroes {
+        // Discard is a hint: a file system that cannot punch holes may ignore it.
+        return Ok(());
+    }
+    let zero = vec![0u8; len as usize];
+    file.write_all_at(&zero, offset)
+}
+
+/// `struct virtio_blk_config` up to the write-zeroes fields.
+fn config_space(sectors: u64) -> Vec<u8> {
+    let mut c = vec![0u8; 60];
+    c[0..8].copy_from_slice(&sectors.to_le_bytes());
+    // max_discard_sectors, max_discard_seg, discard_sector_alignment.
+    c[36..40].copy_from_slice(&MAX_RANGE_SECTORS.to_le_bytes());
+    c[40..44].copy_from_slice(&MAX_RANGE_SEGMENTS.to_le_bytes());
+    c[44..48].copy_from_slice(&1u32.to_le_bytes());
+    // max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap.
+    c[48..52].copy_from_slice(&MAX_RANGE_SECTORS.to_le_bytes());
+    c[52..56].copy_from_slice(&MAX_RANGE_SEGMENTS.to_le_bytes());
+    c[56] = 1;
+    c
+}
+
+impl VirtioDevice for Block {
+    fn name(&self) -> &'static str {
+        "virtio-blk"
+    }
+
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let mut used_any = false;
+        loop {
+            // With EVENT_IDX, re-check after re-enabling notifications so a
+            // request made in between is not missed.
+            let _ = queue.disable_notification(mem);
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                let head = chain.head_index();
+                let len = self.handle_chain(chain, mem);
+                if queue.add_used(mem, head, len).is_err() {
+                    log::warn!("virtio-blk: used ring unwritable; request {head} lost");
+                }
+                used_any = true;
+            }
+            match queue.enable_notification(mem) {
+                Ok(true) => continue,
+                _ => break,
+            }
+        }
+        used_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use virtio_queue::Queue;
+    use vm_memory::{Address, Bytes, GuestAddress};
+
+    const WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+    const NEXT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+
+    struct Rig {
+        mem: GuestMemory,
+        dev: Block,
+        image: std::path::PathBuf,
+    }
+
+    fn rig(sectors: u64, read_only: bool) -> Rig {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x100_0000)]).unwrap();
+        let dir = std::env::temp_dir().join(format!(
+            "tsubame-blk-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let image = dir.join("disk.img");
+        let pattern: Vec<u8> = (0..sectors * SECTOR_SIZE)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        std::fs::write(&image, &pattern).unwrap();
+        let dev = Block::open(&image, read_only, Some("tsubame-test-disk")).unwrap();
+        Rig { mem, dev, image }
+    }
+
+    /// A descriptor: (address, length, device-writable).
+    type D = (u64, u32, bool);
+
+    /// Puts `descs` on a fresh queue as one chain, runs the device, and
+    /// returns the used length (None: nothing was used).
+    fn run(rig: &mut Rig, descs: &[D]) -> Option<u32> {
+        let vq = MockSplitQueue::create(&rig.mem, GuestAddress(0x10_0000), 16);
+        let raw: Vec<RawDescriptor> = descs
+            .iter()
+            .enumerate()
+            .map(|(i, &(addr, len, w))| {
+                let mut flags = if w { WRITE } else { 0 };
+                if i + 1 < descs.len() {
+                    flags |= NEXT;
+                }
+                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, (i + 1) as u16))
+            })
+            .collect();
+        vq.build_desc_chain(&raw).unwrap();
+        let mut q: Queue = vq.create_queue().unwrap();
+        rig.dev.process_queue(0, &mut q, &rig.mem);
+        let used_idx: u16 = rig.mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        if used_idx == 0 {
+            return None;
+        }
+        let len: u32 = rig.mem.read_obj(vq.used_addr().unchecked_add(8)).unwrap();
+        Some(len)
+    }
+
+    fn header(rig: &Rig, at: u64, t: u32, sector: u64) {
+        rig.mem
+            .write_obj(
+                RequestHeader {
+                    request_type: t,
+                    reserved: 0,
+                    sector,
+                },
+                GuestAddress(at),
+            )
+            .unwrap();
+    }
+
+    fn status(rig: &Rig, at: u64) -> u8 {
+        rig.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    fn image(rig: &Rig) -> Vec<u8> {
+        std::fs::read(&rig.image).unwrap()
+    }
+
+    const H: u64 = 0x1000; // header
+    const DATA: u64 = 0x2000;
+    const ST: u64 = 0x9000; // status
+
+    #[test]
+    fn read_in_the_usual_three_descriptors() {
+        let mut r = rig(16, false);
+        header(&r, H, T_IN, 2);
+        let used = run(&mut r, &[(H, 16, false), (DATA, 1024, true), (ST, 1, true)]);
+        assert_eq!(used, Some(1025));
+        assert_eq!(status(&r, ST), S_OK);
+        let mut got = vec![0u8; 1024];
+        r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(got, image(&r)[1024..2048]);
+    }
+
+    #[test]
+    fn read_with_header_split_and_data_sharing_the_status_descriptor() {
+        let mut r = rig(16, false);
+        header(&r, H, T_IN, 1);
+        // Header over two descriptors; data and status in one writable one.
+        let used = run(
+            &mut r,
+            &[(H, 5, false), (H + 5, 11, false), (DATA, 513, true)],
+        );
+        assert_eq!(used, Some(513));
+        assert_eq!(status(&r, DATA + 512), S_OK);
+        let mut got = vec![0u8; 512];
+        r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(got, image(&r)[512..1024]);
+    }
+
+    #[test]
+    fn write_then_flush_reach_the_file() {
+        let mut r = rig(16, false);
+        header(&r, H, T_OUT, 3);
+        // Header and data in one readable descriptor.
+        r.mem
+            .write_slice(&[0xab; 512], GuestAddress(H + 16))
+            .unwrap();
+        let used = run(&mut r, &[(H, 16 + 512, false), (ST, 1, true)]);
+        assert_eq!(used, Some(1));
+        assert_eq!(status(&r, ST), S_OK);
+        assert_eq!(&image(&r)[1536..2048], &[0xab; 512][..]);
+        header(&r, H, T_FLUSH, 0);
+        assert_eq!(run(&mut r, &[(H, 16, false), (ST, 1, true)]), Some(1));
+        assert_eq!(status(&r, ST), S_OK);
+    }
+
+    #[test]
+    fn get_id() {
+        let mut r = rig(8, false);
+        header(&r, H, T_GET_ID, 0);
+        let used = run(&mut r, &[(H, 16, false), (DATA, 20, true), (ST, 1, true)]);
+        assert_eq!(used, Some(21));
+        let mut got = [0u8; 20];
+        r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
+        assert_eq!(&got[..17], b"tsubame-test-disk");
+        assert_eq!(status(&r, ST), S_OK);
+    }
+
+    #[test]
+    fn write_zeroes_and_discard() {
+        let mut r = rig(16, false);
+        header(&r, H, T_WRITE_ZEROES, 0);
+        let seg = Segment {
+            sector: 4,
+            num_sectors: 2,
+            flags: 0,
+        };
+        r.mem.write_obj(seg, GuestAddress(H + 16)).unwrap();
+        assert_eq!(run(&mut r, &[(H, 32, false), (ST, 1, true)]), Some(1));
+        assert_eq!(status(&r, ST), S_OK);
+        let img = image(&r);
+        assert!(img[2048..3072].iter().all(|&b| b == 0));
+        assert_ne!(img[3072], 0, "only the range is zeroed");
+        assert_eq!(img.len(), 16 * 512, "the image keeps its size");
+
+        header(&r, H, T_DISCARD, 0);
+        let seg = Segment {
+            sector: 8,
+            num_sectors: 8,
+            flags: 0,
+        };
+        r.mem.write_obj(seg, GuestAddress(H + 16)).unwrap();
+        assert_eq!(run(&mut r, &[(H, 32, false), (ST, 1, true)]), Some(1));
+        assert_eq!(status(&r, ST), S_OK);
+        // Unknown flags are unsupported.
+        let seg = Segment {
+            sector: 0,
+            num_sectors: 1,
+            flags: 2,
+        };
+        r.mem.write_obj(seg, GuestAddress(H + 16)).unwrap();
+        header(&r, H, T_WRITE_ZEROES, 0);
+        run(&mut r, &[(H, 32, false), (ST, 1, true)]);
+        assert_eq!(status(&r, ST), S_UNSUPP);
+    }
+
+    #[test]
+    fn out_of_range_sectors_fail_without_touching_the_file() {
+        let mut r = rig(8, false);
+        let before = image(&r);
+        for sector in [7u64, 8, u64::MAX / 512, u64::MAX] {
+            header(&r, H, T_OUT, sector);
+            run(
+                &mut r,
+                &[(H, 16, false), (DATA, 1024, false), (ST, 1, true)],
+            );
+            assert_eq!(status(&r, ST), S_IOERR, "sector {sector}");
+            header(&r, H, T_IN, sector);
+            run(&mut r, &[(H, 16, false), (DATA, 1024, true), (ST, 1, true)]);
+            assert_eq!(status(&r, ST), S_IOERR, "sector {sector}");
+        }
+        // Data not a whole number of sectors.
+        header(&r, H, T_OUT, 0);
+        run(&mut r, &[(H, 16, false), (DATA, 100, false), (ST, 1, true)]);
+        assert_eq!(status(&r, ST), S_IOERR);
+        assert_eq!(image(&r), before);
+    }
+
+    #[test]
+    fn read_only_disks_refuse_writes() {
+        let mut r = rig(8, true);
+        assert_ne!(r.dev.features() & F_RO, 0);
+        let before = image(&r);
+        for t in [T_OUT, T_WRITE_ZEROES, T_DISCARD] {
+            header(&r, H, t, 0);
+            r.mem
+                .write_obj(
+                    Segment {
+                        sector: 0,
+                        num_sectors: 1,
+                        flags: 0,
+                    },
+                    GuestAddress(DATA),
+                )
+                .unwrap();
+            run(&mut r, &[(H, 16, false), (DATA, 512, false), (ST, 1, true)]);
+            assert_eq!(status(&r, ST), S_IOERR, "type {t}");
+        }
+        assert_eq!(image(&r), before);
+    }
+
+    #[test]
+    fn unknown_type_is_unsupported() {
+        let mut r = rig(8, false);
+        header(&r, H, 99, 0);
+        run(&mut r, &[(H, 16, false), (ST, 1, true)]);
+        assert_eq!(status(&r, ST), S_UNSUPP);
+    }
+
+    #[test]
+    fn malformed_chains_get_an_error_or_are_dropped() {
+        let mut r = rig(8, false);
+        // Short header.
+        header(&r, H, T_IN, 0);
+        r.mem.write_obj(0x55u8, GuestAddress(ST)).unwrap();
+        assert_eq!(run(&mut r, &[(H, 8, false), (ST, 1, true)]), Some(1));
+        assert_eq!(status(&r, ST), S_IOERR);
+        // Status byte only in a read-only descriptor: nowhere to answer.
+        r.mem.write_obj(0x55u8, GuestAddress(ST)).unwrap();
+        assert_eq!(run(&mut r, &[(H, 16, false), (ST, 1, false)]), Some(0));
+        assert_eq!(status(&r, ST), 0x55, "a read-only byte is never written");
+        // Buffers outside guest memory.
+        header(&r, H, T_IN, 0);
+        assert_eq!(
+            run(
+                &mut r,
+                &[(H, 16, false), (0xffff_0000_0000, 512, true), (ST, 1, true)]
+            ),
+            Some(0)
+        );
+        assert_eq!(
+            run(
+                &mut r,
+                &[(H, 16, false), (0x00ff_ff00, 0x1000, true), (ST, 1, true)]
+            ),
+            Some(0),
+            "crosses the end of guest memory"
+        );
+        // Zero-length descriptors contribute nothing.
+        header(&r, H, T_IN, 0);
+        assert_eq!(
+            run(&mut r, &[(H, 16, false), (DATA, 0, true), (ST, 1, true)]),
+            Some(1)
+        );
+        assert_eq!(status(&r, ST), S_OK);
+        // Over-long data.
+        header(&r, H, T_IN, 0);
+        run(
+            &mut r,
+            &[
+                (H, 16, false),
+                (DATA, (MAX_REQUEST_BYTES + 512) as u32, true),
+                (ST, 1, true),
+            ],
+        );
+        assert_eq!(status(&r, ST), S_IOERR);
+    }
+
+    #[test]
+    fn descriptor_loops_and_over_long_chains_end() {
+        let mut r = rig(8, false);
+        let vq = MockSplitQueue::create(&r.mem, GuestAddress(0x10_0000), 16);
+        // Two descriptors pointing at each other.
+        let raw = [
+            RawDescriptor::from(SplitDescriptor::new(H, 16, NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(ST, 1, WRITE | NEXT, 0)),
+        ];
+        for (i, d) in raw.iter().enumerate() {
+            vq.desc_table().store(i as u16, *d).unwrap();
+        }
+        vq.avail().ring().ref_at(0).unwrap().store(0);
+        vq.avail().idx().store(1);
+        let mut q: Queue = vq.create_queue().unwrap();
+        header(&r, H, T_IN, 0);
+        r.dev.process_queue(0, &mut q, &r.mem);
+        // Next index past the table: the chain is cut, never followed.
+        let raw = [RawDescriptor::from(SplitDescriptor::new(H, 16, NEXT, 200))];
+        vq.desc_table().store(0, raw[0]).unwrap();
+        vq.avail().idx().store(2);
+        vq.avail().ring().ref_at(1).unwrap().store(0);
+        r.dev.process_queue(0, &mut q, &r.mem);
+    }
+
+    #[test]
+    fn odd_sized_images_are_refused() {
+        let dir = std::env::temp_dir().join(format!("tsubame-blk-odd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("odd.img");
+        std::fs::write(&p, [0u8; 1000]).unwrap();
+        let e = Block::open(&p, false, None).err().unwrap().to_string();
+        assert!(e.contains("odd.img") && e.contains("512"), "{e}");
+        let e = Block::open(&dir.join("missing.img"), false, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("missing.img"), "{e}");
+    }
+
+    #[test]
+    fn config_space_reports_capacity() {
+        let r = rig(24, false);
+        let mut cap = [0u8; 8];
+        r.dev.read_config(0, &mut cap);
+        assert_eq!(u64::from_le_bytes(cap), 24);
+    }
+}

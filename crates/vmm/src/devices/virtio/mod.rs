@@ -1,0 +1,74 @@
+//! Virtio 1.x devices. A device implements [`VirtioDevice`] and knows
+//! nothing of the transport; [`mmio::MmioTransport`] puts it on the MMIO
+//! bus (virtio-mmio version 2, modern only), and a PCI transport could wrap
+//! the same trait. Queue work runs on the device thread
+//! ([`worker::DeviceThread`]), never on a vCPU thread.
+
+pub mod block;
+pub mod mmio;
+pub mod rng;
+pub mod worker;
+
+use crate::vm::GuestMemory;
+use virtio_queue::Queue;
+
+/// `VIRTIO_F_VERSION_1`: every Tsubame device is modern only.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device IDs (virtio 1.2, 5).
+pub const TYPE_NET: u32 = 1;
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+
+/// A virtio device, seen from the transport.
+pub trait VirtioDevice: Send {
+    /// Short name for logs and stats ("virtio-blk").
+    fn name(&self) -> &'static str;
+    fn device_type(&self) -> u32;
+    /// Feature bits offered, `VIRTIO_F_VERSION_1` included.
+    fn features(&self) -> u64;
+    /// One entry per queue: its largest size.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device configuration space, read at `offset`. Bytes beyond its end
+    /// read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes to configuration space; most devices ignore them.
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// The driver accepted `features` and set DRIVER_OK.
+    fn activate(&mut self, _features: u64) {}
+    /// Takes what the driver made available on `queue`; returns whether
+    /// any buffer was used (the driver may need an interrupt).
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// The driver reset the device.
+    fn reset(&mut self) {}
+}
+
+/// Copies `src[offset..]` into `data`, zero-filling past the end: how
+/// configuration spaces are read.
+pub fn read_config_bytes(src: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if start < src.len() {
+        let n = data.len().min(src.len() - start);
+        data[..n].copy_from_slice(&src[start..start + n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_zero_fill_past_the_end() {
+        let src = [1u8, 2, 3, 4];
+        let mut d = [0xaa; 4];
+        read_config_bytes(&src, 2, &mut d);
+        assert_eq!(d, [3, 4, 0, 0]);
+        read_config_bytes(&src, 100, &mut d);
+        assert_eq!(d, [0; 4]);
+        read_config_bytes(&src, u64::MAX, &mut d);
+        assert_eq!(d, [0; 4]);
+    }
+}
