@@ -189,3 +189,36 @@ fn help_exits_zero() {
     assert!(r.stdout.contains("Exit status:"), "{}", r.output());
     assert!(r.stdout.contains("128+N"), "{}", r.output());
 }
+
+#[test]
+fn missing_or_odd_sized_disk_image() {
+    refused(
+        &[
+            "run",
+            "--kernel",
+            &hello(),
+            "--disk",
+            "path=/nonexistent/disk.img",
+        ],
+        "disk image /nonexistent/disk.img: No such file",
+    );
+    let odd = scratch("odd-disk").join("odd.img");
+    std::fs::write(&odd, [0u8; 1000]).unwrap();
+    let arg = format!("path={}", odd.display());
+    refused(
+        &["run", "--kernel", &hello(), "--disk", &arg],
+        "size 1000 is not a multiple of 512",
+    );
+}
+
+#[test]
+fn malformed_disk_option() {
+    usage_error(
+        &["run", "--kernel", &hello(), "--disk", "readonly=on"],
+        "path=FILE is required",
+    );
+    usage_error(
+        &["run", "--kernel", &hello(), "--disk", "path=a,cache=none"],
+        "unknown key `cache`",
+    );
+}

@@ -163,9 +163,9 @@ fn debian_kernel_sees_the_machine_tsubame_built() {
 /// context switches, a syscall-rate probe, then `reboot -f`.
 const USER_INIT: &str = "#!/bin/busybox sh
 # Known open bug on emulation-only hosts (README): the first process to run
-# on the second vCPU may fault in glibc's TLS set-up. Meet it here, on
-# purpose, and report it, so that it cannot hit a command whose output the
-# test checks.
+# on the second vCPU has faulted in glibc's TLS set-up in some runs. Meet it
+# here, on purpose, and report it, so that it hits no command whose output
+# the test checks.
 /bin/busybox taskset 2 /bin/busybox true
 echo TSUBAME-INIT: first process on CPU 1 exited with $?
 /bin/busybox mount -t proc proc /proc

@@ -214,6 +214,7 @@ mod tests {
             "console=ttyS0 mitigations=auto noxsave",
             "the user's setting wins"
         );
+        c.cmdline = Some(String::new());
         assert_eq!(c.guest_cmdline(&[]), "");
     }
 

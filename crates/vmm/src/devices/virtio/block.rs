@@ -9,11 +9,10 @@ use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 use crate::devices::virtio::mmio::RING_EVENT_IDX;
 use crate::vm::GuestMemory;
 use std::fs::File;
-use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use virtio_queue::{DescriptorChain, Queue, QueueT, Reader, Writer};
-use vm_memory::ByteValued;
+use virtio_queue::{DescriptorChain, Queue, QueueT};
+use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 pub const SECTOR_SIZE: u64 = 512;
 const SECTOR_SHIFT: u32 = 9;
@@ -166,37 +165,32 @@ impl Block {
     fn execute(
         &mut self,
         header: RequestHeader,
-        reader: &mut Reader<'_>,
-        data: &mut Writer<'_>,
+        mem: &GuestMemory,
+        io: ChainIo<'_>,
     ) -> Result<u32, Fault> {
+        let ChainIo { data_out, data_in } = io;
         match header.request_type {
+            // Data moves straight between the file and guest memory
+            // (preadv/pwritev on the chain's buffers): no bounce buffer.
             T_IN => {
-                let len = data.available_bytes();
+                let len = segments_len(data_in);
                 if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
                     return Err(Fault::Io);
                 }
                 let offset = self.range(header.sector, len as u64)?;
-                let mut buf = vec![0u8; len];
-                self.file
-                    .read_exact_at(&mut buf, offset)
-                    .map_err(|_| Fault::Io)?;
-                data.write_all(&buf).map_err(|_| Fault::Io)?;
+                transfer(&self.file, mem, data_in, offset, false)?;
                 Ok(len as u32)
             }
             T_OUT => {
                 if self.read_only {
                     return Err(Fault::Io);
                 }
-                let len = reader.available_bytes();
+                let len = segments_len(data_out);
                 if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
                     return Err(Fault::Io);
                 }
                 let offset = self.range(header.sector, len as u64)?;
-                let mut buf = vec![0u8; len];
-                reader.read_exact(&mut buf).map_err(|_| Fault::Io)?;
-                self.file
-                    .write_all_at(&buf, offset)
-                    .map_err(|_| Fault::Io)?;
+                transfer(&self.file, mem, data_out, offset, true)?;
                 Ok(0)
             }
             T_FLUSH => {
@@ -206,10 +200,7 @@ impl Block {
                 Ok(0)
             }
             T_GET_ID => {
-                if data.available_bytes() < ID_BYTES {
-                    return Err(Fault::Io);
-                }
-                data.write_all(&self.id).map_err(|_| Fault::Io)?;
+                scatter(mem, data_in, &self.id)?;
                 Ok(ID_BYTES as u32)
             }
             T_DISCARD | T_WRITE_ZEROES => {
@@ -217,11 +208,12 @@ impl Block {
                     return Err(Fault::Io);
                 }
                 let zeroes = header.request_type == T_WRITE_ZEROES;
-                let segments = reader.available_bytes() / std::mem::size_of::<Segment>();
+                let segments = segments_len(data_out) / std::mem::size_of::<Segment>();
                 if segments == 0 || segments > MAX_RANGE_SEGMENTS as usize {
                     return Err(Fault::Io);
                 }
-                let seg: Segment = reader.read_obj().map_err(|_| Fault::Io)?;
+                let mut seg = Segment::default();
+                gather(mem, data_out, seg.as_mut_slice())?;
                 // Only bit 0 (unmap, write-zeroes only) is defined.
                 if seg.flags & !1 != 0 || (!zeroes && seg.flags != 0) {
                     return Err(Fault::Unsupported);
@@ -241,34 +233,208 @@ impl Block {
     /// Handles one chain; returns the used length: data written plus the
     /// status byte, or 0 when the chain cannot carry a status (dropped).
     fn handle_chain(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
-        let Ok(mut reader) = Reader::new(mem, chain.clone()) else {
-            return 0;
-        };
-        let Ok(mut writer) = Writer::new(mem, chain) else {
-            return 0;
-        };
-        let writable = writer.available_bytes();
-        if writable == 0 {
+        let (readable, writable) = segments(&chain);
+        let writable_len = segments_len(&writable);
+        if writable_len == 0 {
             // Nowhere to put a status: the request is dropped.
             return 0;
         }
-        let Ok(mut status) = writer.split_at(writable - 1) else {
-            return 0;
+        // The status is the chain's last writable byte, wherever it sits.
+        let status_addr = {
+            let &(addr, len) = writable.iter().rev().find(|s| s.1 > 0).unwrap_or(&(0, 1));
+            addr + len as u64 - 1
         };
-        let result = match reader.read_obj::<RequestHeader>() {
-            Ok(header) => self.execute(header, &mut reader, &mut writer),
-            Err(_) => Err(Fault::Io),
+        let mut header = RequestHeader::default();
+        let result = match gather(mem, &readable, header.as_mut_slice()) {
+            Ok(()) => self.execute(
+                header,
+                mem,
+                ChainIo {
+                    data_out: &skip_front(&readable, std::mem::size_of::<RequestHeader>()),
+                    data_in: &take_front(&writable, writable_len - 1),
+                },
+            ),
+            Err(f) => Err(f),
         };
         let (code, written) = match result {
             Ok(n) => (S_OK, n),
             Err(Fault::Io) => (S_IOERR, 0),
             Err(Fault::Unsupported) => (S_UNSUPP, 0),
         };
-        if status.write_all(&[code]).is_err() {
+        if mem.write_obj(code, GuestAddress(status_addr)).is_err() {
             return 0;
         }
         written + 1
     }
+}
+
+/// What a request sees of its chain: (address, length) pieces of the
+/// data, the readable ones after the header and the writable ones before
+/// the status.
+struct ChainIo<'r> {
+    data_out: &'r [(u64, usize)],
+    data_in: &'r [(u64, usize)],
+}
+
+/// Fills `buf` from the start of `segs`; fails if they hold too little or
+/// leave guest memory.
+fn gather(mem: &GuestMemory, segs: &[(u64, usize)], buf: &mut [u8]) -> Result<(), Fault> {
+    let mut done = 0;
+    for &(addr, len) in segs {
+        if done == buf.len() {
+            break;
+        }
+        let n = len.min(buf.len() - done);
+        mem.read_slice(&mut buf[done..done + n], GuestAddress(addr))
+            .map_err(|_| Fault::Io)?;
+        done += n;
+    }
+    if done < buf.len() {
+        return Err(Fault::Io);
+    }
+    Ok(())
+}
+
+/// Writes `data` over the start of `segs`.
+fn scatter(mem: &GuestMemory, segs: &[(u64, usize)], data: &[u8]) -> Result<(), Fault> {
+    let mut done = 0;
+    for &(addr, len) in segs {
+        if done == data.len() {
+            break;
+        }
+        let n = len.min(data.len() - done);
+        mem.write_slice(&data[done..done + n], GuestAddress(addr))
+            .map_err(|_| Fault::Io)?;
+        done += n;
+    }
+    if done < data.len() {
+        return Err(Fault::Io);
+    }
+    Ok(())
+}
+
+/// Guest buffers as (address, length).
+type Segments = Vec<(u64, usize)>;
+
+/// The chain's buffers as (address, length), readable and writable apart.
+/// Addresses are checked when the I/O maps them.
+fn segments(chain: &DescriptorChain<&GuestMemory>) -> (Segments, Segments) {
+    let (mut r, mut w) = (Vec::new(), Vec::new());
+    for d in chain.clone() {
+        let seg = (d.addr().0, d.len() as usize);
+        if d.is_write_only() {
+            w.push(seg);
+        } else {
+            r.push(seg);
+        }
+    }
+    (r, w)
+}
+
+fn segments_len(segs: &[(u64, usize)]) -> usize {
+    segs.iter().map(|s| s.1).sum()
+}
+
+/// `segs` without its first `n` bytes.
+fn skip_front(segs: &[(u64, usize)], mut n: usize) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    for &(addr, len) in segs {
+        if n >= len {
+            n -= len;
+        } else {
+            out.push((addr + n as u64, len - n));
+            n = 0;
+        }
+    }
+    out
+}
+
+/// The first `n` bytes of `segs`.
+fn take_front(segs: &[(u64, usize)], mut n: usize) -> Vec<(u64, usize)> {
+    let mut out = Vec::new();
+    for &(addr, len) in segs {
+        if n == 0 {
+            break;
+        }
+        let take = len.min(n);
+        if take > 0 {
+            out.push((addr, take));
+        }
+        n -= take;
+    }
+    out
+}
+
+/// preadv (`write == false`: file into guest memory) or pwritev of the
+/// whole of `segs` at `offset`, resuming after short transfers.
+fn transfer(
+    file: &File,
+    mem: &GuestMemory,
+    segs: &[(u64, usize)],
+    offset: u64,
+    write: bool,
+) -> Result<(), Fault> {
+    use std::os::fd::AsRawFd;
+    use vm_memory::GuestMemoryBackend as _;
+    let mut guards = Vec::with_capacity(segs.len());
+    let mut iov = Vec::with_capacity(segs.len());
+    for &(addr, len) in segs {
+        if len == 0 {
+            continue;
+        }
+        // One slice per buffer: our RAM ranges are never adjacent, so a
+        // buffer that leaves its region is invalid anyway.
+        let slice = mem
+            .get_slice(GuestAddress(addr), len)
+            .map_err(|_| Fault::Io)?;
+        let guard = slice.ptr_guard_mut();
+        iov.push(libc::iovec {
+            iov_base: guard.as_ptr().cast(),
+            iov_len: len,
+        });
+        guards.push(guard);
+    }
+    let mut done = 0usize;
+    let total = segments_len(segs);
+    let mut first = 0usize;
+    while done < total {
+        let at = i64::try_from(offset + done as u64).map_err(|_| Fault::Io)?;
+        let count = (iov.len() - first).min(1024) as i32;
+        // SAFETY: every iovec points into guest memory that `guards` keeps
+        // mapped, within a slice of exactly iov_len bytes that
+        // `get_slice` checked; the kernel touches only those bytes.
+        let n = unsafe {
+            if write {
+                libc::pwritev(file.as_raw_fd(), iov[first..].as_ptr(), count, at)
+            } else {
+                libc::preadv(file.as_raw_fd(), iov[first..].as_ptr(), count, at)
+            }
+        };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Fault::Io);
+        }
+        if n == 0 {
+            return Err(Fault::Io);
+        }
+        let mut n = n as usize;
+        done += n;
+        // Drop the iovecs the call finished; trim a partly done one.
+        while n > 0 && first < iov.len() {
+            if n >= iov[first].iov_len {
+                n -= iov[first].iov_len;
+                first += 1;
+            } else {
+                // SAFETY: advancing within the same checked slice.
+                iov[first].iov_base = unsafe { iov[first].iov_base.cast::<u8>().add(n).cast() };
+                iov[first].iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Discard punches a hole (the image stays the same size); write-zeroes
@@ -603,22 +769,38 @@ mod tests {
         r.mem.write_obj(0x55u8, GuestAddress(ST)).unwrap();
         assert_eq!(run(&mut r, &[(H, 16, false), (ST, 1, false)]), Some(0));
         assert_eq!(status(&r, ST), 0x55, "a read-only byte is never written");
-        // Buffers outside guest memory.
+        // Data buffers outside guest memory: an I/O error, nothing written
+        // anywhere else.
         header(&r, H, T_IN, 0);
         assert_eq!(
             run(
                 &mut r,
                 &[(H, 16, false), (0xffff_0000_0000, 512, true), (ST, 1, true)]
             ),
-            Some(0)
+            Some(1)
         );
+        assert_eq!(status(&r, ST), S_IOERR);
+        header(&r, H, T_IN, 0);
         assert_eq!(
             run(
                 &mut r,
                 &[(H, 16, false), (0x00ff_ff00, 0x1000, true), (ST, 1, true)]
             ),
-            Some(0),
+            Some(1),
             "crosses the end of guest memory"
+        );
+        assert_eq!(status(&r, ST), S_IOERR);
+        // A header outside guest memory: I/O error too.
+        assert_eq!(
+            run(&mut r, &[(0xffff_0000_0000, 16, false), (ST, 1, true)]),
+            Some(1)
+        );
+        assert_eq!(status(&r, ST), S_IOERR);
+        // A status byte outside guest memory: dropped.
+        header(&r, H, T_IN, 0);
+        assert_eq!(
+            run(&mut r, &[(H, 16, false), (0xffff_0000_0000, 1, true)]),
+            Some(0)
         );
         // Zero-length descriptors contribute nothing.
         header(&r, H, T_IN, 0);

@@ -166,6 +166,24 @@ impl MmioTransport {
         self.queues.get_mut(self.queue_sel as usize)
     }
 
+    /// The six ring address registers: low halves at 8-aligned offsets,
+    /// high halves 4 bytes above.
+    fn set_queue_address(&mut self, offset: u64, v: u32) {
+        let (low, high) = if offset & 4 == 0 {
+            (Some(v), None)
+        } else {
+            (None, Some(v))
+        };
+        let Some(q) = self.selected_queue() else {
+            return;
+        };
+        match offset & !4 {
+            QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
+            QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
+            _ => q.set_used_ring_address(low, high),
+        }
+    }
+
     fn device_features_word(&self) -> u32 {
         let f = self.device.features();
         match self.device_features_sel {
@@ -321,39 +339,8 @@ impl BusDevice for MmioTransport {
             }
             INTERRUPT_ACK => self.interrupt_status &= !v,
             STATUS => self.write_status(v),
-            QUEUE_DESC_LOW | QUEUE_DESC_HIGH => {
-                let high = offset == QUEUE_DESC_HIGH;
-                if let Some(q) = self.selected_queue() {
-                    let (l, h) = if high {
-                        (None, Some(v))
-                    } else {
-                        (Some(v), None)
-                    };
-                    q.set_desc_table_address(l, h);
-                }
-            }
-            QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH => {
-                let high = offset == QUEUE_DRIVER_HIGH;
-                if let Some(q) = self.selected_queue() {
-                    let (l, h) = if high {
-                        (None, Some(v))
-                    } else {
-                        (Some(v), None)
-                    };
-                    q.set_avail_ring_address(l, h);
-                }
-            }
-            QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => {
-                let high = offset == QUEUE_DEVICE_HIGH;
-                if let Some(q) = self.selected_queue() {
-                    let (l, h) = if high {
-                        (None, Some(v))
-                    } else {
-                        (Some(v), None)
-                    };
-                    q.set_used_ring_address(l, h);
-                }
-            }
+            QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
+            | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => self.set_queue_address(offset, v),
             _ => {}
         }
     }

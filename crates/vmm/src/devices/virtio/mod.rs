@@ -6,6 +6,7 @@
 
 pub mod block;
 pub mod mmio;
+pub mod ring_driver;
 pub mod rng;
 pub mod worker;
 
