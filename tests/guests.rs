@@ -414,3 +414,28 @@ fn virtio_blk_read_only_disk_refuses_the_guest_write() {
         "read-only image changed"
     );
 }
+
+#[test]
+fn virtio_blk_flushed_write_survives_kill_9() {
+    let img = disk_image("virtio-blk-kill");
+    let disk = format!("path={}", img.display());
+    let r = run_and_signal(
+        &[
+            "run",
+            "--kernel",
+            &kernel("virtioblk_hang"),
+            "--disk",
+            &disk,
+        ],
+        None,
+        "flush 0000000000000000",
+        libc::SIGKILL,
+    );
+    assert_ne!(r.status, 0, "{}", r.output());
+    let data = std::fs::read(&img).unwrap();
+    assert!(
+        data[512..1024].chunks(8).all(|c| c == b"TSUBAME!"),
+        "the flushed sector is not in the image after kill -9: {}",
+        r.output()
+    );
+}

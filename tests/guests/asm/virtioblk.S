@@ -93,6 +93,11 @@ _start:
     call report
     mov $'\n', %al
     call putc
+#ifdef HANG_AFTER_FLUSH
+    /* Wait here (interrupts off) for the host to kill the VMM. */
+5:  hlt
+    jmp 5b
+#endif
 
     mov $DATA, %rdi
     mov $64, %ecx
