@@ -5,7 +5,12 @@
 mod common;
 
 use common::{busybox_initramfs, debian_kernel, host_is_emulated, run_with, scratch, Run};
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// One Linux guest at a time: on a 2-core host two emulated kernels would
+/// halve each other's speed and skew their clocks.
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const INIT: &str = "#!/bin/busybox sh
 /bin/busybox mount -t proc proc /proc
@@ -44,6 +49,7 @@ fn usable_kib(map: &[String]) -> u64 {
 
 #[test]
 fn debian_kernel_sees_the_machine_tsubame_built() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = debian_kernel();
     let dir = scratch("linux-foundation");
     let initrd = busybox_initramfs(&dir, INIT);
@@ -183,6 +189,7 @@ echo TSUBAME-INIT: rebooting
 
 #[test]
 fn debian_kernel_reaches_user_space_and_reboots() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = debian_kernel();
     let dir = scratch("linux-user");
     let initrd = common::initramfs_with(
