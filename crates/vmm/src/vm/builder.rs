@@ -158,10 +158,6 @@ fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
 ///   of emulated time.
 /// - `nosoftlockup`: a slow boot trips the soft-lockup detector, whose
 ///   backtraces (kallsyms lookups) cost more emulated time.
-/// - `tsc=reliable`: the host TSC is what the guest reads, but under
-///   emulation (and a loaded host) the clocksource watchdog sees skew;
-///   two boots on a busy host hung right after the switch to kvm-clock,
-///   before the TSC clocksource was registered.
 pub const EMULATION_PARAMS: &[&str] = &[
     "noxsave",
     "clearcpuid=smap,ssse3",
@@ -170,7 +166,6 @@ pub const EMULATION_PARAMS: &[&str] = &[
     "retbleed=off",
     "cryptomgr.notests",
     "nosoftlockup",
-    "tsc=reliable",
 ];
 
 /// Kernel parameters for every host, part of describing this machine:
