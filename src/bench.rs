@@ -425,7 +425,7 @@ fn blk_device_run(image: &Path, load: &BlkLoad, offsets: &[u64]) -> Result<Durat
     let mem = vmm::vm::GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)])
         .map_err(|e| e.to_string())?;
     let mut dev = Block::open(image, false, None).map_err(|e| e.to_string())?;
-    let (mut drv, mut q) = RingDriver::new(&mem, 0x1_0000, 256)?;
+    let (mut drv, mut q) = RingDriver::new(&mem, 0x1_0000, 256).map_err(|e| e.to_string())?;
     let kind = if load.write {
         block::T_OUT
     } else {
@@ -451,7 +451,8 @@ fn blk_device_run(image: &Path, load: &BlkLoad, offsets: &[u64]) -> Result<Durat
                     (data, load.block as u32, !load.write),
                     (STATUS + i, 1, true),
                 ],
-            )?;
+            )
+            .map_err(|e| e.to_string())?;
         }
         let start = Instant::now();
         dev.process_queue(0, &mut q, &mem);

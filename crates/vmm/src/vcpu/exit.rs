@@ -9,7 +9,7 @@ use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EV
 use kvm_ioctls::VcpuExit;
 
 use super::stats::{ExitKind, ExitStats, Target};
-use crate::devices::Bus;
+use crate::devices::{Bus, DeviceIndex};
 use crate::lifecycle::StopReason;
 
 /// A guest death the VMM can see; the run loop turns it into a report.
@@ -129,42 +129,46 @@ impl ExitHandler {
         action
     }
 
+    /// The bookkeeping of one PIO or MMIO access the bus has handled: its
+    /// target for the stats (a device, or the address nobody owns) and its
+    /// place in the crash-report history.
+    fn access(
+        &mut self,
+        kind: ExitKind,
+        addr: u64,
+        owner: Option<DeviceIndex>,
+        data: &[u8],
+    ) -> (ExitKind, Option<Target>, ExitAction) {
+        let target = match (owner, kind.is_pio()) {
+            (Some(i), true) => Target::Pio(i),
+            (Some(i), false) => Target::Mmio(i),
+            (None, true) => Target::UnownedPio(addr),
+            (None, false) => Target::UnownedMmio(addr),
+        };
+        self.remember(kind, addr, data);
+        (kind, Some(target), ExitAction::Continue)
+    }
+
     fn dispatch(&mut self, exit: VcpuExit<'_>) -> (ExitKind, Option<Target>, ExitAction) {
         use ExitAction::*;
         match exit {
             VcpuExit::IoIn(port, data) => {
                 let port = u64::from(port);
-                let t = match self.pio.read(port, data) {
-                    Some(i) => Target::Pio(i),
-                    None => Target::UnownedPio(port),
-                };
-                self.remember(ExitKind::IoIn, port, data);
-                (ExitKind::IoIn, Some(t), Continue)
+                let owner = self.pio.read(port, data);
+                self.access(ExitKind::IoIn, port, owner, data)
             }
             VcpuExit::IoOut(port, data) => {
                 let port = u64::from(port);
-                let t = match self.pio.write(port, data) {
-                    Some(i) => Target::Pio(i),
-                    None => Target::UnownedPio(port),
-                };
-                self.remember(ExitKind::IoOut, port, data);
-                (ExitKind::IoOut, Some(t), Continue)
+                let owner = self.pio.write(port, data);
+                self.access(ExitKind::IoOut, port, owner, data)
             }
             VcpuExit::MmioRead(addr, data) => {
-                let t = match self.mmio.read(addr, data) {
-                    Some(i) => Target::Mmio(i),
-                    None => Target::UnownedMmio(addr),
-                };
-                self.remember(ExitKind::MmioRead, addr, data);
-                (ExitKind::MmioRead, Some(t), Continue)
+                let owner = self.mmio.read(addr, data);
+                self.access(ExitKind::MmioRead, addr, owner, data)
             }
             VcpuExit::MmioWrite(addr, data) => {
-                let t = match self.mmio.write(addr, data) {
-                    Some(i) => Target::Mmio(i),
-                    None => Target::UnownedMmio(addr),
-                };
-                self.remember(ExitKind::MmioWrite, addr, data);
-                (ExitKind::MmioWrite, Some(t), Continue)
+                let owner = self.mmio.write(addr, data);
+                self.access(ExitKind::MmioWrite, addr, owner, data)
             }
             // With the irqchip in the kernel, HLT waits there; an HLT exit
             // means "no interrupt pending", and re-entering is a legal

@@ -138,7 +138,9 @@ impl GuestCpu for KvmCpu<'_> {
             .get_xcrs()
             .ok()
             .and_then(|x| {
-                x.xcrs[..x.nr_xcrs as usize]
+                // KVM fills nr_xcrs; never trust it past the array.
+                x.xcrs
+                    .get(..x.nr_xcrs as usize)?
                     .iter()
                     .find(|x| x.xcr == 0)
                     .map(|x| x.value)

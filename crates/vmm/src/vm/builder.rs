@@ -329,8 +329,11 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
         );
     }
     let virtio_params = super::virtio::cmdline_params(&virtio_plan);
-    let mut params: Vec<&str> = extra_params.clone();
-    params.extend(virtio_params.iter().map(String::as_str));
+    let params: Vec<&str> = extra_params
+        .iter()
+        .copied()
+        .chain(virtio_params.iter().map(String::as_str))
+        .collect();
     let cmdline = cfg.guest_cmdline(&params);
     let cpus = cfg.cpus as u8;
 

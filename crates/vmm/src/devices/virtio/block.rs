@@ -234,16 +234,13 @@ impl Block {
     /// status byte, or 0 when the chain cannot carry a status (dropped).
     fn handle_chain(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
         let (readable, writable) = segments(&chain);
-        let writable_len = segments_len(&writable);
-        if writable_len == 0 {
-            // Nowhere to put a status: the request is dropped.
+        // The status is the chain's last writable byte, wherever it sits;
+        // with no writable byte there is nowhere to answer: dropped.
+        let Some(&(last, last_len)) = writable.iter().rev().find(|s| s.1 > 0) else {
             return 0;
-        }
-        // The status is the chain's last writable byte, wherever it sits.
-        let status_addr = {
-            let &(addr, len) = writable.iter().rev().find(|s| s.1 > 0).unwrap_or(&(0, 1));
-            addr + len as u64 - 1
         };
+        let status_addr = last + last_len as u64 - 1;
+        let writable_len = segments_len(&writable);
         let mut header = RequestHeader::default();
         let result = match gather(mem, &readable, header.as_mut_slice()) {
             Ok(()) => self.execute(

@@ -6,6 +6,16 @@ use crate::vm::GuestMemory;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("queue of size {0}: {1}")]
+    Queue(u16, virtio_queue::Error),
+    #[error("queue at {0:#x} does not fit in guest memory")]
+    Layout(u64),
+    #[error("ring write: {0}")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
 const F_NEXT: u16 = 1;
 const F_WRITE: u16 = 2;
 
@@ -22,22 +32,21 @@ pub struct RingDriver {
 impl RingDriver {
     /// A ready queue of `size` at `base` (needs `size * 16 + 2 * 4096`
     /// bytes of guest memory).
-    pub fn new(mem: &GuestMemory, base: u64, size: u16) -> Result<(RingDriver, Queue), String> {
+    pub fn new(mem: &GuestMemory, base: u64, size: u16) -> Result<(RingDriver, Queue), Error> {
         let desc = base;
         let avail = base + u64::from(size) * 16;
         let used = (avail + 6 + 2 * u64::from(size) + 4095) & !4095;
         for a in [avail, used] {
-            mem.write_obj(0u32, GuestAddress(a))
-                .map_err(|e| e.to_string())?;
+            mem.write_obj(0u32, GuestAddress(a))?;
         }
-        let mut q = Queue::new(size).map_err(|e| e.to_string())?;
+        let mut q = Queue::new(size).map_err(|e| Error::Queue(size, e))?;
         q.set_size(size);
         q.set_desc_table_address(Some(desc as u32), Some((desc >> 32) as u32));
         q.set_avail_ring_address(Some(avail as u32), Some((avail >> 32) as u32));
         q.set_used_ring_address(Some(used as u32), Some((used >> 32) as u32));
         q.set_ready(true);
         if !q.is_valid(mem) {
-            return Err("queue layout invalid".into());
+            return Err(Error::Layout(base));
         }
         Ok((
             RingDriver {
@@ -53,7 +62,7 @@ impl RingDriver {
     }
 
     /// Posts one chain of (address, length, device-writable) buffers.
-    pub fn post(&mut self, mem: &GuestMemory, bufs: &[(u64, u32, bool)]) -> Result<(), String> {
+    pub fn post(&mut self, mem: &GuestMemory, bufs: &[(u64, u32, bool)]) -> Result<(), Error> {
         let head = self.next_desc;
         for (i, &(addr, len, write)) in bufs.iter().enumerate() {
             let slot = (head + i as u16) % self.size;
@@ -67,19 +76,15 @@ impl RingDriver {
             d[8..12].copy_from_slice(&len.to_le_bytes());
             d[12..14].copy_from_slice(&flags.to_le_bytes());
             d[14..16].copy_from_slice(&next.to_le_bytes());
-            mem.write_slice(&d, GuestAddress(self.desc + u64::from(slot) * 16))
-                .map_err(|e| e.to_string())?;
+            mem.write_slice(&d, GuestAddress(self.desc + u64::from(slot) * 16))?;
         }
         self.next_desc = (head + bufs.len() as u16) % self.size;
         let ring_slot = self.avail_idx % self.size;
-        mem.write_obj(
-            head,
-            GuestAddress(self.avail + 4 + 2 * u64::from(ring_slot)),
-        )
-        .map_err(|e| e.to_string())?;
+        let slot_addr = GuestAddress(self.avail + 4 + 2 * u64::from(ring_slot));
+        mem.write_obj(head, slot_addr)?;
         self.avail_idx = self.avail_idx.wrapping_add(1);
-        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
-            .map_err(|e| e.to_string())
+        mem.write_obj(self.avail_idx, GuestAddress(self.avail + 2))?;
+        Ok(())
     }
 
     /// The device's used index.
