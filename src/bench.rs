@@ -455,7 +455,7 @@ fn blk_device_run(image: &Path, load: &BlkLoad, offsets: &[u64]) -> Result<Durat
             .map_err(|e| e.to_string())?;
         }
         let start = Instant::now();
-        dev.process_queue(0, &mut q, &mem);
+        dev.process_queue(0, std::slice::from_mut(&mut q), &mem);
         elapsed += start.elapsed();
     }
     let mut status = [0u8; BLK_BATCH];

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use vmm::boot::BootPath;
-use vmm::config::{DiskConfig, ProfileChoice, SerialConfig, VmConfig, DEFAULT_MEMORY_MIB};
+use vmm::config::{
+    DiskConfig, NetConfig, ProfileChoice, SerialConfig, VmConfig, VsockConfig, DEFAULT_MEMORY_MIB,
+};
 
 const EXIT_STATUS_HELP: &str = "\
 Exit status:
@@ -115,6 +117,12 @@ pub struct RunArgs {
     /// A virtio-rng device fed by the host's getrandom.
     #[arg(long)]
     pub rng: bool,
+    /// A virtio-net device on a tap (created if missing; repeatable).
+    #[arg(long, value_name = "tap=NAME[,mac=MAC]")]
+    pub net: Vec<NetConfig>,
+    /// A virtio-vsock device; the host side is a Unix socket.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<VsockConfig>,
 }
 
 impl RunArgs {
@@ -136,6 +144,8 @@ impl RunArgs {
         cfg.sample_rip = self.sample_rip;
         cfg.disks = self.disk;
         cfg.rng = self.rng;
+        cfg.nets = self.net;
+        cfg.vsock = self.vsock;
         cfg.complete_gaps = self.emulator_gaps == GapsArg::Complete;
         cfg.boot_path = match self.boot_path {
             BootPathArg::HostDecompress => BootPath::HostDecompress,

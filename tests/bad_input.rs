@@ -222,3 +222,30 @@ fn malformed_disk_option() {
         "unknown key `cache`",
     );
 }
+
+#[test]
+fn malformed_net_and_vsock_options() {
+    for (arg, needle) in [
+        (["--net", "mac=0e:00:00:00:00:01"], "tap=NAME is required"),
+        (
+            ["--net", "tap=t0,mac=0e:00"],
+            "mac=0e:00: expected six hex pairs",
+        ),
+        (["--net", "tap=t0,mac=01:00:00:00:00:01"], "multicast"),
+        (["--vsock", "cid=1,socket=/tmp/v"], "cid=1: 0, 1, 2"),
+        (["--vsock", "cid=3"], "socket=PATH is required"),
+    ] {
+        let mut args = vec!["run", "--kernel", "/nonexistent"];
+        args.extend(arg);
+        usage_error(&args, needle);
+    }
+}
+
+#[test]
+fn a_tap_that_cannot_be_had() {
+    // Names the kernel refuses, before any KVM state exists.
+    refused(
+        &["run", "--kernel", &hello(), "--net", "tap=bad/name"],
+        "tap name `bad/name`",
+    );
+}

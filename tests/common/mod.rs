@@ -100,10 +100,16 @@ pub fn spawn(args: &[&str], stdin: Option<Vec<u8>>) -> Child {
 
 /// Runs `tsubame ARGS` to completion within `deadline`.
 pub fn run_with(args: &[&str], stdin: Option<Vec<u8>>, deadline: Duration) -> Run {
-    let mut child = spawn(args, stdin);
+    let child = spawn(args, stdin);
+    finish(child, deadline, &args.join(" "))
+}
+
+/// Collects a spawned tsubame's output and waits for it to end within
+/// `deadline`.
+pub fn finish(mut child: Child, deadline: Duration, what: &str) -> Run {
     let out = collect(child.stdout.take().unwrap());
     let err = collect(child.stderr.take().unwrap());
-    let (status, elapsed) = wait(child, deadline, &args.join(" "));
+    let (status, elapsed) = wait(child, deadline, what);
     Run {
         status,
         stdout: out.join().unwrap(),

@@ -36,6 +36,29 @@ pub struct DiskConfig {
     pub id: Option<String>,
 }
 
+/// Splits `key=value,key=value`, refusing keys not in `known`.
+fn key_values<'a>(s: &'a str, known: &[&str]) -> Result<Vec<(&'a str, &'a str)>, String> {
+    s.split(',')
+        .map(|part| {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("`{part}`: expected key=value"))?;
+            if !known.contains(&key) {
+                return Err(format!("unknown key `{key}` ({})", known.join(", ")));
+            }
+            Ok((key, value))
+        })
+        .collect()
+}
+
+fn on_off(key: &str, value: &str) -> Result<bool, String> {
+    match value {
+        "on" | "true" => Ok(true),
+        "off" | "false" => Ok(false),
+        _ => Err(format!("{key}={value}: expected on or off")),
+    }
+}
+
 impl std::str::FromStr for DiskConfig {
     type Err = String;
 
@@ -43,23 +66,13 @@ impl std::str::FromStr for DiskConfig {
         let mut path = None;
         let mut read_only = false;
         let mut id = None;
-        for part in s.split(',') {
-            let (key, value) = part
-                .split_once('=')
-                .ok_or_else(|| format!("`{part}`: expected key=value"))?;
+        for (key, value) in key_values(s, &["path", "readonly", "id"])? {
             match key {
-                "path" if !value.is_empty() => path = Some(PathBuf::from(value)),
-                "readonly" => {
-                    read_only = match value {
-                        "on" | "true" => true,
-                        "off" | "false" => false,
-                        _ => return Err(format!("readonly={value}: expected on or off")),
-                    }
-                }
-                "id" if value.len() <= 20 => id = Some(value.to_string()),
-                "id" => return Err(format!("id={value}: at most 20 bytes")),
-                "path" => return Err("path=: empty path".into()),
-                _ => return Err(format!("unknown key `{key}` (path, readonly, id)")),
+                "path" if value.is_empty() => return Err("path=: empty path".into()),
+                "path" => path = Some(PathBuf::from(value)),
+                "readonly" => read_only = on_off(key, value)?,
+                _ if value.len() <= 20 => id = Some(value.to_string()),
+                _ => return Err(format!("id={value}: at most 20 bytes")),
             }
         }
         let path = path.ok_or("path=FILE is required")?;
@@ -67,6 +80,85 @@ impl std::str::FromStr for DiskConfig {
             path,
             read_only,
             id,
+        })
+    }
+}
+
+/// A virtio-net device on a tap: `--net tap=NAME[,mac=MAC]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    pub tap: String,
+    /// Default: a locally administered address numbered by device.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<NetConfig, String> {
+        let mut tap = None;
+        let mut mac = None;
+        for (key, value) in key_values(s, &["tap", "mac"])? {
+            match key {
+                "tap" if value.is_empty() || value.len() > 15 => {
+                    return Err(format!("tap={value}: a name of 1 to 15 bytes"))
+                }
+                "tap" => tap = Some(value.to_string()),
+                _ => {
+                    let m = crate::devices::virtio::net::parse_mac(value).ok_or_else(|| {
+                        format!("mac={value}: expected six hex pairs like 0e:00:00:00:00:01")
+                    })?;
+                    if m[0] & 1 != 0 {
+                        return Err(format!("mac={value}: a multicast address"));
+                    }
+                    mac = Some(m);
+                }
+            }
+        }
+        Ok(NetConfig {
+            tap: tap.ok_or("tap=NAME is required")?,
+            mac,
+        })
+    }
+}
+
+/// A hybrid virtio-vsock device: `--vsock cid=N,socket=PATH`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more; 0-2 are reserved).
+    pub cid: u32,
+    /// The host side: a Unix socket the VMM listens on (`CONNECT <port>`);
+    /// guest connections to port P go to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<VsockConfig, String> {
+        let mut cid = None;
+        let mut socket = None;
+        for (key, value) in key_values(s, &["cid", "socket"])? {
+            match key {
+                "cid" => {
+                    let n: u32 = value
+                        .parse()
+                        .map_err(|_| format!("cid={value}: expected a number"))?;
+                    if n < 3 || n == u32::MAX {
+                        return Err(format!(
+                            "cid={value}: 0, 1, 2 and {} are reserved",
+                            u32::MAX
+                        ));
+                    }
+                    cid = Some(n);
+                }
+                _ if value.is_empty() => return Err("socket=: empty path".into()),
+                _ => socket = Some(PathBuf::from(value)),
+            }
+        }
+        Ok(VsockConfig {
+            cid: cid.ok_or("cid=N is required")?,
+            socket: socket.ok_or("socket=PATH is required")?,
         })
     }
 }
@@ -101,6 +193,10 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// A virtio-rng device.
     pub rng: bool,
+    /// virtio-net devices, in order.
+    pub nets: Vec<NetConfig>,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 impl VmConfig {
@@ -120,6 +216,8 @@ impl VmConfig {
             sample_rip: false,
             disks: Vec::new(),
             rng: false,
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -185,6 +283,38 @@ mod tests {
             ("a.img", "`a.img`: expected key=value"),
         ] {
             let e = bad.parse::<DiskConfig>().unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn net_and_vsock_options_parse_and_errors_name_the_problem() {
+        let n: NetConfig = "tap=tap0,mac=0e:00:00:00:00:07".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac, Some([0x0e, 0, 0, 0, 0, 7]));
+        assert_eq!("tap=t".parse::<NetConfig>().unwrap().mac, None);
+        for (bad, needle) in [
+            ("mac=0e:00:00:00:00:07", "tap=NAME is required"),
+            ("tap=", "1 to 15 bytes"),
+            ("tap=a-very-long-tap-name", "1 to 15 bytes"),
+            ("tap=t,mac=0e:00", "six hex pairs"),
+            ("tap=t,mac=01:00:00:00:00:01", "multicast"),
+            ("tap=t,queues=4", "unknown key `queues`"),
+        ] {
+            let e = bad.parse::<NetConfig>().unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+        let v: VsockConfig = "cid=3,socket=/tmp/v.sock".parse().unwrap();
+        assert_eq!((v.cid, v.socket), (3, PathBuf::from("/tmp/v.sock")));
+        for (bad, needle) in [
+            ("cid=2,socket=/s", "reserved"),
+            ("cid=x,socket=/s", "expected a number"),
+            ("socket=/s", "cid=N is required"),
+            ("cid=3", "socket=PATH is required"),
+            ("cid=3,socket=", "empty path"),
+            ("cid=3,socket=/s,port=1", "unknown key `port`"),
+        ] {
+            let e = bad.parse::<VsockConfig>().unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");
         }
     }

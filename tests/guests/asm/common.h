@@ -10,3 +10,8 @@
 #define I8042_CMD   0x64
 #define LAPIC_BASE  0xfee00000
 #define PVH_MAGIC   0x336ec578
+/* libvirtio.S: ring offsets from a queue's base, descriptor flags. */
+#define VIO_AVAIL   0x1000
+#define VIO_USED    0x2000
+#define VIO_F_NEXT  1
+#define VIO_F_WRITE 2

@@ -13,6 +13,7 @@ use crate::boot::acpi::{DeviceDescription, Hid, Resource};
 use crate::config::VmConfig;
 use crate::devices::virtio::block::{self, Block};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, WINDOW_SIZE};
+use crate::devices::virtio::net::{tap, Net};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, IrqLine};
@@ -27,6 +28,10 @@ pub const MAX_DEVICES: usize = 19;
 pub enum Error {
     #[error("--disk: {0}")]
     Disk(#[from] block::Error),
+    #[error("--net: {0}")]
+    Net(#[from] tap::Error),
+    #[error("--vsock: not built yet")]
+    VsockMissing,
     #[error("{0} virtio devices asked for; at most {MAX_DEVICES} are supported")]
     TooMany(usize),
     #[error("{name}: ioeventfd for queue {queue}: {source}")]
@@ -62,6 +67,14 @@ pub fn plan(cfg: &VmConfig) -> Result<Vec<Planned>, Error> {
     }
     if cfg.rng {
         devices.push(Box::new(Rng));
+    }
+    for (i, n) in cfg.nets.iter().enumerate() {
+        let tap = tap::Tap::open(&n.tap)?;
+        let mac = n.mac.unwrap_or([0x0e, 0x74, 0x73, 0x62, 0x00, i as u8 + 1]);
+        devices.push(Box::new(Net::new(tap, mac)));
+    }
+    if cfg.vsock.is_some() {
+        return Err(Error::VsockMissing);
     }
     if devices.len() > MAX_DEVICES {
         return Err(Error::TooMany(devices.len()));

@@ -5,7 +5,8 @@
 //! and status in one descriptor, work like any other legal chain. Every
 //! sector range is checked against the image before the file is touched.
 
-use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use super::iov::{segments, skip_front, take_front, total_len, IoVecs};
+use super::{read_config_bytes, Used, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 use crate::devices::virtio::mmio::RING_EVENT_IDX;
 use crate::vm::GuestMemory;
 use std::fs::File;
@@ -173,7 +174,7 @@ impl Block {
             // Data moves straight between the file and guest memory
             // (preadv/pwritev on the chain's buffers): no bounce buffer.
             T_IN => {
-                let len = segments_len(data_in);
+                let len = total_len(data_in);
                 if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
                     return Err(Fault::Io);
                 }
@@ -185,7 +186,7 @@ impl Block {
                 if self.read_only {
                     return Err(Fault::Io);
                 }
-                let len = segments_len(data_out);
+                let len = total_len(data_out);
                 if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
                     return Err(Fault::Io);
                 }
@@ -208,7 +209,7 @@ impl Block {
                     return Err(Fault::Io);
                 }
                 let zeroes = header.request_type == T_WRITE_ZEROES;
-                let segments = segments_len(data_out) / std::mem::size_of::<Segment>();
+                let segments = total_len(data_out) / std::mem::size_of::<Segment>();
                 if segments == 0 || segments > MAX_RANGE_SEGMENTS as usize {
                     return Err(Fault::Io);
                 }
@@ -240,7 +241,7 @@ impl Block {
             return 0;
         };
         let status_addr = last + last_len as u64 - 1;
-        let writable_len = segments_len(&writable);
+        let writable_len = total_len(&writable);
         let mut header = RequestHeader::default();
         let result = match gather(mem, &readable, header.as_mut_slice()) {
             Ok(()) => self.execute(
@@ -310,58 +311,6 @@ fn scatter(mem: &GuestMemory, segs: &[(u64, usize)], data: &[u8]) -> Result<(), 
     Ok(())
 }
 
-/// Guest buffers as (address, length).
-type Segments = Vec<(u64, usize)>;
-
-/// The chain's buffers as (address, length), readable and writable apart.
-/// Addresses are checked when the I/O maps them.
-fn segments(chain: &DescriptorChain<&GuestMemory>) -> (Segments, Segments) {
-    let (mut r, mut w) = (Vec::new(), Vec::new());
-    for d in chain.clone() {
-        let seg = (d.addr().0, d.len() as usize);
-        if d.is_write_only() {
-            w.push(seg);
-        } else {
-            r.push(seg);
-        }
-    }
-    (r, w)
-}
-
-fn segments_len(segs: &[(u64, usize)]) -> usize {
-    segs.iter().map(|s| s.1).sum()
-}
-
-/// `segs` without its first `n` bytes.
-fn skip_front(segs: &[(u64, usize)], mut n: usize) -> Vec<(u64, usize)> {
-    let mut out = Vec::new();
-    for &(addr, len) in segs {
-        if n >= len {
-            n -= len;
-        } else {
-            out.push((addr + n as u64, len - n));
-            n = 0;
-        }
-    }
-    out
-}
-
-/// The first `n` bytes of `segs`.
-fn take_front(segs: &[(u64, usize)], mut n: usize) -> Vec<(u64, usize)> {
-    let mut out = Vec::new();
-    for &(addr, len) in segs {
-        if n == 0 {
-            break;
-        }
-        let take = len.min(n);
-        if take > 0 {
-            out.push((addr, take));
-        }
-        n -= take;
-    }
-    out
-}
-
 /// preadv (`write == false`: file into guest memory) or pwritev of the
 /// whole of `segs` at `offset`, resuming after short transfers.
 fn transfer(
@@ -372,39 +321,18 @@ fn transfer(
     write: bool,
 ) -> Result<(), Fault> {
     use std::os::fd::AsRawFd;
-    use vm_memory::GuestMemoryBackend as _;
-    let mut guards = Vec::with_capacity(segs.len());
-    let mut iov = Vec::with_capacity(segs.len());
-    for &(addr, len) in segs {
-        if len == 0 {
-            continue;
-        }
-        // One slice per buffer: our RAM ranges are never adjacent, so a
-        // buffer that leaves its region is invalid anyway.
-        let slice = mem
-            .get_slice(GuestAddress(addr), len)
-            .map_err(|_| Fault::Io)?;
-        let guard = slice.ptr_guard_mut();
-        iov.push(libc::iovec {
-            iov_base: guard.as_ptr().cast(),
-            iov_len: len,
-        });
-        guards.push(guard);
-    }
+    let mut iov = IoVecs::new(mem, segs).ok_or(Fault::Io)?;
     let mut done = 0usize;
-    let total = segments_len(segs);
-    let mut first = 0usize;
-    while done < total {
+    while !iov.is_empty() {
         let at = i64::try_from(offset + done as u64).map_err(|_| Fault::Io)?;
-        let count = (iov.len() - first).min(1024) as i32;
-        // SAFETY: every iovec points into guest memory that `guards` keeps
-        // mapped, within a slice of exactly iov_len bytes that
-        // `get_slice` checked; the kernel touches only those bytes.
+        let v = iov.as_slice();
+        // SAFETY: every iovec points into guest memory that `iov` keeps
+        // mapped and bounds-checked; the kernel touches only those bytes.
         let n = unsafe {
             if write {
-                libc::pwritev(file.as_raw_fd(), iov[first..].as_ptr(), count, at)
+                libc::pwritev(file.as_raw_fd(), v.as_ptr(), v.len() as i32, at)
             } else {
-                libc::preadv(file.as_raw_fd(), iov[first..].as_ptr(), count, at)
+                libc::preadv(file.as_raw_fd(), v.as_ptr(), v.len() as i32, at)
             }
         };
         if n < 0 {
@@ -416,20 +344,8 @@ fn transfer(
         if n == 0 {
             return Err(Fault::Io);
         }
-        let mut n = n as usize;
-        done += n;
-        // Drop the iovecs the call finished; trim a partly done one.
-        while n > 0 && first < iov.len() {
-            if n >= iov[first].iov_len {
-                n -= iov[first].iov_len;
-                first += 1;
-            } else {
-                // SAFETY: advancing within the same checked slice.
-                iov[first].iov_base = unsafe { iov[first].iov_base.cast::<u8>().add(n).cast() };
-                iov[first].iov_len -= n;
-                n = 0;
-            }
-        }
+        done += n as usize;
+        iov.advance(n as usize);
     }
     Ok(())
 }
@@ -492,7 +408,10 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used {
+        let Some(queue) = queues.get_mut(index) else {
+            return Used::NONE;
+        };
         let mut used_any = false;
         loop {
             // With EVENT_IDX, re-check after re-enabling notifications so a
@@ -511,7 +430,7 @@ impl VirtioDevice for Block {
                 _ => break,
             }
         }
-        used_any
+        Used::queue_if(index, used_any)
     }
 }
 
@@ -572,7 +491,8 @@ mod tests {
             .collect();
         vq.build_desc_chain(&raw).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        rig.dev.process_queue(0, &mut q, &rig.mem);
+        rig.dev
+            .process_queue(0, std::slice::from_mut(&mut q), &rig.mem);
         let used_idx: u16 = rig.mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
         if used_idx == 0 {
             return None;
@@ -835,13 +755,13 @@ mod tests {
         vq.avail().idx().store(1);
         let mut q: Queue = vq.create_queue().unwrap();
         header(&r, H, T_IN, 0);
-        r.dev.process_queue(0, &mut q, &r.mem);
+        r.dev.process_queue(0, std::slice::from_mut(&mut q), &r.mem);
         // Next index past the table: the chain is cut, never followed.
         let raw = [RawDescriptor::from(SplitDescriptor::new(H, 16, NEXT, 200))];
         vq.desc_table().store(0, raw[0]).unwrap();
         vq.avail().idx().store(2);
         vq.avail().ring().ref_at(1).unwrap().store(0);
-        r.dev.process_queue(0, &mut q, &r.mem);
+        r.dev.process_queue(0, std::slice::from_mut(&mut q), &r.mem);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! an exit when the eventfd is registered as an ioeventfd), and the device
 //! thread does the work.
 
-use super::{VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{Used, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::{BusDevice, IrqLine};
 use crate::vm::GuestMemory;
 use virtio_queue::{Queue, QueueT};
@@ -135,17 +135,36 @@ impl MmioTransport {
         if !self.is_active() {
             return;
         }
-        let Some(queue) = self.queues.get_mut(index) else {
-            return;
-        };
-        if !queue.ready() {
+        if !self.queues.get(index).is_some_and(|q| q.ready()) {
             return;
         }
-        if !self.device.process_queue(index, queue, &self.mem) {
+        let used = self
+            .device
+            .process_queue(index, &mut self.queues, &self.mem);
+        self.interrupt_for(used);
+    }
+
+    /// The device's host-side source (`VirtioDevice::io_source`).
+    pub fn io_source(&self) -> Option<std::os::fd::RawFd> {
+        self.device.io_source()
+    }
+
+    /// Device thread: the device's host-side source is ready.
+    pub fn process_io(&mut self) {
+        if !self.is_active() {
             return;
         }
-        // With EVENT_IDX the driver may have asked not to be told yet.
-        let notify = queue.needs_notification(&self.mem).unwrap_or(true);
+        let used = self.device.process_io(&mut self.queues, &self.mem);
+        self.interrupt_for(used);
+    }
+
+    /// One interrupt for the queues that got used buffers, unless with
+    /// EVENT_IDX the driver asked not to be told yet.
+    fn interrupt_for(&mut self, used: Used) {
+        let mem = &self.mem;
+        let notify = self.queues.iter_mut().enumerate().any(|(i, q)| {
+            used.contains(i) && q.ready() && q.needs_notification(mem).unwrap_or(true)
+        });
         if notify {
             self.signal(INT_USED_RING);
         }
@@ -259,6 +278,13 @@ impl MmioTransport {
             q.set_event_idx(event_idx);
         }
         self.device.activate(self.driver_features);
+        // Host-side input may have arrived before the driver was ready (a
+        // frame on a tap); the edge is gone, so wake the device thread.
+        if self.device.io_source().is_some() {
+            for e in &self.queue_events {
+                let _ = e.write(1);
+            }
+        }
         Ok(())
     }
 }
@@ -378,9 +404,9 @@ mod tests {
         fn activate(&mut self, features: u64) {
             *self.activated.lock().unwrap() = Some(features);
         }
-        fn process_queue(&mut self, index: usize, _q: &mut Queue, _m: &GuestMemory) -> bool {
+        fn process_queue(&mut self, index: usize, _q: &mut [Queue], _m: &GuestMemory) -> Used {
             self.processed.lock().unwrap().push(index);
-            true
+            Used::queue(index)
         }
     }
 

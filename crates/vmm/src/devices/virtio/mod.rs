@@ -5,12 +5,15 @@
 //! ([`worker::DeviceThread`]), never on a vCPU thread.
 
 pub mod block;
+pub mod iov;
 pub mod mmio;
+pub mod net;
 pub mod ring_driver;
 pub mod rng;
 pub mod worker;
 
 use crate::vm::GuestMemory;
+use std::os::fd::RawFd;
 use virtio_queue::Queue;
 
 /// `VIRTIO_F_VERSION_1`: every Tsubame device is modern only.
@@ -20,6 +23,50 @@ pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
+
+/// The queues a device put used buffers on (bit `i`: queue `i`): the
+/// transport interrupts the driver for them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Used(u32);
+
+impl Used {
+    pub const NONE: Used = Used(0);
+
+    pub fn queue(index: usize) -> Used {
+        Used(1u32.checked_shl(index as u32).unwrap_or(0))
+    }
+
+    /// `queue(index)` when `used`, else nothing.
+    pub fn queue_if(index: usize, used: bool) -> Used {
+        if used {
+            Used::queue(index)
+        } else {
+            Used::NONE
+        }
+    }
+
+    pub fn any(self) -> bool {
+        self.0 != 0
+    }
+
+    pub fn contains(self, index: usize) -> bool {
+        self.0 & Used::queue(index).0 != 0
+    }
+}
+
+impl std::ops::BitOr for Used {
+    type Output = Used;
+    fn bitor(self, o: Used) -> Used {
+        Used(self.0 | o.0)
+    }
+}
+
+impl std::ops::BitOrAssign for Used {
+    fn bitor_assign(&mut self, o: Used) {
+        self.0 |= o.0;
+    }
+}
 
 /// A virtio device, seen from the transport.
 pub trait VirtioDevice: Send {
@@ -37,9 +84,19 @@ pub trait VirtioDevice: Send {
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// The driver accepted `features` and set DRIVER_OK.
     fn activate(&mut self, _features: u64) {}
-    /// Takes what the driver made available on `queue`; returns whether
-    /// any buffer was used (the driver may need an interrupt).
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool;
+    /// The driver notified queue `index` (of `queues`, all the device's
+    /// queues, some perhaps not ready): take what it made available.
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used;
+    /// A host file descriptor the device thread watches for the device,
+    /// edge-triggered (a tap, an epoll set of sockets). Work it cannot
+    /// finish for want of buffers waits for the driver's next notify.
+    fn io_source(&self) -> Option<RawFd> {
+        None
+    }
+    /// `io_source` became ready.
+    fn process_io(&mut self, _queues: &mut [Queue], _mem: &GuestMemory) -> Used {
+        Used::NONE
+    }
     /// The driver reset the device.
     fn reset(&mut self) {}
 }

@@ -1,7 +1,7 @@
 //! virtio-rng (virtio 1.2, 5.4): fills the driver's buffers from the host's
 //! `getrandom`.
 
-use super::{VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{Used, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::vm::GuestMemory;
 use std::io::Write;
 use virtio_queue::{Queue, QueueT, Writer};
@@ -55,7 +55,10 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemory) -> bool {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used {
+        let Some(queue) = queues.get_mut(index) else {
+            return Used::NONE;
+        };
         let mut used_any = false;
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             let head = chain.head_index();
@@ -78,7 +81,7 @@ impl VirtioDevice for Rng {
             }
             used_any = true;
         }
-        used_any
+        Used::queue_if(index, used_any)
     }
 }
 
@@ -99,7 +102,9 @@ mod tests {
             .collect();
         vq.build_desc_chain(&raw).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert!(Rng.process_queue(0, &mut q, mem));
+        assert!(Rng
+            .process_queue(0, std::slice::from_mut(&mut q), mem)
+            .any());
         let idx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
         let len: u32 = mem.read_obj(vq.used_addr().unchecked_add(8)).unwrap();
         (idx, len)

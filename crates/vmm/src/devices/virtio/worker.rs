@@ -1,6 +1,7 @@
-//! The device thread: waits on every queue's eventfd and runs the device's
-//! queue processing, so a notify costs a vCPU only the eventfd write (or
-//! nothing, with ioeventfd).
+//! The device thread: waits on every queue's eventfd and every device's
+//! host-side source (a tap, a socket set) and runs the device's processing,
+//! so a notify costs a vCPU only the eventfd write (or nothing, with
+//! ioeventfd).
 
 use super::mmio::MmioTransport;
 use std::sync::{Arc, Mutex};
@@ -13,12 +14,15 @@ pub struct DeviceThread {
     handle: Option<JoinHandle<()>>,
 }
 
-/// A queue the thread watches: its eventfd, and which transport and queue
-/// index it belongs to.
+/// What the thread watches: a queue's eventfd, or a device's host source.
+enum Source {
+    Queue(EventFd, usize),
+    Io(std::os::fd::RawFd),
+}
+
 struct Watch {
-    event: EventFd,
+    source: Source,
     transport: Arc<Mutex<MmioTransport>>,
-    queue: usize,
 }
 
 impl DeviceThread {
@@ -34,9 +38,15 @@ impl DeviceThread {
             let guard = crate::devices::bus::lock(t);
             for (queue, e) in guard.queue_events().iter().enumerate() {
                 watches.push(Watch {
-                    event: e.try_clone()?,
+                    source: Source::Queue(e.try_clone()?, queue),
                     transport: t.clone(),
-                    queue,
+                });
+            }
+            // The device owns the fd and outlives the thread (stopped first).
+            if let Some(fd) = guard.io_source() {
+                watches.push(Watch {
+                    source: Source::Io(fd),
+                    transport: t.clone(),
                 });
             }
         }
@@ -74,11 +84,11 @@ fn run(watches: &[Watch], stop: &EventFd) -> std::io::Result<()> {
         EpollEvent::new(EventSet::IN, stop_token),
     )?;
     for (i, w) in watches.iter().enumerate() {
-        epoll.ctl(
-            ControlOperation::Add,
-            w.event.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, i as u64),
-        )?;
+        let (fd, set) = match &w.source {
+            Source::Queue(e, _) => (e.as_raw_fd(), EventSet::IN),
+            Source::Io(fd) => (*fd, EventSet::IN | EventSet::EDGE_TRIGGERED),
+        };
+        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, i as u64))?;
     }
     let mut events = vec![EpollEvent::default(); watches.len() + 1];
     loop {
@@ -95,10 +105,15 @@ fn run(watches: &[Watch], stop: &EventFd) -> std::io::Result<()> {
             let Some(w) = watches.get(token as usize) else {
                 continue;
             };
-            // Drain the counter first: a notify arriving during processing
-            // then wakes us again instead of being lost.
-            let _ = w.event.read();
-            crate::devices::bus::lock(&w.transport).process_queue(w.queue);
+            match &w.source {
+                Source::Queue(event, queue) => {
+                    // Drain the counter first: a notify arriving during
+                    // processing then wakes us again instead of being lost.
+                    let _ = event.read();
+                    crate::devices::bus::lock(&w.transport).process_queue(*queue);
+                }
+                Source::Io(_) => crate::devices::bus::lock(&w.transport).process_io(),
+            }
         }
     }
 }

@@ -1,0 +1,155 @@
+//! A descriptor chain's buffers as host `iovec`s, so a device moves data
+//! between guest memory and a file, tap or socket in one system call,
+//! without a bounce buffer. Every buffer is checked against guest memory
+//! when it is mapped.
+
+use crate::vm::GuestMemory;
+use std::marker::PhantomData;
+use virtio_queue::DescriptorChain;
+use vm_memory::volatile_memory::PtrGuardMut;
+use vm_memory::{GuestAddress, GuestMemoryBackend as _};
+
+/// Guest buffers as (address, length).
+pub type Segments = Vec<(u64, usize)>;
+
+/// The chain's buffers, device-readable and device-writable apart.
+/// Addresses are checked when mapped, not here.
+pub fn segments(chain: &DescriptorChain<&GuestMemory>) -> (Segments, Segments) {
+    let (mut r, mut w) = (Vec::new(), Vec::new());
+    for d in chain.clone() {
+        let seg = (d.addr().0, d.len() as usize);
+        if d.is_write_only() {
+            w.push(seg);
+        } else {
+            r.push(seg);
+        }
+    }
+    (r, w)
+}
+
+pub fn total_len(segs: &[(u64, usize)]) -> usize {
+    segs.iter().map(|s| s.1).sum()
+}
+
+/// `segs` without its first `n` bytes.
+pub fn skip_front(segs: &[(u64, usize)], mut n: usize) -> Segments {
+    let mut out = Vec::new();
+    for &(addr, len) in segs {
+        if n >= len {
+            n -= len;
+        } else {
+            out.push((addr + n as u64, len - n));
+            n = 0;
+        }
+    }
+    out
+}
+
+/// The first `n` bytes of `segs`.
+pub fn take_front(segs: &[(u64, usize)], mut n: usize) -> Segments {
+    let mut out = Vec::new();
+    for &(addr, len) in segs {
+        if n == 0 {
+            break;
+        }
+        let take = len.min(n);
+        if take > 0 {
+            out.push((addr, take));
+        }
+        n -= take;
+    }
+    out
+}
+
+/// Mapped guest buffers, valid while the guest memory they came from is
+/// borrowed.
+pub struct IoVecs<'m> {
+    iov: Vec<libc::iovec>,
+    /// Index of the first iovec not yet consumed (see `advance`).
+    first: usize,
+    _guards: Vec<PtrGuardMut>,
+    _mem: PhantomData<&'m GuestMemory>,
+}
+
+impl<'m> IoVecs<'m> {
+    /// Maps `segs`; `None` when any buffer leaves guest memory. Zero-length
+    /// buffers are left out.
+    pub fn new(mem: &'m GuestMemory, segs: &[(u64, usize)]) -> Option<IoVecs<'m>> {
+        let mut guards = Vec::with_capacity(segs.len());
+        let mut iov = Vec::with_capacity(segs.len());
+        for &(addr, len) in segs {
+            if len == 0 {
+                continue;
+            }
+            // One slice per buffer: RAM ranges are never adjacent, so a
+            // buffer that leaves its region is invalid anyway.
+            let slice = mem.get_slice(GuestAddress(addr), len).ok()?;
+            let guard = slice.ptr_guard_mut();
+            iov.push(libc::iovec {
+                iov_base: guard.as_ptr().cast(),
+                iov_len: len,
+            });
+            guards.push(guard);
+        }
+        Some(IoVecs {
+            iov,
+            first: 0,
+            _guards: guards,
+            _mem: PhantomData,
+        })
+    }
+
+    /// The iovecs not yet consumed, at most `IOV_MAX` of them.
+    pub fn as_slice(&self) -> &[libc::iovec] {
+        let rest = &self.iov[self.first..];
+        &rest[..rest.len().min(1024)]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first == self.iov.len()
+    }
+
+    /// Drops the first `n` bytes (after a short transfer).
+    pub fn advance(&mut self, mut n: usize) {
+        while n > 0 && self.first < self.iov.len() {
+            let v = &mut self.iov[self.first];
+            if n >= v.iov_len {
+                n -= v.iov_len;
+                self.first += 1;
+            } else {
+                // SAFETY: moves the start forward within the same mapped,
+                // bounds-checked buffer (n < iov_len).
+                v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n).cast() };
+                v.iov_len -= n;
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn front_trimming() {
+        let segs = vec![(0x1000, 4), (0x2000, 8)];
+        assert_eq!(total_len(&segs), 12);
+        assert_eq!(skip_front(&segs, 6), vec![(0x2002, 6)]);
+        assert_eq!(take_front(&segs, 6), vec![(0x1000, 4), (0x2000, 2)]);
+        assert!(skip_front(&segs, 99).is_empty());
+    }
+
+    #[test]
+    fn buffers_outside_memory_are_refused_and_advance_trims() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        assert!(IoVecs::new(&mem, &[(0x1000, 16), (0xfff8, 16)]).is_none());
+        let mut v = IoVecs::new(&mem, &[(0x1000, 4), (0x2000, 0), (0x3000, 8)]).unwrap();
+        assert_eq!(v.as_slice().len(), 2, "zero-length buffers left out");
+        v.advance(6);
+        assert_eq!(v.as_slice().len(), 1);
+        assert_eq!(v.as_slice()[0].iov_len, 6);
+        v.advance(6);
+        assert!(v.is_empty());
+    }
+}

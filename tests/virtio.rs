@@ -1,0 +1,290 @@
+//! End-to-end: virtio devices driven from inside the tiny guests
+//! (tests/guests/asm/virtio*.S, on libvirtio.S), checked from the host.
+
+mod common;
+
+use common::{finish, guest, run, run_and_signal, scratch, spawn};
+use std::time::Duration;
+
+fn kernel(name: &str) -> String {
+    guest(name).to_string_lossy().into_owned()
+}
+
+fn disk_image(name: &str) -> std::path::PathBuf {
+    let img = scratch(name).join("disk.img");
+    let mut data = vec![0u8; 8 * 512];
+    data[..8].copy_from_slice(b"HOSTDISK");
+    std::fs::write(&img, &data).unwrap();
+    img
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+#[test]
+fn virtio_blk_guest_reads_writes_and_flushes_an_image() {
+    let img = disk_image("virtio-blk");
+    let disk = format!("path={},id=guest-disk", img.display());
+    let r = run(&["run", "--kernel", &kernel("virtioblk"), "--disk", &disk]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    let ok = hex(0);
+    let marker = hex(u64::from_le_bytes(*b"HOSTDISK"));
+    let pattern = hex(u64::from_le_bytes(*b"TSUBAME!"));
+    for want in [
+        "virtio-blk found, queue ready".to_string(),
+        format!("read0 {ok} {marker}"),
+        format!("write1 {ok}"),
+        format!("flush {ok}"),
+        format!("read1 {ok} {pattern}"),
+    ] {
+        assert!(r.stdout.contains(&want), "missing {want}: {}", r.output());
+    }
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(&data[..8], b"HOSTDISK");
+    assert!(
+        data[512..1024].chunks(8).all(|c| c == b"TSUBAME!"),
+        "sector 1 on the host is not what the guest wrote"
+    );
+    assert!(data[1024..].iter().all(|&b| b == 0));
+}
+
+#[test]
+fn virtio_blk_read_only_disk_refuses_the_guest_write() {
+    let img = disk_image("virtio-blk-ro");
+    let disk = format!("path={},readonly=on", img.display());
+    let r = run(&["run", "--kernel", &kernel("virtioblk"), "--disk", &disk]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(
+        r.stdout.contains(&format!("write1 {}", hex(1))),
+        "expected IOERR: {}",
+        r.output()
+    );
+    let data = std::fs::read(&img).unwrap();
+    assert!(
+        data[512..].iter().all(|&b| b == 0),
+        "read-only image changed"
+    );
+}
+
+#[test]
+fn virtio_blk_flushed_write_survives_kill_9() {
+    let img = disk_image("virtio-blk-kill");
+    let disk = format!("path={}", img.display());
+    let r = run_and_signal(
+        &[
+            "run",
+            "--kernel",
+            &kernel("virtioblk_hang"),
+            "--disk",
+            &disk,
+        ],
+        None,
+        "flush 0000000000000000",
+        libc::SIGKILL,
+    );
+    assert_ne!(r.status, 0, "{}", r.output());
+    let data = std::fs::read(&img).unwrap();
+    assert!(
+        data[512..1024].chunks(8).all(|c| c == b"TSUBAME!"),
+        "the flushed sector is not in the image after kill -9: {}",
+        r.output()
+    );
+}
+
+#[test]
+fn virtio_rng_guest_gets_host_entropy_in_a_two_descriptor_chain() {
+    let r = run(&["run", "--kernel", &kernel("virtiorng"), "--rng"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    let line = r
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("entropy "))
+        .unwrap_or_else(|| panic!("no entropy line: {}", r.output()));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.len(), 4, "{line}");
+    assert_eq!(words[1], hex(64), "both 32-byte buffers filled: {line}");
+    // 64 random bits are zero with probability 2^-64.
+    assert_ne!(words[2], hex(0), "first buffer untouched: {line}");
+    assert_ne!(words[3], hex(0), "second buffer untouched: {line}");
+    assert_ne!(words[2], words[3]);
+}
+
+/// Runs `f` on a thread in a network namespace of its own, so the taps it
+/// makes vanish with it and never touch the host's network.
+fn in_new_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network
+        // namespace; processes it spawns inherit it.
+        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
+        assert_eq!(
+            rc,
+            0,
+            "unshare(CLONE_NEWNET): {} (the virtio-net test needs root, as in CI)",
+            std::io::Error::last_os_error()
+        );
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
+fn ip(args: &[&str]) {
+    let st = std::process::Command::new("ip")
+        .args(args)
+        .status()
+        .expect("run `ip` (iproute2; .ci/run installs it)");
+    assert!(st.success(), "ip {args:?} failed");
+}
+
+const ETHERTYPE: u16 = 0x88b5;
+
+/// A raw socket on `ifname` for one EtherType: what the host sees of the
+/// guest's wire, and how it sends frames to the guest.
+struct PacketSocket {
+    fd: std::os::fd::OwnedFd,
+    ifindex: i32,
+}
+
+impl PacketSocket {
+    fn open(ifname: &str) -> PacketSocket {
+        use std::os::fd::FromRawFd;
+        let proto = ETHERTYPE.to_be() as i32;
+        // SAFETY: plain socket(2) call; the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW, proto) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: fd is new and ours.
+        let fd = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        let name = std::ffi::CString::new(ifname).unwrap();
+        // SAFETY: a NUL-terminated name.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) } as i32;
+        assert!(ifindex > 0, "no interface {ifname}");
+        let s = PacketSocket { fd, ifindex };
+        let addr = s.addr(&[0; 6]);
+        // SAFETY: binding to a sockaddr_ll we built, with its size.
+        let rc = unsafe {
+            libc::bind(
+                s.raw(),
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(rc, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 30,
+            tv_usec: 0,
+        };
+        // SAFETY: SO_RCVTIMEO takes a timeval, passed with its size.
+        unsafe {
+            libc::setsockopt(
+                s.raw(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        s
+    }
+
+    fn raw(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.fd.as_raw_fd()
+    }
+
+    fn addr(&self, mac: &[u8; 6]) -> libc::sockaddr_ll {
+        // SAFETY: sockaddr_ll is plain data; all-zero is valid.
+        let mut a: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        a.sll_family = libc::AF_PACKET as u16;
+        a.sll_protocol = ETHERTYPE.to_be();
+        a.sll_ifindex = self.ifindex;
+        a.sll_halen = 6;
+        a.sll_addr[..6].copy_from_slice(mac);
+        a
+    }
+
+    /// One frame, or None after the receive timeout.
+    fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        // SAFETY: recv into a buffer we own, with its length.
+        let n = unsafe { libc::recv(self.raw(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    }
+
+    fn send(&self, frame: &[u8]) {
+        let mut dst = [0u8; 6];
+        dst.copy_from_slice(&frame[..6]);
+        let addr = self.addr(&dst);
+        // SAFETY: sendto from a slice we own, to a sockaddr_ll we built.
+        let n = unsafe {
+            libc::sendto(
+                self.raw(),
+                frame.as_ptr().cast(),
+                frame.len(),
+                0,
+                (&addr as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(
+            n,
+            frame.len() as isize,
+            "send: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+#[test]
+fn virtio_net_guest_frames_cross_a_real_tap_both_ways() {
+    const GUEST_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0x42];
+    const HOST_MAC: [u8; 6] = [0x0e, 0, 0, 0, 0, 0xfe];
+    let (r, from_guest) = in_new_netns(|| {
+        ip(&["tuntap", "add", "dev", "tsb0", "mode", "tap"]);
+        ip(&["link", "set", "tsb0", "up"]);
+        let sock = PacketSocket::open("tsb0");
+        let child = spawn(
+            &[
+                "run",
+                "--kernel",
+                &kernel("virtionet"),
+                "--net",
+                "tap=tsb0,mac=0e:00:00:00:00:42",
+            ],
+            None,
+        );
+        let from_guest = sock.recv();
+        if from_guest.is_some() {
+            let mut reply = Vec::new();
+            reply.extend_from_slice(&GUEST_MAC);
+            reply.extend_from_slice(&HOST_MAC);
+            reply.extend_from_slice(&ETHERTYPE.to_be_bytes());
+            reply.extend_from_slice(b"HOST2GST from the host");
+            sock.send(&reply);
+        }
+        let r = finish(child, Duration::from_secs(60), "virtio-net guest");
+        (r, from_guest)
+    });
+    let frame = from_guest.unwrap_or_else(|| panic!("no frame from the guest: {}", r.output()));
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert_eq!(&frame[..6], &[0xff; 6], "broadcast");
+    assert_eq!(&frame[6..12], &GUEST_MAC, "source is the guest's MAC");
+    assert_eq!(&frame[14..], b"GST2HOST from the guest");
+    let mut mac = [0u8; 8];
+    mac[..6].copy_from_slice(&GUEST_MAC);
+    for want in [
+        format!("virtio-net found, mac {}", hex(u64::from_le_bytes(mac))),
+        "frame sent".to_string(),
+        format!(
+            "frame received {} {}",
+            hex(12 + 14 + 22),
+            hex(u64::from_le_bytes(*b"HOST2GST"))
+        ),
+    ] {
+        assert!(r.stdout.contains(&want), "missing {want}: {}", r.output());
+    }
+}
