@@ -288,3 +288,74 @@ fn virtio_net_guest_frames_cross_a_real_tap_both_ways() {
         assert!(r.stdout.contains(&want), "missing {want}: {}", r.output());
     }
 }
+
+/// Accepts one connection within 30 s.
+fn accept_within(l: &std::os::unix::net::UnixListener) -> Option<std::os::unix::net::UnixStream> {
+    l.set_nonblocking(true).unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Ok((s, _)) = l.accept() {
+            s.set_nonblocking(false).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    None
+}
+
+fn read_n(s: &mut impl std::io::Read, n: usize) -> String {
+    let mut b = vec![0u8; n];
+    match s.read_exact(&mut b) {
+        Ok(()) => String::from_utf8_lossy(&b).into_owned(),
+        Err(e) => format!("<read failed: {e}>"),
+    }
+}
+
+#[test]
+fn virtio_vsock_guest_and_host_connect_to_each_other_over_unix_sockets() {
+    use std::io::{BufRead, Write};
+    use std::os::unix::net::{UnixListener, UnixStream};
+    let dir = scratch("vsock");
+    let sock = dir.join("v.sock");
+    let guest_side = UnixListener::bind(format!("{}_5000", sock.display())).unwrap();
+    let vsock = format!("cid=42,socket={}", sock.display());
+    let child = spawn(
+        &["run", "--kernel", &kernel("virtiovsock"), "--vsock", &vsock],
+        None,
+    );
+    // The guest connects to host port 5000 and says ping.
+    let mut from_guest = String::new();
+    if let Some(mut s) = accept_within(&guest_side) {
+        from_guest = read_n(&mut s, 15);
+        s.write_all(b"pong from host").unwrap();
+    }
+    // The host connects to guest port 6000; the guest echoes.
+    let (mut ok_line, mut echo) = (String::new(), String::new());
+    if let Ok(mut c) = UnixStream::connect(&sock) {
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        c.write_all(b"CONNECT 6000\n").unwrap();
+        let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+        let _ = r.read_line(&mut ok_line);
+        c.write_all(b"echo me").unwrap();
+        echo = read_n(&mut r, 7);
+    }
+    let r = finish(child, Duration::from_secs(60), "virtio-vsock guest");
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert_eq!(from_guest, "ping from guest", "{}", r.output());
+    assert!(
+        ok_line.starts_with("OK ") && ok_line.ends_with('\n'),
+        "{ok_line:?}"
+    );
+    assert_eq!(echo, "echo me", "{}", r.output());
+    for want in [
+        format!("virtio-vsock found, cid {}", hex(42)),
+        "connected to 5000".to_string(),
+        format!("guest got {}", hex(u64::from_le_bytes(*b"pong fro"))),
+        "echoed".to_string(),
+        "vsock done".to_string(),
+    ] {
+        assert!(r.stdout.contains(&want), "missing {want}: {}", r.output());
+    }
+    assert!(!sock.exists(), "the socket is removed at exit");
+}

@@ -15,6 +15,7 @@ use crate::devices::virtio::block::{self, Block};
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY, WINDOW_SIZE};
 use crate::devices::virtio::net::{tap, Net};
 use crate::devices::virtio::rng::Rng;
+use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, IrqLine};
 use crate::vm::GuestMemory;
@@ -30,8 +31,8 @@ pub enum Error {
     Disk(#[from] block::Error),
     #[error("--net: {0}")]
     Net(#[from] tap::Error),
-    #[error("--vsock: not built yet")]
-    VsockMissing,
+    #[error("--vsock: {0}")]
+    Vsock(#[from] crate::devices::virtio::vsock::Error),
     #[error("{0} virtio devices asked for; at most {MAX_DEVICES} are supported")]
     TooMany(usize),
     #[error("{name}: ioeventfd for queue {queue}: {source}")]
@@ -73,8 +74,8 @@ pub fn plan(cfg: &VmConfig) -> Result<Vec<Planned>, Error> {
         let mac = n.mac.unwrap_or([0x0e, 0x74, 0x73, 0x62, 0x00, i as u8 + 1]);
         devices.push(Box::new(Net::new(tap, mac)));
     }
-    if cfg.vsock.is_some() {
-        return Err(Error::VsockMissing);
+    if let Some(v) = &cfg.vsock {
+        devices.push(Box::new(Vsock::new(v.cid, &v.socket)?));
     }
     if devices.len() > MAX_DEVICES {
         return Err(Error::TooMany(devices.len()));

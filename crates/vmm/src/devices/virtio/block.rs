@@ -5,7 +5,7 @@
 //! and status in one descriptor, work like any other legal chain. Every
 //! sector range is checked against the image before the file is touched.
 
-use super::iov::{segments, skip_front, take_front, total_len, IoVecs};
+use super::iov::{read_bytes, segments, skip_front, take_front, total_len, write_bytes, IoVecs};
 use super::{read_config_bytes, Used, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 use crate::devices::virtio::mmio::RING_EVENT_IDX;
 use crate::vm::GuestMemory;
@@ -274,41 +274,16 @@ struct ChainIo<'r> {
     data_in: &'r [(u64, usize)],
 }
 
-/// Fills `buf` from the start of `segs`; fails if they hold too little or
-/// leave guest memory.
+/// Fills `buf` from the start of `segs`.
 fn gather(mem: &GuestMemory, segs: &[(u64, usize)], buf: &mut [u8]) -> Result<(), Fault> {
-    let mut done = 0;
-    for &(addr, len) in segs {
-        if done == buf.len() {
-            break;
-        }
-        let n = len.min(buf.len() - done);
-        mem.read_slice(&mut buf[done..done + n], GuestAddress(addr))
-            .map_err(|_| Fault::Io)?;
-        done += n;
-    }
-    if done < buf.len() {
-        return Err(Fault::Io);
-    }
-    Ok(())
+    read_bytes(mem, segs, buf).then_some(()).ok_or(Fault::Io)
 }
 
 /// Writes `data` over the start of `segs`.
 fn scatter(mem: &GuestMemory, segs: &[(u64, usize)], data: &[u8]) -> Result<(), Fault> {
-    let mut done = 0;
-    for &(addr, len) in segs {
-        if done == data.len() {
-            break;
-        }
-        let n = len.min(data.len() - done);
-        mem.write_slice(&data[done..done + n], GuestAddress(addr))
-            .map_err(|_| Fault::Io)?;
-        done += n;
-    }
-    if done < data.len() {
-        return Err(Fault::Io);
-    }
-    Ok(())
+    write_bytes(mem, segs, 0, data)
+        .then_some(())
+        .ok_or(Fault::Io)
 }
 
 /// preadv (`write == false`: file into guest memory) or pwritev of the

@@ -7,7 +7,7 @@ use crate::vm::GuestMemory;
 use std::marker::PhantomData;
 use virtio_queue::DescriptorChain;
 use vm_memory::volatile_memory::PtrGuardMut;
-use vm_memory::{GuestAddress, GuestMemoryBackend as _};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
 /// Guest buffers as (address, length).
 pub type Segments = Vec<(u64, usize)>;
@@ -59,6 +59,61 @@ pub fn take_front(segs: &[(u64, usize)], mut n: usize) -> Segments {
         n -= take;
     }
     out
+}
+
+/// Fills `buf` from the start of `segs`; false if they hold too little
+/// or leave guest memory.
+pub fn read_bytes(mem: &GuestMemory, segs: &[(u64, usize)], buf: &mut [u8]) -> bool {
+    let mut done = 0;
+    for &(addr, len) in segs {
+        if done == buf.len() {
+            break;
+        }
+        let n = len.min(buf.len() - done);
+        if mem
+            .read_slice(&mut buf[done..done + n], GuestAddress(addr))
+            .is_err()
+        {
+            return false;
+        }
+        done += n;
+    }
+    done == buf.len()
+}
+
+/// Writes `data` at byte `at` of `segs`; false if they hold too little or
+/// leave guest memory.
+pub fn write_bytes(
+    mem: &GuestMemory,
+    segs: &[(u64, usize)],
+    mut at: usize,
+    mut data: &[u8],
+) -> bool {
+    for &(addr, len) in segs {
+        if data.is_empty() {
+            break;
+        }
+        if at >= len {
+            at -= len;
+            continue;
+        }
+        let n = (len - at).min(data.len());
+        if mem
+            .write_slice(&data[..n], GuestAddress(addr + at as u64))
+            .is_err()
+        {
+            return false;
+        }
+        data = &data[n..];
+        at = 0;
+    }
+    data.is_empty()
+}
+
+/// Every buffer lies inside guest memory.
+pub fn in_memory(mem: &GuestMemory, segs: &[(u64, usize)]) -> bool {
+    segs.iter()
+        .all(|&(a, l)| l == 0 || mem.get_slice(GuestAddress(a), l).is_ok())
 }
 
 /// Mapped guest buffers, valid while the guest memory they came from is
@@ -151,5 +206,22 @@ mod tests {
         assert_eq!(v.as_slice()[0].iov_len, 6);
         v.advance(6);
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn bytes_across_buffers() {
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let segs = [(0x1000, 3), (0x2000, 5)];
+        assert!(write_bytes(&mem, &segs, 2, b"abcd"));
+        let mut b = [0u8; 6];
+        assert!(read_bytes(&mem, &segs, &mut b));
+        assert_eq!(&b[2..], b"abcd");
+        assert!(!write_bytes(&mem, &segs, 6, b"xyz"), "past the end");
+        assert!(
+            !read_bytes(&mem, &segs, &mut [0u8; 9]),
+            "more than they hold"
+        );
+        assert!(in_memory(&mem, &segs));
+        assert!(!in_memory(&mem, &[(0xfff0, 32)]));
     }
 }

@@ -10,6 +10,9 @@ pub mod mmio;
 pub mod net;
 pub mod ring_driver;
 pub mod rng;
+#[cfg(test)]
+mod test_util;
+pub mod vsock;
 pub mod worker;
 
 use crate::vm::GuestMemory;

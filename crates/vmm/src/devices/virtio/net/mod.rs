@@ -6,7 +6,7 @@
 
 pub mod tap;
 
-use super::iov::{segments, total_len, IoVecs};
+use super::iov::{segments, total_len, write_bytes, IoVecs};
 use super::mmio::RING_EVENT_IDX;
 use super::{read_config_bytes, Used, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1};
 use crate::vm::GuestMemory;
@@ -14,7 +14,6 @@ use std::os::fd::RawFd;
 use tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN};
 use virtio_bindings::bindings::virtio_net as vn;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
-use vm_memory::{Bytes, GuestAddress};
 
 pub const RX: usize = 0;
 pub const TX: usize = 1;
@@ -112,7 +111,7 @@ impl Net {
                 Ok(Some(n)) if n >= VNET_HDR_LEN => {
                     drop(iov);
                     // num_buffers (header bytes 10..12): the tap leaves it.
-                    if write_at(mem, &writable, 10, &1u16.to_le_bytes()) {
+                    if write_bytes(mem, &writable, 10, &1u16.to_le_bytes()) {
                         self.stats.rx_frames += 1;
                     }
                     used |= queue.add_used(mem, head, n as u32).is_ok();
@@ -175,29 +174,6 @@ impl Net {
         }
         used
     }
-}
-
-/// Writes `data` at byte `at` of the buffers `segs`.
-fn write_at(mem: &GuestMemory, segs: &[(u64, usize)], mut at: usize, mut data: &[u8]) -> bool {
-    for &(addr, len) in segs {
-        if data.is_empty() {
-            break;
-        }
-        if at >= len {
-            at -= len;
-            continue;
-        }
-        let n = (len - at).min(data.len());
-        if mem
-            .write_slice(&data[..n], GuestAddress(addr + at as u64))
-            .is_err()
-        {
-            return false;
-        }
-        data = &data[n..];
-        at = 0;
-    }
-    data.is_empty()
 }
 
 /// Tap offloads for the receive features the driver accepted: the host

@@ -3,13 +3,10 @@
 //! lands in a receive chain, and malformed chains are dropped.
 
 use super::*;
+use crate::devices::virtio::test_util::{chain, leaked_memory, used_lengths as used};
 use std::io::{Read, Write};
-use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
-use vm_memory::{Address, GuestAddress};
-
-const WRITE: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
-const NEXT: u16 = virtio_bindings::bindings::virtio_ring::VRING_DESC_F_NEXT as u16;
+use vm_memory::{Bytes, GuestAddress};
 
 struct Rig {
     mem: GuestMemory,
@@ -21,10 +18,7 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    // Leaked so the mock queues can borrow it for 'static.
-    let mem: &'static GuestMemory = Box::leak(Box::new(
-        GuestMemory::from_ranges(&[(GuestAddress(0), 0x40_0000)]).unwrap(),
-    ));
+    let mem = leaked_memory(0x40_0000);
     let (tap, peer) = Tap::socket_pair().unwrap();
     let rx = MockSplitQueue::create(mem, GuestAddress(0x10_0000), 16);
     let tx = MockSplitQueue::create(mem, GuestAddress(0x20_0000), 16);
@@ -37,37 +31,6 @@ fn rig() -> Rig {
         tx,
         queues,
     }
-}
-
-/// Descriptors (address, length, device-writable) chained from `first`.
-fn chain(q: &MockSplitQueue<GuestMemory>, first: u16, descs: &[(u64, u32, bool)]) {
-    let raw: Vec<_> = descs
-        .iter()
-        .enumerate()
-        .map(|(i, &(a, l, w))| {
-            let mut f = if w { WRITE } else { 0 };
-            if i + 1 < descs.len() {
-                f |= NEXT;
-            }
-            RawDescriptor::from(Descriptor::new(a, l, f, first + i as u16 + 1))
-        })
-        .collect();
-    for (i, d) in raw.iter().enumerate() {
-        q.desc_table().store(first + i as u16, *d).unwrap();
-    }
-    let idx = q.avail().idx().load();
-    q.avail().ring().ref_at(idx.into()).unwrap().store(first);
-    q.avail().idx().store(idx + 1);
-}
-
-fn used(mem: &GuestMemory, q: &MockSplitQueue<GuestMemory>) -> Vec<u32> {
-    let idx: u16 = mem.read_obj(q.used_addr().unchecked_add(2)).unwrap();
-    (0..idx)
-        .map(|i| {
-            mem.read_obj(q.used_addr().unchecked_add(8 + 8 * u64::from(i)))
-                .unwrap()
-        })
-        .collect()
 }
 
 fn frame(payload: &[u8]) -> Vec<u8> {

@@ -1,0 +1,156 @@
+//! virtio-vsock (virtio 1.2, 5.10), hybrid: guest stream sockets reach the
+//! host as Unix stream sockets ([`host::Host`]). Queue 0 carries packets to
+//! the guest, queue 1 from it; queue 2 (events) is only for migration and
+//! stays unused.
+
+pub mod host;
+pub mod packet;
+
+use super::iov::{in_memory, read_bytes, segments, skip_front, total_len, write_bytes};
+use super::{Used, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use crate::vm::GuestMemory;
+use host::{Host, MAX_PAYLOAD};
+use packet::{Header, HEADER_LEN};
+use std::os::fd::RawFd;
+use std::path::Path;
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+
+pub const RX: usize = 0;
+pub const TX: usize = 1;
+pub const EVENT: usize = 2;
+pub const QUEUE_SIZE: u16 = 256;
+
+pub use host::Error;
+
+pub struct Vsock {
+    cid: u64,
+    host: Host,
+}
+
+impl Vsock {
+    pub fn new(cid: u32, socket: &Path) -> Result<Vsock, Error> {
+        Ok(Vsock {
+            cid: cid.into(),
+            host: Host::new(cid.into(), socket)?,
+        })
+    }
+
+    /// Packets from the guest: each handed to the host side; malformed
+    /// chains are used and dropped.
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let (readable, writable) = segments(&chain);
+            match read_packet(mem, &readable) {
+                Some((h, payload)) if writable.is_empty() => self.host.from_guest(&h, &payload),
+                _ => log::debug!("vsock: dropped a malformed transmit chain"),
+            }
+            used |= queue.add_used(mem, head, 0).is_ok();
+        }
+        used
+    }
+
+    /// Fills receive chains with what the host side has for the guest.
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
+        let mut used = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let (readable, writable) = segments(&chain);
+            let room = total_len(&writable);
+            if !readable.is_empty() || room < HEADER_LEN || !in_memory(mem, &writable) {
+                // No packet can go there: hand it back empty.
+                used |= queue.add_used(mem, head, 0).is_ok();
+                continue;
+            }
+            let Some((h, data)) = self.host.to_guest(room - HEADER_LEN) else {
+                queue.go_to_previous_position();
+                break;
+            };
+            let mut bytes = h.to_bytes().to_vec();
+            bytes.extend_from_slice(&data);
+            if write_bytes(mem, &writable, 0, &bytes) {
+                used |= queue.add_used(mem, head, bytes.len() as u32).is_ok();
+            } else {
+                self.host.unsend(h, data);
+                used |= queue.add_used(mem, head, 0).is_ok();
+            }
+        }
+        used
+    }
+}
+
+/// Header and payload from a transmit chain, split anywhere.
+fn read_packet(mem: &GuestMemory, segs: &[(u64, usize)]) -> Option<(Header, Vec<u8>)> {
+    let total = total_len(segs);
+    if total < HEADER_LEN {
+        return None;
+    }
+    let mut hb = [0u8; HEADER_LEN];
+    read_bytes(mem, segs, &mut hb).then_some(())?;
+    let h = Header::parse(&hb);
+    let len = h.len as usize;
+    if len > MAX_PAYLOAD || len > total - HEADER_LEN {
+        return None;
+    }
+    let mut payload = vec![0u8; len];
+    read_bytes(mem, &skip_front(segs, HEADER_LEN), &mut payload).then_some(())?;
+    Some((h, payload))
+}
+
+impl VirtioDevice for Vsock {
+    fn name(&self) -> &'static str {
+        "virtio-vsock"
+    }
+
+    fn device_type(&self) -> u32 {
+        TYPE_VSOCK
+    }
+
+    fn features(&self) -> u64 {
+        VIRTIO_F_VERSION_1
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    /// `struct virtio_vsock_config`: the guest's CID.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        super::read_config_bytes(&self.cid.to_le_bytes(), offset, data);
+    }
+
+    fn reset(&mut self) {
+        self.host.reset();
+    }
+
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used {
+        let mut used = Used::NONE;
+        if index == TX {
+            if let Some(q) = queues.get_mut(TX) {
+                used |= Used::queue_if(TX, self.transmit(q, mem));
+            }
+        }
+        // Transmitted packets may need answers, new receive buffers may
+        // take what waits.
+        if let Some(q) = queues.get_mut(RX).filter(|q| q.ready()) {
+            used |= Used::queue_if(RX, self.receive(q, mem));
+        }
+        used
+    }
+
+    fn io_source(&self) -> Option<RawFd> {
+        Some(self.host.fd())
+    }
+
+    fn process_io(&mut self, queues: &mut [Queue], mem: &GuestMemory) -> Used {
+        self.host.process_events();
+        match queues.get_mut(RX) {
+            Some(q) if q.ready() => Used::queue_if(RX, self.receive(q, mem)),
+            _ => Used::NONE,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
