@@ -6,13 +6,13 @@
 //! sector range is checked against the image before the file is touched.
 
 use super::iov::{read_bytes, segments, skip_front, take_front, total_len, write_bytes, IoVecs};
-use super::{read_config_bytes, Used, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use super::{drain_queue, read_config_bytes, Used, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
 use crate::devices::virtio::mmio::RING_EVENT_IDX;
 use crate::vm::GuestMemory;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use virtio_queue::{DescriptorChain, Queue, QueueT};
+use virtio_queue::{DescriptorChain, Queue};
 use vm_memory::{ByteValued, Bytes, GuestAddress};
 
 pub const SECTOR_SIZE: u64 = 512;
@@ -387,25 +387,7 @@ impl VirtioDevice for Block {
         let Some(queue) = queues.get_mut(index) else {
             return Used::NONE;
         };
-        let mut used_any = false;
-        loop {
-            // With EVENT_IDX, re-check after re-enabling notifications so a
-            // request made in between is not missed.
-            let _ = queue.disable_notification(mem);
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let len = self.handle_chain(chain, mem);
-                if queue.add_used(mem, head, len).is_err() {
-                    log::warn!("virtio-blk: used ring unwritable; request {head} lost");
-                }
-                used_any = true;
-            }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                _ => break,
-            }
-        }
-        Used::queue_if(index, used_any)
+        drain_queue(index, queue, mem, |chain| self.handle_chain(chain, mem))
     }
 }
 
@@ -737,6 +719,18 @@ mod tests {
         vq.avail().idx().store(2);
         vq.avail().ring().ref_at(1).unwrap().store(0);
         r.dev.process_queue(0, std::slice::from_mut(&mut q), &r.mem);
+    }
+
+    #[test]
+    fn a_corrupt_available_index_does_not_spin_the_device() {
+        // Found by the blk_request fuzz target: an index far ahead of the
+        // ring made every pop fail while "more" stayed true.
+        let mut r = rig(8, false);
+        let vq = MockSplitQueue::create(&r.mem, GuestAddress(0x10_0000), 16);
+        vq.avail().idx().store(0x0202);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let used = r.dev.process_queue(0, std::slice::from_mut(&mut q), &r.mem);
+        assert!(!used.any());
     }
 
     #[test]

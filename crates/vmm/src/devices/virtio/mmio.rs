@@ -159,8 +159,14 @@ impl MmioTransport {
     }
 
     /// One interrupt for the queues that got used buffers, unless with
-    /// EVENT_IDX the driver asked not to be told yet.
+    /// EVENT_IDX the driver asked not to be told yet; queues the device
+    /// left at its budget are woken again.
     fn interrupt_for(&mut self, used: Used) {
+        for (i, e) in self.queue_events.iter().enumerate() {
+            if used.needs_again(i) {
+                let _ = e.write(1);
+            }
+        }
         let mem = &self.mem;
         let notify = self.queues.iter_mut().enumerate().any(|(i, q)| {
             used.contains(i) && q.ready() && q.needs_notification(mem).unwrap_or(true)

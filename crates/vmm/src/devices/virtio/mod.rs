@@ -17,7 +17,7 @@ pub mod worker;
 
 use crate::vm::GuestMemory;
 use std::os::fd::RawFd;
-use virtio_queue::Queue;
+use virtio_queue::{DescriptorChain, Queue};
 
 /// `VIRTIO_F_VERSION_1`: every Tsubame device is modern only.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -28,16 +28,27 @@ pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
 pub const TYPE_VSOCK: u32 = 19;
 
-/// The queues a device put used buffers on (bit `i`: queue `i`): the
-/// transport interrupts the driver for them.
+/// What a device did to its queues: which got used buffers (the transport
+/// interrupts the driver for them) and which it stopped draining at its
+/// budget (the transport wakes it for them again, after other work).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Used(u32);
+pub struct Used {
+    used: u32,
+    again: u32,
+}
+
+fn queue_bit(index: usize) -> u32 {
+    1u32.checked_shl(index as u32).unwrap_or(0)
+}
 
 impl Used {
-    pub const NONE: Used = Used(0);
+    pub const NONE: Used = Used { used: 0, again: 0 };
 
     pub fn queue(index: usize) -> Used {
-        Used(1u32.checked_shl(index as u32).unwrap_or(0))
+        Used {
+            used: queue_bit(index),
+            again: 0,
+        }
     }
 
     /// `queue(index)` when `used`, else nothing.
@@ -49,26 +60,81 @@ impl Used {
         }
     }
 
+    /// Queue `index` has more work than one turn takes.
+    pub fn again(index: usize) -> Used {
+        Used {
+            used: 0,
+            again: queue_bit(index),
+        }
+    }
+
     pub fn any(self) -> bool {
-        self.0 != 0
+        self.used != 0
     }
 
     pub fn contains(self, index: usize) -> bool {
-        self.0 & Used::queue(index).0 != 0
+        self.used & queue_bit(index) != 0
+    }
+
+    pub fn needs_again(self, index: usize) -> bool {
+        self.again & queue_bit(index) != 0
     }
 }
 
 impl std::ops::BitOr for Used {
     type Output = Used;
     fn bitor(self, o: Used) -> Used {
-        Used(self.0 | o.0)
+        Used {
+            used: self.used | o.used,
+            again: self.again | o.again,
+        }
     }
 }
 
 impl std::ops::BitOrAssign for Used {
     fn bitor_assign(&mut self, o: Used) {
-        self.0 |= o.0;
+        *self = *self | o;
     }
+}
+
+/// Most chains a device takes from one queue in one turn. A guest whose
+/// buffers overlap its own rings can make every completion announce more
+/// work; the budget keeps that from holding the device thread forever.
+pub const CHAIN_BUDGET: usize = 128;
+
+/// Takes the available chains of queue `index`, at most [`CHAIN_BUDGET`],
+/// `handle` returning each one's used length.
+pub fn drain_queue(
+    index: usize,
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    mut handle: impl FnMut(DescriptorChain<&GuestMemory>) -> u32,
+) -> Used {
+    use virtio_queue::QueueT;
+    let mut used = false;
+    let mut budget = CHAIN_BUDGET;
+    for round in 0.. {
+        // With EVENT_IDX, re-check after re-enabling notifications so a
+        // chain made available in between is not missed.
+        let _ = queue.disable_notification(mem);
+        let mut popped = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            popped = true;
+            let head = chain.head_index();
+            let len = handle(chain);
+            used |= queue.add_used(mem, head, len).is_ok();
+            budget -= 1;
+            if budget == 0 {
+                return Used::queue_if(index, used) | Used::again(index);
+            }
+        }
+        // A later round runs only because "more" was announced; finding
+        // nothing then means a ring the queue cannot read: stop.
+        if (round > 0 && !popped) || !more_after_enabling(queue, mem) {
+            return Used::queue_if(index, used);
+        }
+    }
+    Used::queue_if(index, used)
 }
 
 /// A virtio device, seen from the transport.
@@ -102,6 +168,22 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
+}
+
+/// Re-enables notifications after a queue ran dry and says whether to look
+/// again: true when the driver made more available in between. A corrupt
+/// available index (further ahead than the ring holds) makes every pop
+/// fail while the index keeps saying "more": that is answered with false,
+/// so a guest cannot make the device thread spin.
+pub fn more_after_enabling(queue: &mut Queue, mem: &GuestMemory) -> bool {
+    use virtio_queue::QueueT;
+    if !queue.enable_notification(mem).unwrap_or(false) {
+        return false;
+    }
+    match queue.avail_idx(mem, std::sync::atomic::Ordering::Acquire) {
+        Ok(idx) => idx.0.wrapping_sub(queue.next_avail()) <= queue.size(),
+        Err(_) => false,
+    }
 }
 
 /// Copies `src[offset..]` into `data`, zero-filling past the end: how

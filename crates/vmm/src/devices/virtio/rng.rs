@@ -1,10 +1,10 @@
 //! virtio-rng (virtio 1.2, 5.4): fills the driver's buffers from the host's
 //! `getrandom`.
 
-use super::{Used, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{drain_queue, Used, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::vm::GuestMemory;
 use std::io::Write;
-use virtio_queue::{Queue, QueueT, Writer};
+use virtio_queue::{Queue, Writer};
 
 pub const QUEUE_SIZE: u16 = 64;
 /// Most bytes handed out per request; keeps one request from pinning the
@@ -59,29 +59,20 @@ impl VirtioDevice for Rng {
         let Some(queue) = queues.get_mut(index) else {
             return Used::NONE;
         };
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let len = match Writer::new(mem, chain) {
-                Ok(mut w) => {
-                    let mut buf = vec![0u8; w.available_bytes().min(MAX_BYTES)];
-                    match host_random(&mut buf).and_then(|_| w.write_all(&buf)) {
-                        Ok(()) => buf.len() as u32,
-                        Err(e) => {
-                            log::warn!("virtio-rng: {e}");
-                            0
-                        }
+        drain_queue(index, queue, mem, |chain| match Writer::new(mem, chain) {
+            Ok(mut w) => {
+                let mut buf = vec![0u8; w.available_bytes().min(MAX_BYTES)];
+                match host_random(&mut buf).and_then(|_| w.write_all(&buf)) {
+                    Ok(()) => buf.len() as u32,
+                    Err(e) => {
+                        log::warn!("virtio-rng: {e}");
+                        0
                     }
                 }
-                // Buffers outside guest memory: used with nothing written.
-                Err(_) => 0,
-            };
-            if queue.add_used(mem, head, len).is_err() {
-                log::warn!("virtio-rng: used ring unwritable");
             }
-            used_any = true;
-        }
-        Used::queue_if(index, used_any)
+            // Buffers outside guest memory: used with nothing written.
+            Err(_) => 0,
+        })
     }
 }
 
@@ -118,6 +109,30 @@ mod tests {
         mem.read_slice(&mut b, GuestAddress(0x1000)).unwrap();
         // 256 random bytes are all zero with probability 2^-2048.
         assert!(b.iter().any(|&x| x != 0));
+    }
+
+    #[test]
+    fn a_turn_takes_at_most_the_budget_and_asks_for_another() {
+        use crate::devices::virtio::CHAIN_BUDGET;
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x20_0000)]).unwrap();
+        let vq = MockSplitQueue::create(&mem, GuestAddress(0x10_0000), 256);
+        let n = CHAIN_BUDGET + 40;
+        for i in 0..n {
+            let d = RawDescriptor::from(Descriptor::new(0x1000, 16, WRITE, 0));
+            vq.desc_table().store(i as u16, d).unwrap();
+            vq.avail().ring().ref_at(i).unwrap().store(i as u16);
+        }
+        vq.avail().idx().store(n as u16);
+        let mut q: Queue = vq.create_queue().unwrap();
+        let qs = std::slice::from_mut(&mut q);
+        let first = Rng.process_queue(0, qs, &mem);
+        assert!(first.any() && first.needs_again(0));
+        let idx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(usize::from(idx), CHAIN_BUDGET);
+        let second = Rng.process_queue(0, qs, &mem);
+        assert!(second.any() && !second.needs_again(0));
+        let idx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(usize::from(idx), n);
     }
 
     #[test]

@@ -8,7 +8,10 @@ pub mod tap;
 
 use super::iov::{segments, total_len, write_bytes, IoVecs};
 use super::mmio::RING_EVENT_IDX;
-use super::{read_config_bytes, Used, VirtioDevice, TYPE_NET, VIRTIO_F_VERSION_1};
+use super::{
+    drain_queue, more_after_enabling, read_config_bytes, Used, VirtioDevice, CHAIN_BUDGET,
+    TYPE_NET, VIRTIO_F_VERSION_1,
+};
 use crate::vm::GuestMemory;
 use std::os::fd::RawFd;
 use tap::{Tap, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN};
@@ -83,16 +86,16 @@ impl Net {
 
     /// Moves waiting frames from the tap into receive chains until either
     /// runs out.
-    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
         let mut used = false;
-        loop {
+        for _ in 0..CHAIN_BUDGET {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 // Out of buffers: ask to be told when more come, and look
                 // once more in case some came in between.
-                match queue.enable_notification(mem) {
-                    Ok(true) => continue,
-                    _ => break,
+                if more_after_enabling(queue, mem) {
+                    continue;
                 }
+                return Used::queue_if(RX, used);
             };
             let head = chain.head_index();
             let (readable, writable) = segments(&chain);
@@ -119,7 +122,7 @@ impl Net {
                 Ok(Some(_)) => used |= queue.add_used(mem, head, 0).is_ok(),
                 Ok(None) => {
                     queue.go_to_previous_position();
-                    break;
+                    return Used::queue_if(RX, used);
                 }
                 Err(e) if e.raw_os_error() == Some(libc::EFAULT) => {
                     // The tap dropped a frame larger than the chain; the
@@ -129,50 +132,40 @@ impl Net {
                 Err(e) => {
                     queue.go_to_previous_position();
                     self.tap_error("read", e);
-                    break;
+                    return Used::queue_if(RX, used);
                 }
             }
         }
-        used
+        Used::queue_if(RX, used) | Used::again(RX)
     }
 
     /// Sends every frame the driver made available on the transmit queue.
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
-        let mut used = false;
-        loop {
-            let _ = queue.disable_notification(mem);
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                let head = chain.head_index();
-                let (readable, writable) = segments(&chain);
-                let len = total_len(&readable);
-                let sendable = writable.is_empty()
-                    && (VNET_HDR_LEN + ETH_HLEN..=VNET_HDR_LEN + MAX_FRAME).contains(&len);
-                let iov = if sendable {
-                    IoVecs::new(mem, &readable)
-                } else {
-                    None
-                };
-                let sent = match iov.map(|v| self.tap.write_frame(v.as_slice())) {
-                    Some(Ok(sent)) => sent,
-                    Some(Err(e)) => {
-                        self.tap_error("write", e);
-                        false
-                    }
-                    None => false,
-                };
-                if sent {
-                    self.stats.tx_frames += 1;
-                } else {
-                    self.stats.tx_dropped += 1;
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
+        drain_queue(TX, queue, mem, |chain| {
+            let (readable, writable) = segments(&chain);
+            let len = total_len(&readable);
+            let sendable = writable.is_empty()
+                && (VNET_HDR_LEN + ETH_HLEN..=VNET_HDR_LEN + MAX_FRAME).contains(&len);
+            let iov = if sendable {
+                IoVecs::new(mem, &readable)
+            } else {
+                None
+            };
+            let sent = match iov.map(|v| self.tap.write_frame(v.as_slice())) {
+                Some(Ok(sent)) => sent,
+                Some(Err(e)) => {
+                    self.tap_error("write", e);
+                    false
                 }
-                used |= queue.add_used(mem, head, 0).is_ok();
+                None => false,
+            };
+            if sent {
+                self.stats.tx_frames += 1;
+            } else {
+                self.stats.tx_dropped += 1;
             }
-            match queue.enable_notification(mem) {
-                Ok(true) => continue,
-                _ => break,
-            }
-        }
-        used
+            0
+        })
     }
 }
 
@@ -245,8 +238,8 @@ impl VirtioDevice for Net {
             return Used::NONE;
         };
         match index {
-            RX => Used::queue_if(RX, self.receive(queue, mem)),
-            TX => Used::queue_if(TX, self.transmit(queue, mem)),
+            RX => self.receive(queue, mem),
+            TX => self.transmit(queue, mem),
             _ => Used::NONE,
         }
     }
@@ -257,7 +250,7 @@ impl VirtioDevice for Net {
 
     fn process_io(&mut self, queues: &mut [Queue], mem: &GuestMemory) -> Used {
         match queues.get_mut(RX) {
-            Some(q) if q.ready() => Used::queue_if(RX, self.receive(q, mem)),
+            Some(q) if q.ready() => self.receive(q, mem),
             _ => Used::NONE,
         }
     }

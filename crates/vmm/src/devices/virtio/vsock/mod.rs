@@ -7,7 +7,7 @@ pub mod host;
 pub mod packet;
 
 use super::iov::{in_memory, read_bytes, segments, skip_front, total_len, write_bytes};
-use super::{Used, VirtioDevice, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use super::{drain_queue, Used, VirtioDevice, CHAIN_BUDGET, TYPE_VSOCK, VIRTIO_F_VERSION_1};
 use crate::vm::GuestMemory;
 use host::{Host, MAX_PAYLOAD};
 use packet::{Header, HEADER_LEN};
@@ -37,24 +37,24 @@ impl Vsock {
 
     /// Packets from the guest: each handed to the host side; malformed
     /// chains are used and dropped.
-    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
-        let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
+    fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
+        drain_queue(TX, queue, mem, |chain| {
             let (readable, writable) = segments(&chain);
             match read_packet(mem, &readable) {
                 Some((h, payload)) if writable.is_empty() => self.host.from_guest(&h, &payload),
                 _ => log::debug!("vsock: dropped a malformed transmit chain"),
             }
-            used |= queue.add_used(mem, head, 0).is_ok();
-        }
-        used
+            0
+        })
     }
 
     /// Fills receive chains with what the host side has for the guest.
-    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> bool {
+    fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
         let mut used = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        for _ in 0..CHAIN_BUDGET {
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                return Used::queue_if(RX, used);
+            };
             let head = chain.head_index();
             let (readable, writable) = segments(&chain);
             let room = total_len(&writable);
@@ -65,7 +65,7 @@ impl Vsock {
             }
             let Some((h, data)) = self.host.to_guest(room - HEADER_LEN) else {
                 queue.go_to_previous_position();
-                break;
+                return Used::queue_if(RX, used);
             };
             let mut bytes = h.to_bytes().to_vec();
             bytes.extend_from_slice(&data);
@@ -76,7 +76,7 @@ impl Vsock {
                 used |= queue.add_used(mem, head, 0).is_ok();
             }
         }
-        used
+        Used::queue_if(RX, used) | Used::again(RX)
     }
 }
 
@@ -128,13 +128,13 @@ impl VirtioDevice for Vsock {
         let mut used = Used::NONE;
         if index == TX {
             if let Some(q) = queues.get_mut(TX) {
-                used |= Used::queue_if(TX, self.transmit(q, mem));
+                used |= self.transmit(q, mem);
             }
         }
         // Transmitted packets may need answers, new receive buffers may
         // take what waits.
         if let Some(q) = queues.get_mut(RX).filter(|q| q.ready()) {
-            used |= Used::queue_if(RX, self.receive(q, mem));
+            used |= self.receive(q, mem);
         }
         used
     }
@@ -146,7 +146,7 @@ impl VirtioDevice for Vsock {
     fn process_io(&mut self, queues: &mut [Queue], mem: &GuestMemory) -> Used {
         self.host.process_events();
         match queues.get_mut(RX) {
-            Some(q) if q.ready() => Used::queue_if(RX, self.receive(q, mem)),
+            Some(q) if q.ready() => self.receive(q, mem),
             _ => Used::NONE,
         }
     }

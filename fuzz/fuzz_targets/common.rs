@@ -1,0 +1,38 @@
+//! Shared by the targets: guest memory filled from the input, and a small
+//! disk image.
+
+use std::fs::File;
+use vm_memory::{Bytes, GuestAddress};
+use vmm::vm::GuestMemory;
+
+pub const MEM_SIZE: usize = 0x1_0000;
+
+/// 64 KiB of guest memory, starting with `bytes`.
+pub fn memory(bytes: &[u8]) -> GuestMemory {
+    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), MEM_SIZE)]).unwrap();
+    let n = bytes.len().min(MEM_SIZE);
+    mem.write_slice(&bytes[..n], GuestAddress(0)).unwrap();
+    mem
+}
+
+/// A 64 KiB image in the temp directory (unlinked: nothing is left
+/// behind), made once per process.
+pub fn disk() -> (File, u64) {
+    static DISK: std::sync::OnceLock<File> = std::sync::OnceLock::new();
+    let f = DISK.get_or_init(make_disk).try_clone().unwrap();
+    (f, 0x1_0000 / 512)
+}
+
+fn make_disk() -> File {
+    let path = std::env::temp_dir().join(format!("tsubame-fuzz-{}.img", std::process::id()));
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&path)
+        .unwrap();
+    f.set_len(0x1_0000).unwrap();
+    let _ = std::fs::remove_file(&path);
+    f
+}
