@@ -197,6 +197,10 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// Queue notifications as ioeventfds (KVM signals the device thread
+    /// without an exit); `false` makes each notify an MMIO exit, for
+    /// measuring the difference.
+    pub ioeventfd: bool,
 }
 
 impl VmConfig {
@@ -218,6 +222,7 @@ impl VmConfig {
             rng: false,
             nets: Vec::new(),
             vsock: None,
+            ioeventfd: true,
         }
     }
 

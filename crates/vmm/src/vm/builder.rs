@@ -374,10 +374,14 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     devices
         .acpi
         .extend(super::virtio::acpi_descriptions(&virtio_plan));
-    let transports =
-        super::virtio::attach(&vm.fd, &vm.memory, &mut devices.mmio, virtio_plan, |gsi| {
-            register_irq(&vm, gsi)
-        })?;
+    let transports = super::virtio::attach(
+        &vm.fd,
+        &vm.memory,
+        &mut devices.mmio,
+        virtio_plan,
+        cfg.ioeventfd,
+        |gsi| register_irq(&vm, gsi),
+    )?;
     let device_thread =
         crate::devices::virtio::worker::DeviceThread::spawn(&transports).map_err(Error::Thread)?;
 

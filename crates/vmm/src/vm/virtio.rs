@@ -129,12 +129,13 @@ pub fn acpi_descriptions(planned: &[Planned]) -> Vec<DeviceDescription> {
 }
 
 /// Puts each device on the MMIO bus behind a transport, with its interrupt
-/// (`irq(gsi)`, an irqfd) and its queue ioeventfds.
+/// (`irq(gsi)`, an irqfd) and, with `ioeventfd`, its queue ioeventfds.
 pub fn attach(
     vm: &VmFd,
     memory: &GuestMemory,
     mmio: &mut Bus,
     planned: Vec<Planned>,
+    ioeventfd: bool,
     mut irq: impl FnMut(u32) -> Result<IrqLine, super::builder::Error>,
 ) -> Result<Vec<Arc<Mutex<MmioTransport>>>, super::builder::Error> {
     let mut transports = Vec::new();
@@ -143,7 +144,8 @@ pub fn attach(
         let line = irq(p.gsi)?;
         let t = MmioTransport::new(p.device, memory.clone(), line)
             .map_err(|source| Error::Setup { name, source })?;
-        for (queue, e) in t.queue_events().iter().enumerate() {
+        let events = if ioeventfd { t.queue_events() } else { &[] };
+        for (queue, e) in events.iter().enumerate() {
             vm.register_ioevent(
                 e,
                 &IoEventAddress::Mmio(p.base + QUEUE_NOTIFY),

@@ -7,6 +7,8 @@
 //! every figure is the median of several runs, and ratios are taken between
 //! runs made side by side in one process.
 
+mod virtio;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
@@ -38,6 +40,11 @@ pub enum Which {
     Boot,
     /// virtio-blk request processing against plain pread/pwrite.
     Blk,
+    /// virtio-net frames through the device against raw tap reads/writes
+    /// (needs root: it makes a tap in a network namespace of its own).
+    Net,
+    /// A virtio queue notify from a guest, with and without ioeventfd.
+    Notify,
 }
 
 #[derive(clap::Args, Debug)]
@@ -380,174 +387,6 @@ fn bench_boot(args: &BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// One virtio-blk workload: block size, random or sequential, read or write.
-struct BlkLoad {
-    name: &'static str,
-    block: usize,
-    random: bool,
-    write: bool,
-}
-
-const BLK_IMAGE: u64 = 64 << 20;
-const BLK_BYTES_PER_RUN: u64 = 128 << 20;
-const BLK_BATCH: usize = 64;
-
-/// Offsets a workload visits: xorshift-random block slots, or sequential.
-fn blk_offsets(load: &BlkLoad) -> Vec<u64> {
-    let slots = BLK_IMAGE / load.block as u64;
-    let n = (BLK_BYTES_PER_RUN / load.block as u64) as usize;
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    (0..n)
-        .map(|i| {
-            let slot = if load.random {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x % slots
-            } else {
-                i as u64 % slots
-            };
-            slot * load.block as u64
-        })
-        .collect()
-}
-
-/// Requests through the device: header, data, status per chain, posted in
-/// batches the way a driver with a deep queue would.
-fn blk_device_run(image: &Path, load: &BlkLoad, offsets: &[u64]) -> Result<Duration, String> {
-    use vm_memory::{Bytes, GuestAddress};
-    use vmm::devices::virtio::block::{self, Block, RequestHeader};
-    use vmm::devices::virtio::ring_driver::RingDriver;
-    use vmm::devices::virtio::VirtioDevice;
-    const HDR: u64 = 0x10_0000;
-    const STATUS: u64 = 0x18_0000;
-    const DATA: u64 = 0x20_0000;
-    let mem = vmm::vm::GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)])
-        .map_err(|e| e.to_string())?;
-    let mut dev = Block::open(image, false, None).map_err(|e| e.to_string())?;
-    let (mut drv, mut q) = RingDriver::new(&mem, 0x1_0000, 256).map_err(|e| e.to_string())?;
-    let kind = if load.write {
-        block::T_OUT
-    } else {
-        block::T_IN
-    };
-    // Only the device's processing is timed, not this driver's posting.
-    let mut elapsed = Duration::ZERO;
-    for batch in offsets.chunks(BLK_BATCH) {
-        for (i, &off) in batch.iter().enumerate() {
-            let i = i as u64;
-            let hdr = RequestHeader {
-                request_type: kind,
-                reserved: 0,
-                sector: off / block::SECTOR_SIZE,
-            };
-            mem.write_obj(hdr, GuestAddress(HDR + i * 16))
-                .map_err(|e| e.to_string())?;
-            let data = DATA + i * load.block as u64;
-            drv.post(
-                &mem,
-                &[
-                    (HDR + i * 16, 16, false),
-                    (data, load.block as u32, !load.write),
-                    (STATUS + i, 1, true),
-                ],
-            )
-            .map_err(|e| e.to_string())?;
-        }
-        let start = Instant::now();
-        dev.process_queue(0, std::slice::from_mut(&mut q), &mem);
-        elapsed += start.elapsed();
-    }
-    let mut status = [0u8; BLK_BATCH];
-    mem.read_slice(&mut status, GuestAddress(STATUS))
-        .map_err(|e| e.to_string())?;
-    if status.iter().any(|&s| s != block::S_OK) {
-        return Err(format!("{}: a request failed", load.name));
-    }
-    if drv.used_idx(&mem) != offsets.len() as u16 {
-        return Err(format!("{}: not every request was used", load.name));
-    }
-    Ok(elapsed)
-}
-
-/// The same offsets with plain pread/pwrite.
-fn blk_plain_run(image: &Path, load: &BlkLoad, offsets: &[u64]) -> Result<Duration, String> {
-    use std::os::unix::fs::FileExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(image)
-        .map_err(|e| e.to_string())?;
-    let mut buf = vec![0x5au8; load.block];
-    let start = Instant::now();
-    for &off in offsets {
-        if load.write {
-            f.write_all_at(&buf, off).map_err(|e| e.to_string())?;
-        } else {
-            f.read_exact_at(&mut buf, off).map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(start.elapsed())
-}
-
-fn bench_blk(args: &BenchArgs, dir: &Path) -> Result<(), String> {
-    let image = dir.join("blk.img");
-    std::fs::write(&image, vec![0xa5u8; BLK_IMAGE as usize]).map_err(|e| e.to_string())?;
-    println!(
-        "virtio-blk device processing vs pread/pwrite ({} MiB per run over a {} MiB image in the page cache, median of {}):",
-        BLK_BYTES_PER_RUN >> 20,
-        BLK_IMAGE >> 20,
-        args.runs
-    );
-    let loads = [
-        BlkLoad {
-            name: "4 KiB random read",
-            block: 4096,
-            random: true,
-            write: false,
-        },
-        BlkLoad {
-            name: "4 KiB random write",
-            block: 4096,
-            random: true,
-            write: true,
-        },
-        BlkLoad {
-            name: "64 KiB sequential read",
-            block: 65536,
-            random: false,
-            write: false,
-        },
-        BlkLoad {
-            name: "64 KiB sequential write",
-            block: 65536,
-            random: false,
-            write: true,
-        },
-    ];
-    for load in &loads {
-        let offsets = blk_offsets(load);
-        let (mut dev, mut plain) = (Vec::new(), Vec::new());
-        for _ in 0..args.runs.max(1) {
-            dev.push(blk_device_run(&image, load, &offsets)?.as_secs_f64());
-            plain.push(blk_plain_run(&image, load, &offsets)?.as_secs_f64());
-        }
-        let (d, p) = (median(dev), median(plain));
-        let n = offsets.len() as f64;
-        let mib = (BLK_BYTES_PER_RUN >> 20) as f64;
-        println!(
-            "  {:<24} device {:>8.0} req/s {:>7.0} MiB/s | plain {:>8.0} req/s {:>7.0} MiB/s | ratio {:.2}",
-            load.name,
-            n / d,
-            mib / d,
-            n / p,
-            mib / p,
-            p / d
-        );
-    }
-    Ok(())
-}
-
 pub fn main(args: BenchArgs) -> ExitCode {
     log::set_max_level(log::LevelFilter::Warn);
     let dir = std::env::temp_dir().join(format!("tsubame-bench-{}", std::process::id()));
@@ -566,7 +405,13 @@ pub fn main(args: BenchArgs) -> ExitCode {
             bench_memory(&dir)?;
         }
         if matches!(args.which, Which::All | Which::Blk) {
-            bench_blk(&args, &dir)?;
+            virtio::bench_blk(&args, &dir)?;
+        }
+        if matches!(args.which, Which::All | Which::Notify) {
+            virtio::bench_notify(&args, &dir)?;
+        }
+        if args.which == Which::Net {
+            virtio::bench_net(&args)?;
         }
         if args.which == Which::Boot || (args.which == Which::All && args.kernel.is_some()) {
             bench_boot(&args)?;
