@@ -38,6 +38,16 @@ puthex:
     jnz 3b
     ret
 
+/* puthex_sp, puthex_nl: puthex, then a space or a newline. */
+puthex_sp:
+    call puthex
+    mov $' ', %al
+    jmp putc
+puthex_nl:
+    call puthex
+    mov $'\n', %al
+    jmp putc
+
 /* poweroff: ACPI S5 through the sleep control register. */
 poweroff:
     mov $ACPI_SLEEP, %dx

@@ -39,6 +39,22 @@ vio_init:
 1:  lea vio_nofeat(%rip), %rsi
     jmp fail
 
+/* vio_start: vio_init (%edi, %esi), queue 0 on rings %rdx, queue 1 on
+ * rings %rcx unless it is 0, then DRIVER_OK. */
+vio_start:
+    push %rcx
+    push %rdx
+    call vio_init
+    pop %rdx
+    xor %edi, %edi
+    call vio_queue
+    pop %rdx
+    test %rdx, %rdx
+    jz 1f
+    mov $1, %edi
+    call vio_queue
+1:  jmp vio_ready
+
 /* vio_queue: queue %edi, 8 entries, rings from base %rdx; ready. */
 vio_queue:
     movl %edi, 0x30(%r15)

@@ -22,11 +22,9 @@ _start:
     mov $VIRTIO, %r15
     mov $2, %edi                        /* block device */
     mov $F_FLUSH, %esi
-    call vio_init
-    xor %edi, %edi
     mov $RING, %edx
-    call vio_queue
-    call vio_ready
+    xor %ecx, %ecx
+    call vio_start
     lea found(%rip), %rsi
     call puts
 
@@ -37,9 +35,7 @@ _start:
     call report
     mov $DATA, %rax
     mov (%rax), %rax
-    call puthex
-    mov $'\n', %al
-    call putc
+    call puthex_nl
 
     mov $DATA, %rdi
     mov $64, %ecx
@@ -77,9 +73,7 @@ _start:
     call report
     mov $DATA, %rax
     mov 504(%rax), %rax
-    call puthex
-    mov $'\n', %al
-    call putc
+    call puthex_nl
     call poweroff
 
 fail:
@@ -91,9 +85,7 @@ report:
     push %rax
     call puts
     pop %rax
-    call puthex
-    mov $' ', %al
-    call putc
+    call puthex_sp
     ret
 
 /* request: type %edi, sector %rsi; returns the status byte in %eax.

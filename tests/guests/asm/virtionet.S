@@ -22,21 +22,14 @@ _start:
     mov $VIRTIO, %r15
     mov $1, %edi                        /* network device */
     mov $F_MAC, %esi
-    call vio_init
-    xor %edi, %edi
     mov $RXRING, %edx
-    call vio_queue
-    mov $1, %edi
-    mov $TXRING, %edx
-    call vio_queue
-    call vio_ready
+    mov $TXRING, %ecx
+    call vio_start
     lea found(%rip), %rsi
     call puts
     mov 0x100(%r15), %rax               /* config: the MAC */
     mov %rax, %r13
-    call puthex
-    mov $'\n', %al
-    call putc
+    call puthex_nl
 
     /* The frame: zero header, broadcast, our MAC, EtherType, payload. */
     mov $TXBUF, %rdi
@@ -89,14 +82,10 @@ _start:
 2:  lea received(%rip), %rsi
     call puts
     mov %r13, %rax
-    call puthex
-    mov $' ', %al
-    call putc
+    call puthex_sp
     mov $RXBUF, %rax
     mov HDR_LEN+14(%rax), %rax
-    call puthex
-    mov $'\n', %al
-    call putc
+    call puthex_nl
     call poweroff
 
 /* post_rx: the receive buffer, 2 KiB, as the next available entry. */

@@ -15,11 +15,9 @@ _start:
     mov $VIRTIO, %r15
     mov $4, %edi                        /* entropy device */
     xor %esi, %esi
-    call vio_init
-    xor %edi, %edi
     mov $RING, %edx
-    call vio_queue
-    call vio_ready
+    xor %ecx, %ecx
+    call vio_start
     lea found(%rip), %rsi
     call puts
 
@@ -43,19 +41,13 @@ _start:
     lea got(%rip), %rsi
     call puts
     mov %r12, %rax
-    call puthex
-    mov $' ', %al
-    call putc
+    call puthex_sp
     mov $BUF, %rax
     mov (%rax), %rax
-    call puthex
-    mov $' ', %al
-    call putc
+    call puthex_sp
     mov $(BUF + 0x1000 + 24), %rax
     mov (%rax), %rax
-    call puthex
-    mov $'\n', %al
-    call putc
+    call puthex_nl
     call poweroff
 
 fail:

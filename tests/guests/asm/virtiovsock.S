@@ -26,21 +26,14 @@ _start:
     mov $VIRTIO, %r15
     mov $19, %edi                       /* socket device */
     xor %esi, %esi
-    call vio_init
-    xor %edi, %edi
     mov $RXRING, %edx
-    call vio_queue
-    mov $1, %edi
-    mov $TXRING, %edx
-    call vio_queue
-    call vio_ready
+    mov $TXRING, %ecx
+    call vio_start
     mov 0x100(%r15), %r13               /* config: guest_cid */
     lea found(%rip), %rsi
     call puts
     mov %r13, %rax
-    call puthex
-    mov $'\n', %al
-    call putc
+    call puthex_nl
 
     xor %ecx, %ecx                      /* four receive buffers */
 1:  mov $RXRING, %edx
@@ -113,9 +106,7 @@ data:
     lea got(%rip), %rsi
     call puts
     mov HDR_LEN(%rbp), %rax
-    call puthex
-    mov $'\n', %al
-    call putc
+    call puthex_nl
     or $1, %r14d
     jmp done_packet
 
