@@ -234,7 +234,9 @@ impl Block {
     /// Handles one chain; returns the used length: data written plus the
     /// status byte, or 0 when the chain cannot carry a status (dropped).
     fn handle_chain(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
-        let (readable, writable) = segments(&chain);
+        let Some((readable, writable)) = segments(&chain) else {
+            return 0;
+        };
         // The status is the chain's last writable byte, wherever it sits;
         // with no writable byte there is nowhere to answer: dropped.
         let Some(&(last, last_len)) = writable.iter().rev().find(|s| s.1 > 0) else {
@@ -719,6 +721,16 @@ mod tests {
         vq.avail().idx().store(2);
         vq.avail().ring().ref_at(1).unwrap().store(0);
         r.dev.process_queue(0, std::slice::from_mut(&mut q), &r.mem);
+    }
+
+    #[test]
+    fn a_buffer_past_the_end_of_the_address_space_is_dropped() {
+        // Found by the blk_request fuzz target: the end of the status
+        // buffer overflowed.
+        let mut r = rig(8, false);
+        header(&r, 0x1000, T_IN, 0);
+        let used = run(&mut r, &[(0x1000, 16, false), (u64::MAX - 7, 16, true)]);
+        assert_eq!(used, Some(0));
     }
 
     #[test]

@@ -12,11 +12,14 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 /// Guest buffers as (address, length).
 pub type Segments = Vec<(u64, usize)>;
 
-/// The chain's buffers, device-readable and device-writable apart.
-/// Addresses are checked when mapped, not here.
-pub fn segments(chain: &DescriptorChain<&GuestMemory>) -> (Segments, Segments) {
+/// The chain's buffers, device-readable and device-writable apart; `None`
+/// when a buffer runs past the end of the address space (found by
+/// fuzzing: its end overflowed). Whether they lie in guest memory is
+/// checked when they are mapped.
+pub fn segments(chain: &DescriptorChain<&GuestMemory>) -> Option<(Segments, Segments)> {
     let (mut r, mut w) = (Vec::new(), Vec::new());
     for d in chain.clone() {
+        d.addr().0.checked_add(u64::from(d.len()))?;
         let seg = (d.addr().0, d.len() as usize);
         if d.is_write_only() {
             w.push(seg);
@@ -24,7 +27,7 @@ pub fn segments(chain: &DescriptorChain<&GuestMemory>) -> (Segments, Segments) {
             r.push(seg);
         }
     }
-    (r, w)
+    Some((r, w))
 }
 
 pub fn total_len(segs: &[(u64, usize)]) -> usize {

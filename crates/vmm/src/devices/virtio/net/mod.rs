@@ -98,13 +98,13 @@ impl Net {
                 return Used::queue_if(RX, used);
             };
             let head = chain.head_index();
-            let (readable, writable) = segments(&chain);
-            let iov = if readable.is_empty() && total_len(&writable) >= VNET_HDR_LEN + ETH_HLEN {
-                IoVecs::new(mem, &writable)
-            } else {
-                None
-            };
-            let Some(iov) = iov else {
+            let buffers = segments(&chain).and_then(|(readable, writable)| {
+                let fits = readable.is_empty() && total_len(&writable) >= VNET_HDR_LEN + ETH_HLEN;
+                fits.then_some(writable)
+            });
+            let Some((iov, writable)) =
+                buffers.and_then(|w| IoVecs::new(mem, &w).map(|iov| (iov, w)))
+            else {
                 // A chain no frame can go into: hand it back empty.
                 self.stats.rx_bad_buffers += 1;
                 used |= queue.add_used(mem, head, 0).is_ok();
@@ -142,7 +142,10 @@ impl Net {
     /// Sends every frame the driver made available on the transmit queue.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
         drain_queue(TX, queue, mem, |chain| {
-            let (readable, writable) = segments(&chain);
+            let Some((readable, writable)) = segments(&chain) else {
+                self.stats.tx_dropped += 1;
+                return 0;
+            };
             let len = total_len(&readable);
             let sendable = writable.is_empty()
                 && (VNET_HDR_LEN + ETH_HLEN..=VNET_HDR_LEN + MAX_FRAME).contains(&len);

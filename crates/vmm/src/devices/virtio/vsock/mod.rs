@@ -39,9 +39,11 @@ impl Vsock {
     /// chains are used and dropped.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
         drain_queue(TX, queue, mem, |chain| {
-            let (readable, writable) = segments(&chain);
-            match read_packet(mem, &readable) {
-                Some((h, payload)) if writable.is_empty() => self.host.from_guest(&h, &payload),
+            let packet = segments(&chain)
+                .filter(|(_, writable)| writable.is_empty())
+                .and_then(|(readable, _)| read_packet(mem, &readable));
+            match packet {
+                Some((h, payload)) => self.host.from_guest(&h, &payload),
                 _ => log::debug!("vsock: dropped a malformed transmit chain"),
             }
             0
@@ -56,7 +58,7 @@ impl Vsock {
                 return Used::queue_if(RX, used);
             };
             let head = chain.head_index();
-            let (readable, writable) = segments(&chain);
+            let (readable, writable) = segments(&chain).unwrap_or_default();
             let room = total_len(&writable);
             if !readable.is_empty() || room < HEADER_LEN || !in_memory(mem, &writable) {
                 // No packet can go there: hand it back empty.
