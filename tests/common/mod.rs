@@ -236,6 +236,13 @@ pub fn debian_kernel() -> PathBuf {
     )
 }
 
+/// The modules directory of the kernel `debian_kernel()` found.
+pub fn debian_modules(kernel: &Path) -> PathBuf {
+    let name = kernel.file_name().unwrap().to_string_lossy();
+    let version = name.trim_start_matches("vmlinuz-");
+    Path::new("/lib/modules").join(version).join("kernel")
+}
+
 /// Debian's static busybox, as `.ci/run` installs it.
 pub fn busybox() -> Vec<u8> {
     std::fs::read("/bin/busybox")
@@ -252,6 +259,8 @@ pub fn initramfs_with(dir: &Path, script: &str, extra: &[(&str, PathBuf)]) -> Pa
     let mut c = Cpio::default();
     c.dir("bin")
         .dir("dev")
+        .dir("lib")
+        .dir("mnt")
         .dir("proc")
         .dir("sys")
         .dir("tmp")
