@@ -30,6 +30,25 @@ pub fn segments(chain: &DescriptorChain<&GuestMemory>) -> Option<(Segments, Segm
     Some((r, w))
 }
 
+/// A chain the device only reads (a transmit buffer) holding a length in
+/// `len`: its buffers. `None` for a device-writable buffer, a length out of
+/// range, or a malformed chain.
+pub fn device_readable(
+    chain: &DescriptorChain<&GuestMemory>,
+    len: std::ops::RangeInclusive<usize>,
+) -> Option<Segments> {
+    let (readable, writable) = segments(chain)?;
+    (writable.is_empty() && len.contains(&total_len(&readable))).then_some(readable)
+}
+
+/// A chain the device only writes (a receive buffer) of at least `min`
+/// bytes: its buffers. `None` for a device-readable buffer, too little
+/// room, or a malformed chain.
+pub fn device_writable(chain: &DescriptorChain<&GuestMemory>, min: usize) -> Option<Segments> {
+    let (readable, writable) = segments(chain)?;
+    (readable.is_empty() && total_len(&writable) >= min).then_some(writable)
+}
+
 pub fn total_len(segs: &[(u64, usize)]) -> usize {
     segs.iter().map(|s| s.1).sum()
 }

@@ -6,7 +6,7 @@
 
 pub mod tap;
 
-use super::iov::{segments, total_len, write_bytes, IoVecs};
+use super::iov::{device_readable, device_writable, write_bytes, IoVecs};
 use super::mmio::RING_EVENT_IDX;
 use super::{
     drain_queue, more_after_enabling, read_config_bytes, Used, VirtioDevice, CHAIN_BUDGET,
@@ -98,13 +98,8 @@ impl Net {
                 return Used::queue_if(RX, used);
             };
             let head = chain.head_index();
-            let buffers = segments(&chain).and_then(|(readable, writable)| {
-                let fits = readable.is_empty() && total_len(&writable) >= VNET_HDR_LEN + ETH_HLEN;
-                fits.then_some(writable)
-            });
-            let Some((iov, writable)) =
-                buffers.and_then(|w| IoVecs::new(mem, &w).map(|iov| (iov, w)))
-            else {
+            let writable = device_writable(&chain, VNET_HDR_LEN + ETH_HLEN).unwrap_or_default();
+            let Some(iov) = IoVecs::new(mem, &writable).filter(|v| !v.is_empty()) else {
                 // A chain no frame can go into: hand it back empty.
                 self.stats.rx_bad_buffers += 1;
                 used |= queue.add_used(mem, head, 0).is_ok();
@@ -142,18 +137,8 @@ impl Net {
     /// Sends every frame the driver made available on the transmit queue.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
         drain_queue(TX, queue, mem, |chain| {
-            let Some((readable, writable)) = segments(&chain) else {
-                self.stats.tx_dropped += 1;
-                return 0;
-            };
-            let len = total_len(&readable);
-            let sendable = writable.is_empty()
-                && (VNET_HDR_LEN + ETH_HLEN..=VNET_HDR_LEN + MAX_FRAME).contains(&len);
-            let iov = if sendable {
-                IoVecs::new(mem, &readable)
-            } else {
-                None
-            };
+            let frame = device_readable(&chain, VNET_HDR_LEN + ETH_HLEN..=VNET_HDR_LEN + MAX_FRAME);
+            let iov = frame.and_then(|segs| IoVecs::new(mem, &segs));
             let sent = match iov.map(|v| self.tap.write_frame(v.as_slice())) {
                 Some(Ok(sent)) => sent,
                 Some(Err(e)) => {

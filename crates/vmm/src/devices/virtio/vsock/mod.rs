@@ -6,7 +6,9 @@
 pub mod host;
 pub mod packet;
 
-use super::iov::{in_memory, read_bytes, segments, skip_front, total_len, write_bytes};
+use super::iov::{
+    device_readable, device_writable, in_memory, read_bytes, skip_front, total_len, write_bytes,
+};
 use super::{drain_queue, Used, VirtioDevice, CHAIN_BUDGET, TYPE_VSOCK, VIRTIO_F_VERSION_1};
 use crate::vm::GuestMemory;
 use host::{Host, MAX_PAYLOAD};
@@ -39,9 +41,8 @@ impl Vsock {
     /// chains are used and dropped.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
         drain_queue(TX, queue, mem, |chain| {
-            let packet = segments(&chain)
-                .filter(|(_, writable)| writable.is_empty())
-                .and_then(|(readable, _)| read_packet(mem, &readable));
+            let packet = device_readable(&chain, HEADER_LEN..=usize::MAX)
+                .and_then(|segs| read_packet(mem, &segs));
             match packet {
                 Some((h, payload)) => self.host.from_guest(&h, &payload),
                 _ => log::debug!("vsock: dropped a malformed transmit chain"),
@@ -58,9 +59,9 @@ impl Vsock {
                 return Used::queue_if(RX, used);
             };
             let head = chain.head_index();
-            let (readable, writable) = segments(&chain).unwrap_or_default();
+            let writable = device_writable(&chain, HEADER_LEN).unwrap_or_default();
             let room = total_len(&writable);
-            if !readable.is_empty() || room < HEADER_LEN || !in_memory(mem, &writable) {
+            if room == 0 || !in_memory(mem, &writable) {
                 // No packet can go there: hand it back empty.
                 used |= queue.add_used(mem, head, 0).is_ok();
                 continue;
