@@ -88,15 +88,20 @@ impl Net {
     /// runs out.
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
         let mut used = false;
+        let mut looked_again = false;
         for _ in 0..CHAIN_BUDGET {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 // Out of buffers: ask to be told when more come, and look
-                // once more in case some came in between.
-                if more_after_enabling(queue, mem) {
+                // once more in case some came in between. Finding nothing
+                // the second time means a ring that cannot be read (as in
+                // `drain_queue`): stop rather than spin.
+                if !looked_again && more_after_enabling(queue, mem) {
+                    looked_again = true;
                     continue;
                 }
                 return Used::queue_if(RX, used);
             };
+            looked_again = false;
             let head = chain.head_index();
             let writable = device_writable(&chain, VNET_HDR_LEN + ETH_HLEN).unwrap_or_default();
             let Some(iov) = IoVecs::new(mem, &writable).filter(|v| !v.is_empty()) else {
