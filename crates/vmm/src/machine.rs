@@ -14,7 +14,7 @@ use crate::devices::{bus, Bus};
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::signals;
 use crate::vcpu::stats::ExitStats;
-use crate::vcpu::VcpuThread;
+use crate::vcpu::{VcpuHandle, VcpuRequest, VcpuResponse};
 use crate::vm::builder::BuildSummary;
 use crate::vm::{GuestMemory, Vm};
 
@@ -59,7 +59,9 @@ pub struct RunOutcome {
 pub struct Machine {
     pub(crate) vm: Vm,
     pub(crate) lifecycle: Arc<Lifecycle>,
-    pub(crate) vcpus: Vec<VcpuThread>,
+    pub(crate) vcpus: Vec<VcpuHandle>,
+    /// Where vCPUs answer pause and resume requests.
+    pub(crate) vcpu_responses: std::sync::mpsc::Receiver<(u8, VcpuResponse)>,
     pub(crate) pio: Arc<Bus>,
     pub(crate) mmio: Arc<Bus>,
     pub(crate) serial: Option<Arc<Mutex<SerialConsole>>>,
@@ -189,9 +191,12 @@ impl Machine {
     fn shut_down(self) -> RunOutcome {
         let mut per_vcpu = Vec::new();
         let mut samples = std::collections::BTreeMap::new();
+        for v in &self.vcpus {
+            v.send(VcpuRequest::Exit);
+        }
         for t in self.vcpus {
             let id = t.id;
-            match t.stop_and_join() {
+            match t.join() {
                 Ok(outcome) => {
                     per_vcpu.push(outcome.stats);
                     for (k, n) in outcome.samples {

@@ -222,24 +222,28 @@ pub fn render(id: usize, why: &Fatal, cpu: &CpuSnapshot) -> String {
     out
 }
 
+/// The payload of the KVM_EXIT_INTERNAL_ERROR the vCPU just returned, if
+/// that was its last exit.
+pub fn internal_error(fd: &mut VcpuFd) -> Option<InternalError> {
+    let run = fd.get_kvm_run();
+    if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
+        return None;
+    }
+    // SAFETY: exit_reason says the `internal` member of the union is the
+    // one KVM filled in.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    Some(InternalError {
+        suberror: internal.suberror,
+        data: internal.data[..n].to_vec(),
+    })
+}
+
 /// Reads what a report needs from a vCPU that just died.
 pub fn snapshot(fd: &mut VcpuFd, why: &Fatal, mem: &GuestMemory) -> CpuSnapshot {
     let regs = fd.get_regs().unwrap_or_default();
     let sregs = fd.get_sregs().unwrap_or_default();
-    let internal = (*why == Fatal::InternalError).then(|| {
-        let run = fd.get_kvm_run();
-        if run.exit_reason != KVM_EXIT_INTERNAL_ERROR {
-            return InternalError::default();
-        }
-        // SAFETY: exit_reason says the `internal` member of the union is
-        // the one KVM filled in.
-        let internal = unsafe { run.__bindgen_anon_1.internal };
-        let n = (internal.ndata as usize).min(internal.data.len());
-        InternalError {
-            suberror: internal.suberror,
-            data: internal.data[..n].to_vec(),
-        }
-    });
+    let internal = (*why == Fatal::InternalError).then(|| internal_error(fd).unwrap_or_default());
     let insn = internal
         .as_ref()
         .and_then(InternalError::instruction_bytes)

@@ -21,7 +21,7 @@ use crate::devices::{bus, Bus, IrqLine};
 use crate::kvm::{self, HostKind, Hypervisor};
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::machine::Machine;
-use crate::vcpu::{self, MachineReady, StartGate, VcpuThread};
+use crate::vcpu::{self, MachineReady, StartGate, VcpuHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -86,11 +86,11 @@ struct Devices {
 /// gate is aborted and the threads joined.
 struct PendingVcpus {
     gate: Arc<StartGate>,
-    threads: Vec<VcpuThread>,
+    threads: Vec<VcpuHandle>,
 }
 
 impl PendingVcpus {
-    fn release(mut self) -> Vec<VcpuThread> {
+    fn release(mut self) -> Vec<VcpuHandle> {
         std::mem::take(&mut self.threads)
     }
 }
@@ -99,7 +99,7 @@ impl Drop for PendingVcpus {
     fn drop(&mut self) {
         self.gate.abort();
         for t in self.threads.drain(..) {
-            let _ = t.handle.join();
+            let _ = t.join();
         }
     }
 }
@@ -350,13 +350,20 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     let lifecycle = Arc::new(Lifecycle::new()?);
     let gate = Arc::new(StartGate::default());
     let (created_tx, created_rx) = mpsc::channel();
+    let (responses_tx, vcpu_responses) = mpsc::channel();
     let mut pending = PendingVcpus {
         gate: gate.clone(),
         threads: Vec::new(),
     };
     for id in 0..cpus {
-        let t = vcpu::spawn(id, vm.fd.clone(), gate.clone(), created_tx.clone())
-            .map_err(Error::Thread)?;
+        let t = vcpu::spawn(
+            id,
+            vm.fd.clone(),
+            gate.clone(),
+            created_tx.clone(),
+            responses_tx.clone(),
+        )
+        .map_err(Error::Thread)?;
         pending.threads.push(t);
     }
     drop(created_tx);
@@ -436,6 +443,7 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
         vm,
         lifecycle,
         vcpus,
+        vcpu_responses,
         pio,
         mmio,
         serial: devices.serial,

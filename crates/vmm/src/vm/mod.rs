@@ -116,7 +116,7 @@ impl Vm {
                 MsrFilterDefaultAction::ALLOW,
                 &[MsrFilterRange {
                     flags: MsrFilterRangeFlags::WRITE,
-                    base: crate::vcpu::syscall::MSR_LSTAR,
+                    base: crate::vcpu::emulation::syscall::MSR_LSTAR,
                     msr_count: 1,
                     bitmap: &deny,
                 }],

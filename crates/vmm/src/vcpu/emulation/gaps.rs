@@ -10,8 +10,8 @@ use kvm_bindings::{kvm_msr_entry, kvm_regs, kvm_sregs, Msrs};
 use kvm_ioctls::VcpuFd;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
+use super::super::report::{bitness, cpl, InternalError};
 use super::complete::{self, GuestCpu, MemFault, Outcome};
-use super::report::{bitness, cpl, InternalError};
 use crate::vm::GuestMemory;
 
 const MSR_IA32_TSC: u32 = 0x10;

@@ -1,0 +1,208 @@
+//! Step 3 of a VM's life, for one vCPU: the seed's `kvm_main_loop_cpu`.
+//! While the vCPU is not stopped, run KVM_RUN and dispatch the exit; while
+//! it is stopped (paused), wait for the next request.
+
+use std::collections::BTreeMap;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kvm_ioctls::VcpuFd;
+
+use super::emulation::{syscall, EmulationRepairs};
+use super::exit::{ExitAction, ExitHandler, Fatal};
+use super::handle;
+use super::state::{VcpuRequest, VcpuResponse, VcpuState};
+use super::stats::ExitKind;
+use super::{report, MachineReady, VcpuOutcome};
+use crate::lifecycle::StopReason;
+use crate::vm::GuestMemory;
+
+pub struct Vcpu {
+    id: u8,
+    fd: VcpuFd,
+    ready: Arc<MachineReady>,
+    handler: ExitHandler,
+    /// Present only on emulation-only hosts that complete emulator gaps.
+    repairs: Option<EmulationRepairs>,
+    requests: Receiver<VcpuRequest>,
+    responses: Sender<(u8, VcpuResponse)>,
+    state: VcpuState,
+    samples: BTreeMap<(u64, u8, u64), u64>,
+}
+
+impl Vcpu {
+    pub fn new(
+        id: u8,
+        mut fd: VcpuFd,
+        ready: Arc<MachineReady>,
+        requests: Receiver<VcpuRequest>,
+        responses: Sender<(u8, VcpuResponse)>,
+    ) -> Vcpu {
+        handle::register_kvm_run(fd.get_kvm_run());
+        Vcpu {
+            id,
+            handler: ExitHandler::new(ready.pio.clone(), ready.mmio.clone()),
+            repairs: ready.complete_gaps.then(EmulationRepairs::default),
+            fd,
+            ready,
+            requests,
+            responses,
+            state: VcpuState::Running,
+            samples: BTreeMap::new(),
+        }
+    }
+
+    /// Runs until the vCPU is asked to exit or the machine stops.
+    pub fn run_loop(mut self) -> VcpuOutcome {
+        if self.id == 0 {
+            log::debug!(
+                "vCPU 0: first KVM_RUN {:.3} ms after start",
+                crate::since_start().as_secs_f64() * 1e3
+            );
+        }
+        loop {
+            match self.state {
+                VcpuState::Running => {
+                    while let Ok(request) = self.requests.try_recv() {
+                        self.apply(request);
+                    }
+                    if self.ready.lifecycle.is_stopping() {
+                        self.state = VcpuState::Exiting;
+                    }
+                    if self.state == VcpuState::Running {
+                        self.run_once();
+                    }
+                }
+                VcpuState::Paused => match self.requests.recv() {
+                    Ok(request) => self.apply(request),
+                    // The controller is gone: nobody can resume us.
+                    Err(_) => self.state = VcpuState::Exiting,
+                },
+                VcpuState::Exiting => break,
+            }
+        }
+        handle::unregister_kvm_run();
+        VcpuOutcome {
+            stats: self.handler.stats,
+            samples: self.samples,
+        }
+    }
+
+    fn apply(&mut self, request: VcpuRequest) {
+        let next = self.state.next(request);
+        if self.state == VcpuState::Running && next == VcpuState::Paused {
+            self.park();
+        }
+        self.state = next;
+        if let Some(response) = VcpuState::response(request) {
+            let _ = self.responses.send((self.id, response));
+        }
+    }
+
+    /// Leaves the guest in a state that can be paused: a PIO/MMIO exit we
+    /// already answered is completed by one KVM_RUN with immediate_exit
+    /// set (KVM's API documentation asks for this), and the guest's
+    /// kvmclock is told it was stopped, so a long pause is not taken for
+    /// a soft lockup.
+    fn park(&mut self) {
+        self.fd.set_kvm_immediate_exit(1);
+        match self.fd.run() {
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => log::warn!("vCPU {}: completing I/O before pause: {e}", self.id),
+            Ok(exit) => log::warn!(
+                "vCPU {}: KVM_RUN with immediate_exit returned {exit:?}",
+                self.id
+            ),
+        }
+        self.fd.set_kvm_immediate_exit(0);
+        match self.fd.kvmclock_ctrl() {
+            Ok(()) => {}
+            // The guest has not set up kvmclock: nothing to tell it.
+            Err(e) if e.errno() == libc::EINVAL => {}
+            Err(e) => log::debug!("vCPU {}: KVM_KVMCLOCK_CTRL: {e}", self.id),
+        }
+    }
+
+    /// One KVM_RUN and the handling of its exit.
+    fn run_once(&mut self) {
+        let action = match self.fd.run() {
+            Ok(exit) => self.handler.handle(exit),
+            Err(e) if e.errno() == libc::EINTR => {
+                self.fd.set_kvm_immediate_exit(0);
+                self.handler
+                    .stats
+                    .record(ExitKind::Kick, None, Duration::ZERO);
+                if self.ready.sample_rip {
+                    self.sample();
+                }
+                ExitAction::Continue
+            }
+            Err(e) if e.errno() == libc::EAGAIN => ExitAction::Continue,
+            Err(e) => ExitAction::Fatal(Fatal::Unexpected(format!("KVM_RUN failed: {e}"))),
+        };
+        let action = match &mut self.repairs {
+            Some(r) => r.resolve(
+                &mut self.fd,
+                &self.ready.memory,
+                action,
+                &mut self.handler.stats,
+            ),
+            None => action,
+        };
+        match action {
+            ExitAction::Continue => {}
+            ExitAction::Stop(reason) => {
+                self.ready.lifecycle.request_stop(reason);
+                self.state = VcpuState::Exiting;
+            }
+            ExitAction::Fatal(why) => self.crash(why),
+            // Without the repairs nobody armed a breakpoint or a filter.
+            ExitAction::Debug { pc } => {
+                self.crash(Fatal::Unexpected(format!("KVM_EXIT_DEBUG at {pc:#x}")))
+            }
+            ExitAction::WriteMsr { index, .. } => {
+                self.crash(Fatal::Unexpected(format!("filtered WRMSR {index:#x}")))
+            }
+        }
+    }
+
+    /// The guest died: report it and stop the machine.
+    fn crash(&mut self, why: Fatal) {
+        let mut cpu = report::snapshot(&mut self.fd, &why, &self.ready.memory);
+        cpu.note = self.repairs.as_mut().and_then(EmulationRepairs::take_note);
+        cpu.history = self.handler.history();
+        let id = usize::from(self.id);
+        let report = report::render(id, &why, &cpu);
+        self.ready
+            .lifecycle
+            .request_stop(StopReason::GuestCrash { vcpu: id, report });
+        self.state = VcpuState::Exiting;
+    }
+
+    /// Records where the guest was when the sampling kick arrived.
+    fn sample(&mut self) {
+        if let (Ok(r), Ok(s)) = (self.fd.get_regs(), self.fd.get_sregs()) {
+            let cpl = report::cpl(&s);
+            let caller = if cpl == 0 {
+                stack_caller(&self.fd, &self.ready.memory, r.rsp)
+            } else {
+                0
+            };
+            *self.samples.entry((r.rip, cpl, caller)).or_insert(0) += 1;
+        }
+    }
+}
+
+/// The first word on the guest stack that looks like a kernel text
+/// address: a cheap guess at the sampled function's caller.
+fn stack_caller(fd: &VcpuFd, mem: &GuestMemory, rsp: u64) -> u64 {
+    let Some(words) = syscall::read_virt::<128>(fd, mem, rsp) else {
+        return 0;
+    };
+    words
+        .chunks(8)
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap_or_default()))
+        .find(|&w| (0xffff_ffff_8000_0000..0xffff_ffff_c000_0000).contains(&w))
+        .unwrap_or(0)
+}
