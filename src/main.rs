@@ -36,7 +36,7 @@ fn run(args: cli::RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let outcome = machine.run();
+    let outcome = machine.run(None);
     match &outcome.reason {
         vmm::StopReason::GuestCrash { report, .. } => eprint!("tsubame: the guest died\n{report}"),
         vmm::StopReason::VmmError(e) => eprintln!("tsubame: {e}"),

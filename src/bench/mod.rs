@@ -141,7 +141,7 @@ fn tsubame_loop(kernel: &Path, expected: u32) -> Result<f64, String> {
     cfg.memory_mib = 16;
     let machine = vmm::vm::builder::build(&cfg).map_err(|e| e.to_string())?;
     let start = Instant::now();
-    let outcome = machine.run();
+    let outcome = machine.run(None);
     let took = start.elapsed();
     if outcome.reason != vmm::StopReason::PowerOff {
         return Err(format!("bench guest ended with: {}", outcome.reason));

@@ -457,7 +457,7 @@ fn notify_run(kernel: &Path, count: u32, ioeventfd: bool) -> Result<f64, String>
     cfg.ioeventfd = ioeventfd;
     let machine = vmm::vm::builder::build(&cfg).map_err(err)?;
     let start = Instant::now();
-    let outcome = machine.run();
+    let outcome = machine.run(None);
     let took = start.elapsed();
     if outcome.reason != vmm::StopReason::PowerOff {
         return Err(format!("notify guest ended with: {}", outcome.reason));

@@ -1,15 +1,19 @@
 //! A running machine: the main thread's loop (console input, host signals,
-//! the stop event) while the vCPU threads run, then the machine's death:
-//! every vCPU kicked out of KVM_RUN and joined, the terminal restored, the
-//! reason and the statistics handed back.
+//! the stop event, the controller's requests) while the vCPU threads run;
+//! pause and resume; then the machine's death: every vCPU asked to exit
+//! and joined, the terminal restored, the reason and the statistics
+//! handed back.
 
+use std::cell::Cell;
+use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::console::{EscapeFilter, RawMode};
-use crate::devices::legacy::SerialConsole;
+use crate::devices::legacy::{SerialConsole, I8042};
 use crate::devices::{bus, Bus};
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::signals;
@@ -22,6 +26,10 @@ const STOP: u64 = 0;
 const SIGNAL: u64 = 1;
 const STDIN: u64 = 2;
 const DRAINED: u64 = 3;
+/// Tokens from here up are the controller's fds, in [`Control::fds`] order.
+const CONTROL: u64 = 16;
+/// How long pause and resume wait for each vCPU and the device thread.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Input held back while the guest's FIFO is full, at most.
 const MAX_PENDING_INPUT: usize = 64 * 1024;
 
@@ -56,6 +64,14 @@ pub struct RunOutcome {
     pub samples: Vec<((u64, u8, u64), u64)>,
 }
 
+/// Whoever drives the running machine from outside (the API): the loop
+/// watches its fds and calls it when one is readable, on the main thread,
+/// between the machine's own events.
+pub trait Control {
+    fn fds(&self) -> Vec<RawFd>;
+    fn on_ready(&mut self, fd: RawFd, machine: &Machine);
+}
+
 pub struct Machine {
     pub(crate) vm: Vm,
     pub(crate) lifecycle: Arc<Lifecycle>,
@@ -65,6 +81,8 @@ pub struct Machine {
     pub(crate) pio: Arc<Bus>,
     pub(crate) mmio: Arc<Bus>,
     pub(crate) serial: Option<Arc<Mutex<SerialConsole>>>,
+    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) paused: Cell<bool>,
     /// Runs virtio queue work; stopped after the vCPUs.
     pub(crate) device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
     /// -1, or how often (ms) to sample guest RIPs.
@@ -82,15 +100,100 @@ impl Machine {
     }
 
     /// Runs until the machine stops, then tears it down.
-    pub fn run(self) -> RunOutcome {
-        if let Err(e) = self.event_loop() {
+    pub fn run(self, control: Option<&mut dyn Control>) -> RunOutcome {
+        if let Err(e) = self.event_loop(control) {
             self.lifecycle
                 .request_stop(StopReason::VmmError(format!("main loop: {e}")));
         }
         self.shut_down()
     }
 
-    fn event_loop(&self) -> std::io::Result<()> {
+    pub fn is_paused(&self) -> bool {
+        self.paused.get()
+    }
+
+    /// Every vCPU leaves KVM_RUN and parks, then the device thread stops
+    /// taking requests. Pausing a paused machine changes nothing.
+    pub fn pause(&self) -> Result<(), String> {
+        if self.paused.get() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        self.ask_vcpus(VcpuRequest::Pause)?;
+        if let Some(t) = &self.device_thread {
+            t.pause(ACK_TIMEOUT)?;
+        }
+        self.paused.set(true);
+        log::info!("paused in {:.3} ms", start.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    }
+
+    /// The device thread first (it runs every queue once), then the vCPUs.
+    pub fn resume(&self) -> Result<(), String> {
+        if !self.paused.get() {
+            return Ok(());
+        }
+        let start = Instant::now();
+        if let Some(t) = &self.device_thread {
+            t.resume(ACK_TIMEOUT)?;
+        }
+        self.ask_vcpus(VcpuRequest::Resume)?;
+        self.paused.set(false);
+        log::info!("resumed in {:.3} ms", start.elapsed().as_secs_f64() * 1e3);
+        Ok(())
+    }
+
+    /// Presses Ctrl-Alt-Del on the guest's keyboard.
+    pub fn send_ctrl_alt_del(&self) {
+        bus::lock(&self.i8042).trigger_ctrl_alt_del();
+    }
+
+    /// Each vCPU's exit statistics so far (asked of the vCPU threads, which
+    /// own them: nothing is shared on the exit path).
+    pub fn exit_stats(&self) -> Result<Vec<ExitStats>, String> {
+        let mut out = vec![ExitStats::default(); self.vcpus.len()];
+        for (id, r) in self.ask_vcpus(VcpuRequest::ReportStats)? {
+            if let (VcpuResponse::Stats(s), Some(slot)) = (r, out.get_mut(usize::from(id))) {
+                *slot = *s;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Sends `request` to every vCPU and collects one answer from each.
+    fn ask_vcpus(&self, request: VcpuRequest) -> Result<Vec<(u8, VcpuResponse)>, String> {
+        // Answers left over from an earlier request that timed out.
+        while self.vcpu_responses.try_recv().is_ok() {}
+        for v in &self.vcpus {
+            v.send(request);
+        }
+        let deadline = Instant::now() + ACK_TIMEOUT;
+        let mut answers = Vec::with_capacity(self.vcpus.len());
+        while answers.len() < self.vcpus.len() {
+            if self.lifecycle.is_stopping() {
+                return Err("the machine is stopping".into());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Short waits, so a machine that stops meanwhile is noticed.
+            match self
+                .vcpu_responses
+                .recv_timeout(left.min(Duration::from_millis(50)))
+            {
+                Ok(answer) => answers.push(answer),
+                Err(_) if left.is_zero() => {
+                    return Err(format!(
+                        "{} of {} vCPUs did not answer {request:?} within {ACK_TIMEOUT:?}",
+                        self.vcpus.len() - answers.len(),
+                        self.vcpus.len()
+                    ))
+                }
+                Err(_) => {}
+            }
+        }
+        Ok(answers)
+    }
+
+    fn event_loop(&self, mut control: Option<&mut dyn Control>) -> std::io::Result<()> {
         let epoll = Epoll::new()?;
         let watch = |fd: i32, token: u64| {
             epoll.ctl(
@@ -104,6 +207,10 @@ impl Machine {
         let signal_event = signals::install()?;
         watch(self.lifecycle.stop_event.as_raw_fd(), STOP)?;
         watch(signal_event.as_raw_fd(), SIGNAL)?;
+        let control_fds = control.as_ref().map(|c| c.fds()).unwrap_or_default();
+        for (i, fd) in control_fds.iter().enumerate() {
+            watch(*fd, CONTROL + i as u64)?;
+        }
 
         // The guest owns the terminal only when its console is on stdio.
         let _raw = match &self.serial {
@@ -168,11 +275,18 @@ impl Machine {
                             let _ = bus::lock(serial).drained_event().read();
                         }
                     }
+                    t if t >= CONTROL => {
+                        let fd = control_fds.get((t - CONTROL) as usize).copied();
+                        if let (Some(c), Some(fd)) = (control.as_deref_mut(), fd) {
+                            c.on_ready(fd, self);
+                        }
+                    }
                     _ => {}
                 }
             }
             if let Some(serial) = &self.serial {
-                if !pending.is_empty() {
+                // While paused, console input waits here (bounded below).
+                if !pending.is_empty() && !self.paused.get() {
                     let n = bus::lock(serial).enqueue_input(&pending);
                     pending.drain(..n);
                 }

@@ -95,7 +95,10 @@ impl Vcpu {
             self.park();
         }
         self.state = next;
-        if let Some(response) = VcpuState::response(request) {
+        if request == VcpuRequest::ReportStats {
+            let stats = Box::new(self.handler.stats.clone());
+            let _ = self.responses.send((self.id, VcpuResponse::Stats(stats)));
+        } else if let Some(response) = VcpuState::response(request) {
             let _ = self.responses.send((self.id, response));
         }
     }

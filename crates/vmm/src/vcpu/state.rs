@@ -11,13 +11,16 @@ pub enum VcpuRequest {
     Resume,
     /// Leave the loop for good; the thread ends.
     Exit,
+    /// Send a copy of the exit statistics (for metrics); no state change.
+    ReportStats,
 }
 
 /// What a vCPU answers once a request has taken effect.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum VcpuResponse {
     Paused,
     Resumed,
+    Stats(Box<super::stats::ExitStats>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,17 +37,19 @@ impl VcpuState {
     pub fn next(self, request: VcpuRequest) -> VcpuState {
         match (self, request) {
             (VcpuState::Exiting, _) | (_, VcpuRequest::Exit) => VcpuState::Exiting,
+            (state, VcpuRequest::ReportStats) => state,
             (_, VcpuRequest::Pause) => VcpuState::Paused,
             (_, VcpuRequest::Resume) => VcpuState::Running,
         }
     }
 
-    /// The answer the controller waits for after `request`, if any.
+    /// The answer the controller waits for after `request`, if any
+    /// (statistics are answered by the loop, which owns them).
     pub fn response(request: VcpuRequest) -> Option<VcpuResponse> {
         match request {
             VcpuRequest::Pause => Some(VcpuResponse::Paused),
             VcpuRequest::Resume => Some(VcpuResponse::Resumed),
-            VcpuRequest::Exit => None,
+            VcpuRequest::Exit | VcpuRequest::ReportStats => None,
         }
     }
 }
@@ -67,6 +72,9 @@ mod tests {
             (Exiting, Pause, Exiting),
             (Exiting, Resume, Exiting),
             (Exiting, Exit, Exiting),
+            (Running, ReportStats, Running),
+            (Paused, ReportStats, Paused),
+            (Exiting, ReportStats, Exiting),
         ];
         for (from, req, to) in table {
             assert_eq!(from.next(req), to, "{from:?} + {req:?}");
@@ -78,5 +86,6 @@ mod tests {
         assert_eq!(VcpuState::response(Pause), Some(VcpuResponse::Paused));
         assert_eq!(VcpuState::response(Resume), Some(VcpuResponse::Resumed));
         assert_eq!(VcpuState::response(Exit), None);
+        assert_eq!(VcpuState::response(ReportStats), None);
     }
 }

@@ -79,6 +79,7 @@ struct Devices {
     pio: Bus,
     mmio: Bus,
     serial: Option<Arc<Mutex<SerialConsole>>>,
+    i8042: Arc<Mutex<I8042>>,
     acpi: Vec<DeviceDescription>,
 }
 
@@ -228,16 +229,11 @@ fn attach_devices(
     )?));
     pio.insert("com1", legacy::COM1_PORT.into(), 8, com1.clone())?;
 
-    let i8042 = I8042::new(
+    let i8042 = Arc::new(Mutex::new(I8042::new(
         register_irq(vm, legacy::I8042_IRQ)?,
         stop(StopReason::Reset),
-    );
-    pio.insert(
-        "i8042",
-        legacy::I8042_DATA_PORT.into(),
-        5,
-        Arc::new(Mutex::new(i8042)),
-    )?;
+    )));
+    pio.insert("i8042", legacy::I8042_DATA_PORT.into(), 5, i8042.clone())?;
     pio.insert(
         "acpi-power",
         legacy::ACPI_POWER_PORT.into(),
@@ -292,6 +288,7 @@ fn attach_devices(
         pio,
         mmio: Bus::new(),
         serial: (*serial == SerialConfig::Stdio).then_some(com1),
+        i8042,
         acpi,
     })
 }
@@ -447,6 +444,8 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
         pio,
         mmio,
         serial: devices.serial,
+        i8042: devices.i8042,
+        paused: std::cell::Cell::new(false),
         device_thread,
         sample_period_ms: if cfg.sample_rip { 10 } else { -1 },
         summary: BuildSummary {

@@ -31,6 +31,9 @@ const CTR_KBD_DISABLE: u8 = 1 << 4;
 const CTR_AUX_DISABLE: u8 = 1 << 5;
 const CTR_XLATE: u8 = 1 << 6;
 
+/// Bytes the output buffer holds at most (enough for a key sequence).
+const OUT_MAX: usize = 16;
+
 /// What the next byte on the data port means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pending {
@@ -68,8 +71,33 @@ impl I8042 {
     }
 
     fn push(&mut self, byte: u8) {
+        // A guest that never reads cannot grow the buffer: the real
+        // controller holds one byte; extra bytes are dropped.
+        if self.out.len() >= OUT_MAX {
+            return;
+        }
         self.out.push_back((byte, false));
         self.raise_irq();
+    }
+
+    /// The keyboard reports Ctrl, Alt and Delete pressed, then released
+    /// (Firecracker's `SendCtrlAltDel`): Linux's keyboard driver then
+    /// calls `ctrl_alt_del()`, and init shuts the machine down. Scan code
+    /// set 1 while the controller translates (as Linux leaves it), set 2
+    /// otherwise.
+    pub fn trigger_ctrl_alt_del(&mut self) {
+        const SET1: &[u8] = &[0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d];
+        const SET2: &[u8] = &[
+            0x14, 0x11, 0xe0, 0x71, 0xe0, 0xf0, 0x71, 0xf0, 0x11, 0xf0, 0x14,
+        ];
+        let seq = if self.ctr & CTR_XLATE != 0 {
+            SET1
+        } else {
+            SET2
+        };
+        for &b in seq {
+            self.push(b);
+        }
     }
 
     /// Raises IRQ 1 when a keyboard byte is at the head of the buffer.
@@ -136,7 +164,8 @@ impl I8042 {
             // Loopback returns the wrong byte: Linux then runs the AUX
             // interface test, which fails, and gives up on a mouse at once
             // (no timeouts).
-            Pending::AuxLoop => self.out.push_back((!byte, true)),
+            Pending::AuxLoop if self.out.len() < OUT_MAX => self.out.push_back((!byte, true)),
+            Pending::AuxLoop => {}
             Pending::AuxByte => {}
             Pending::KeyboardParameter => self.push(0xfa),
             Pending::KeyboardCommand => match byte {
@@ -291,5 +320,31 @@ mod tests {
         d.write(COMMAND, &[0xff]);
         d.write(DATA, &[0xfe]);
         assert_eq!(resets.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn ctrl_alt_del_is_pressed_then_released_in_the_translated_set() {
+        let (mut d, _, irq) = device();
+        d.trigger_ctrl_alt_del();
+        assert!(irq.0.read().unwrap() >= 1);
+        let got: Vec<u8> = (0..8).map(|_| rd(&mut d, DATA)).collect();
+        assert_eq!(got, [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
+        assert_eq!(rd(&mut d, COMMAND) & STS_OBF, 0);
+        // Untranslated: scan code set 2.
+        d.write(COMMAND, &[0x60]);
+        d.write(DATA, &[CTR_KBD_INT]);
+        d.trigger_ctrl_alt_del();
+        assert_eq!([rd(&mut d, DATA), rd(&mut d, DATA)], [0x14, 0x11]);
+    }
+
+    #[test]
+    fn a_guest_that_never_reads_cannot_grow_the_buffer() {
+        let (mut d, _, _) = device();
+        for _ in 0..100_000 {
+            d.write(COMMAND, &[0x20]);
+            d.write(COMMAND, &[0xd3]);
+            d.write(DATA, &[0x11]);
+        }
+        assert_eq!(d.out.len(), OUT_MAX);
     }
 }

@@ -1,16 +1,32 @@
 //! The device thread: waits on every queue's eventfd and every device's
 //! host-side source (a tap, a socket set) and runs the device's processing,
 //! so a notify costs a vCPU only the eventfd write (or nothing, with
-//! ioeventfd).
+//! ioeventfd). While paused it takes no requests: notifies stay counted in
+//! their eventfds, host input waits in its socket, and resuming runs every
+//! queue once.
 
 use super::mmio::MmioTransport;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
+/// What the controller asks of the device thread.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Command {
+    Pause,
+    Resume,
+    Stop,
+}
+
 pub struct DeviceThread {
-    stop: EventFd,
+    /// Written after each command, to wake the thread.
+    wake: EventFd,
+    commands: Sender<Command>,
+    /// The thread acknowledges Pause and Resume here.
+    acks: Receiver<Command>,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -50,37 +66,111 @@ impl DeviceThread {
                 });
             }
         }
-        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
-        let stop_thread = stop.try_clone()?;
+        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+        let wake_thread = wake.try_clone()?;
+        let (commands, commands_rx) = mpsc::channel();
+        let (acks_tx, acks) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("virtio".into())
             .spawn(move || {
-                if let Err(e) = run(&watches, &stop_thread) {
+                let control = Control {
+                    wake: wake_thread,
+                    commands: commands_rx,
+                    acks: acks_tx,
+                };
+                if let Err(e) = run(&watches, &control) {
                     log::error!("virtio device thread: {e}");
                 }
             })?;
         Ok(Some(DeviceThread {
-            stop,
+            wake,
+            commands,
+            acks,
             handle: Some(handle),
         }))
     }
 
+    fn command(&self, c: Command) {
+        let _ = self.commands.send(c);
+        let _ = self.wake.write(1);
+    }
+
+    /// Sends `c` and waits (bounded) for the thread to acknowledge it.
+    fn command_acked(&self, c: Command, timeout: Duration) -> Result<(), String> {
+        self.command(c);
+        match self.acks.recv_timeout(timeout) {
+            Ok(ack) if ack == c => Ok(()),
+            Ok(other) => Err(format!("device thread answered {other:?} to {c:?}")),
+            Err(e) => Err(format!("device thread did not answer {c:?}: {e}")),
+        }
+    }
+
+    /// Stops taking requests; returns once the thread is between requests.
+    pub fn pause(&self, timeout: Duration) -> Result<(), String> {
+        self.command_acked(Command::Pause, timeout)
+    }
+
+    /// Takes requests again, starting with one pass over every queue.
+    pub fn resume(&self, timeout: Duration) -> Result<(), String> {
+        self.command_acked(Command::Resume, timeout)
+    }
+
     /// Stops the thread and waits for it.
     pub fn stop(mut self) {
-        let _ = self.stop.write(1);
+        self.command(Command::Stop);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
     }
 }
 
-fn run(watches: &[Watch], stop: &EventFd) -> std::io::Result<()> {
+/// The thread's end of the command channel.
+struct Control {
+    wake: EventFd,
+    commands: Receiver<Command>,
+    acks: Sender<Command>,
+}
+
+impl Control {
+    /// The next command, waiting on the wake eventfd when there is none.
+    fn wait(&self) -> Command {
+        loop {
+            if let Ok(c) = self.commands.try_recv() {
+                return c;
+            }
+            let mut fds = [libc::pollfd {
+                fd: std::os::fd::AsRawFd::as_raw_fd(&self.wake),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(fds.as_mut_ptr(), 1, -1) };
+            let _ = self.wake.read();
+        }
+    }
+}
+
+/// Every queue and host source once, as after a resume: work that arrived
+/// while paused is picked up.
+fn process_all(watches: &[Watch]) {
+    for w in watches {
+        match &w.source {
+            Source::Queue(event, queue) => {
+                let _ = event.read();
+                crate::devices::bus::lock(&w.transport).process_queue(*queue);
+            }
+            Source::Io(_) => crate::devices::bus::lock(&w.transport).process_io(),
+        }
+    }
+}
+
+fn run(watches: &[Watch], control: &Control) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     let epoll = Epoll::new()?;
     let stop_token = watches.len() as u64;
     epoll.ctl(
         ControlOperation::Add,
-        stop.as_raw_fd(),
+        control.wake.as_raw_fd(),
         EpollEvent::new(EventSet::IN, stop_token),
     )?;
     for (i, w) in watches.iter().enumerate() {
@@ -100,7 +190,30 @@ fn run(watches: &[Watch], stop: &EventFd) -> std::io::Result<()> {
         for ev in &events[..n] {
             let token = ev.data();
             if token == stop_token {
-                return Ok(());
+                let _ = control.wake.read();
+                while let Ok(c) = control.commands.try_recv() {
+                    match c {
+                        Command::Stop => return Ok(()),
+                        Command::Resume => {
+                            let _ = control.acks.send(Command::Resume);
+                        }
+                        Command::Pause => {
+                            let _ = control.acks.send(Command::Pause);
+                            loop {
+                                match control.wait() {
+                                    Command::Stop => return Ok(()),
+                                    Command::Pause => {
+                                        let _ = control.acks.send(Command::Pause);
+                                    }
+                                    Command::Resume => break,
+                                }
+                            }
+                            process_all(watches);
+                            let _ = control.acks.send(Command::Resume);
+                        }
+                    }
+                }
+                continue;
             }
             let Some(w) = watches.get(token as usize) else {
                 continue;
