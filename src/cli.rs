@@ -19,13 +19,57 @@ Exit status:
   128+N   stopped by host signal N (130 for SIGINT, 143 for SIGTERM)";
 
 #[derive(Parser, Debug)]
-#[command(name = "tsubame", version, about = "A virtual machine monitor for Linux KVM", after_help = EXIT_STATUS_HELP)]
+#[command(name = "tsubame", version, about = "A virtual machine monitor for Linux KVM", after_help = EXIT_STATUS_HELP,
+    long_about = "A virtual machine monitor for Linux KVM.\n\nWith no subcommand Tsubame starts as Firecracker does: it serves Firecracker's API on --api-sock, and/or boots the machine described by --config-file.")]
 pub struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, value_enum, default_value = "info")]
     pub log_level: LogLevel,
+    #[command(flatten)]
+    pub api: ApiArgs,
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
+}
+
+/// Firecracker's command line, for the tools that start it.
+#[derive(Args, Debug, Default)]
+pub struct ApiArgs {
+    /// Serve Firecracker's API on this Unix socket (must not exist).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// Boot at once from a Firecracker JSON configuration file.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// No API socket (needs --config-file).
+    #[arg(long)]
+    pub no_api: bool,
+    /// The instance ID `GET /` reports.
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    pub id: String,
+    /// Write the log to this file or named pipe.
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
+    /// Log level, as Firecracker takes it: Error, Warning, Info, Debug, Trace, Off.
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<String>,
+    /// Write metrics (JSON lines) to this file or named pipe.
+    #[arg(long, value_name = "PATH")]
+    pub metrics_path: Option<PathBuf>,
+    /// Largest API request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = vmm::control::http::DEFAULT_MAX_BODY)]
+    pub http_api_max_payload_size: usize,
+    /// Accepted for Firecracker's clients: Tsubame installs no seccomp filter yet.
+    #[arg(long)]
+    pub no_seccomp: bool,
+    /// Process start time, as Firecracker's jailer passes it (logged).
+    #[arg(long, value_name = "US")]
+    pub start_time_us: Option<u64>,
+    /// Process start CPU time, as the jailer passes it (logged).
+    #[arg(long, value_name = "US")]
+    pub start_time_cpu_us: Option<u64>,
+    /// The jailer's CPU time, as it passes it (logged).
+    #[arg(long, value_name = "US")]
+    pub parent_cpu_time_us: Option<u64>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -35,6 +79,8 @@ pub enum Command {
     Run(RunArgs),
     /// Measure exit costs, start-up time and memory overhead.
     Bench(crate::bench::BenchArgs),
+    /// Talk to a running Tsubame (or Firecracker) over its API socket.
+    Ctl(crate::ctl::CtlArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,6 +90,18 @@ pub enum LogLevel {
     Info,
     Debug,
     Trace,
+}
+
+impl LogLevel {
+    pub fn filter(self) -> log::LevelFilter {
+        match self {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,6 +181,10 @@ pub struct RunArgs {
     /// A virtio-vsock device; the host side is a Unix socket.
     #[arg(long, value_name = "cid=N,socket=PATH")]
     pub vsock: Option<VsockConfig>,
+    /// Also serve Firecracker's API on this Unix socket (pause, resume,
+    /// metrics, Ctrl-Alt-Del while the VM runs).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
 }
 
 impl RunArgs {
@@ -190,7 +252,7 @@ mod tests {
         v.extend_from_slice(args);
         match Cli::try_parse_from(v) {
             Ok(Cli {
-                command: Command::Run(r),
+                command: Some(Command::Run(r)),
                 ..
             }) => Ok(r),
             _ => Err(()),
@@ -250,6 +312,28 @@ mod tests {
         assert!(run_args(&["--kernel", "k", "--boot-path", "sideways"]).is_err());
         let empty_serial = run_args(&["--kernel", "k", "--serial", ""]).unwrap();
         assert!(empty_serial.into_config().is_err());
+    }
+
+    #[test]
+    fn firecracker_style_start_up_parses_without_a_subcommand() {
+        let cli = Cli::try_parse_from([
+            "tsubame",
+            "--api-sock",
+            "/tmp/fc.sock",
+            "--id",
+            "vm1",
+            "--level",
+            "Debug",
+            "--start-time-us",
+            "12",
+        ])
+        .unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.api.api_sock, Some("/tmp/fc.sock".into()));
+        assert_eq!(cli.api.id, "vm1");
+        assert_eq!(cli.api.level.as_deref(), Some("Debug"));
+        assert!(Cli::try_parse_from(["tsubame", "--api-sock"]).is_err());
+        assert!(Cli::try_parse_from(["tsubame", "--seccomp-filter", "f"]).is_err());
     }
 
     #[test]

@@ -1,11 +1,20 @@
 //! The `tsubame` binary: command line, logging, exit status. The VM's life
 //! itself is in the `vmm` crate.
+//!
+//! Three ways in: `tsubame run …` (one command line), `tsubame --api-sock
+//! S` (Firecracker's API, as its clients start it), and `tsubame
+//! --config-file F [--no-api]` (Firecracker's JSON, booted at once).
 
 mod bench;
 mod cli;
-mod logger;
+mod ctl;
 
+use std::path::Path;
 use std::process::ExitCode;
+
+use vmm::control::resources::{FullVmConfiguration, VmResources};
+use vmm::control::{http, Controller, Finish};
+use vmm::VmConfig;
 
 fn main() -> ExitCode {
     vmm::mark_start();
@@ -13,30 +22,145 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    logger::init(cli.log_level);
+    vmm::logger::init(cli.log_level.filter());
     match cli.command {
-        cli::Command::Run(args) => run(args),
-        cli::Command::Bench(args) => bench::main(args),
+        Some(cli::Command::Run(args)) => run(args),
+        Some(cli::Command::Bench(args)) => bench::main(args),
+        Some(cli::Command::Ctl(args)) => ctl::main(args),
+        None => firecracker_style(cli.api),
     }
 }
 
-fn run(args: cli::RunArgs) -> ExitCode {
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("tsubame: {e}");
+    ExitCode::from(1)
+}
+
+fn run(mut args: cli::RunArgs) -> ExitCode {
     let stats = args.stats;
+    let api_sock = args.api_sock.take();
     let cfg = match args.into_config() {
         Ok(cfg) => cfg,
-        Err(e) => {
-            eprintln!("tsubame: {e}");
-            return ExitCode::from(1);
-        }
+        Err(e) => return fail(e),
     };
-    let machine = match vmm::vm::builder::build(&cfg) {
-        Ok(m) => m,
-        Err(e) => {
-            eprintln!("tsubame: {e}");
-            return ExitCode::from(1);
-        }
+    let api = match &api_sock {
+        Some(path) => match http::start(path, http::DEFAULT_MAX_BODY) {
+            Ok(api) => Some(api),
+            Err(e) => return fail(e),
+        },
+        None => None,
     };
-    let outcome = machine.run(None);
+    let controller = Controller::new(
+        "anonymous-instance".into(),
+        cfg.clone(),
+        VmResources::default(),
+        api,
+    );
+    finish(controller.run(Some(cfg)), stats)
+}
+
+/// Reads and checks a Firecracker configuration file; errors name the
+/// file and the key.
+fn load_config_file(path: &Path) -> Result<VmResources, String> {
+    let name = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| format!("config file {name}: {e}"))?;
+    if meta.len() > 1 << 20 {
+        return Err(format!(
+            "config file {name}: {} bytes; at most 1 MiB",
+            meta.len()
+        ));
+    }
+    let text = std::fs::read(path).map_err(|e| format!("config file {name}: {e}"))?;
+    let full: FullVmConfiguration =
+        serde_json::from_slice(&text).map_err(|e| format!("config file {name}: {e}"))?;
+    VmResources::from_full_config(full).map_err(|e| format!("config file {name}: {e}"))
+}
+
+fn firecracker_style(a: cli::ApiArgs) -> ExitCode {
+    if a.no_api && a.config_file.is_none() {
+        return fail("--no-api needs --config-file (there is nothing else to start from)");
+    }
+    if a.no_api && a.api_sock.is_some() {
+        return fail("--no-api and --api-sock contradict each other");
+    }
+    if !a.no_api && a.api_sock.is_none() {
+        return fail(
+            "give --api-sock PATH (Firecracker's API), or --config-file FILE --no-api; see --help",
+        );
+    }
+    if let Some(level) = &a.level {
+        match vmm::logger::parse_level(level) {
+            Some(l) => log::set_max_level(l),
+            None => {
+                return fail(format!(
+                    "--level {level}: expected Error, Warning, Info, Debug, Trace or Off"
+                ))
+            }
+        }
+    }
+    if let Some(p) = &a.log_path {
+        if let Err(e) = vmm::logger::set_path(p) {
+            return fail(format!("--log-path {}: {e}", p.display()));
+        }
+    }
+    if let Some(t) = a.start_time_us {
+        log::debug!(
+            "started by a jailer at {t} µs (CPU {:?} µs, parent CPU {:?} µs)",
+            a.start_time_cpu_us,
+            a.parent_cpu_time_us
+        );
+    }
+    let resources = match &a.config_file {
+        Some(path) => match load_config_file(path) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        },
+        None => VmResources::default(),
+    };
+    let base = VmConfig::new("");
+    let start = match &a.config_file {
+        Some(path) => match resources.to_vm_config(&base) {
+            Ok(cfg) => Some(cfg),
+            Err(e) => return fail(format!("config file {}: {e}", path.display())),
+        },
+        None => None,
+    };
+    let api = match &a.api_sock {
+        Some(path) => match http::start(path, a.http_api_max_payload_size) {
+            Ok(api) => Some(api),
+            Err(e) => return fail(e),
+        },
+        None => None,
+    };
+    let logger = resources.logger.clone();
+    let metrics = a
+        .metrics_path
+        .as_ref()
+        .map(|p| p.to_string_lossy().into_owned())
+        .or_else(|| resources.metrics.as_ref().map(|m| m.metrics_path.clone()));
+    let mut controller = Controller::new(a.id, base, resources, api);
+    if let Some(l) = logger {
+        if let Err(e) = controller.set_logger(l) {
+            return fail(format!("config file: logger: {e}"));
+        }
+    }
+    if let Some(m) = metrics {
+        if let Err(e) = controller.set_metrics_path(&m) {
+            return fail(e);
+        }
+    }
+    finish(controller.run(start), false)
+}
+
+fn finish(f: Finish, stats: bool) -> ExitCode {
+    let outcome = match f {
+        Finish::Ran(outcome) => outcome,
+        Finish::Signal(n) => {
+            log::info!("stopped by host signal {n} before the machine started");
+            return ExitCode::from((128 + n) as u8);
+        }
+        Finish::StartFailed(e) => return fail(e),
+    };
     match &outcome.reason {
         vmm::StopReason::GuestCrash { report, .. } => eprint!("tsubame: the guest died\n{report}"),
         vmm::StopReason::VmmError(e) => eprintln!("tsubame: {e}"),

@@ -13,9 +13,11 @@
 pub mod boot;
 pub mod config;
 pub mod console;
+pub mod control;
 pub mod devices;
 pub mod kvm;
 pub mod lifecycle;
+pub mod logger;
 pub mod machine;
 pub mod signals;
 pub mod vcpu;

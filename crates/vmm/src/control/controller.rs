@@ -1,0 +1,368 @@
+//! The VMM thread's side of the API: before `InstanceStart` it keeps the
+//! pre-boot [`VmResources`]; once the machine runs, it serves run-time
+//! requests from inside the machine's main loop ([`Control`]). Phase
+//! rules and their wording follow Firecracker's.
+
+use std::os::fd::{AsRawFd, RawFd};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::http::{ApiLink, ApiServer};
+use super::metrics::{self, ApiCounters, MetricsWriter};
+use super::request::{ActionType, ApiRequest, ApiResponse, VmState};
+use super::resources::{MachineConfig, VmResources};
+use crate::config::VmConfig;
+use crate::machine::{Control, Machine, RunOutcome};
+
+pub const NOT_AFTER_BOOT: &str =
+    "The requested operation is not supported after starting the microVM.";
+pub const NOT_BEFORE_BOOT: &str =
+    "The requested operation is not supported before starting the microVM.";
+
+/// How the controller's life ended.
+#[derive(Debug)]
+pub enum Finish {
+    /// The machine ran and stopped.
+    Ran(RunOutcome),
+    /// A host signal arrived before the machine started.
+    Signal(i32),
+    /// The machine could not be built (with `start`, or without an API).
+    StartFailed(String),
+}
+
+pub struct Controller {
+    id: String,
+    /// Settings that are not Firecracker's (serial, KVM device, profile).
+    base: VmConfig,
+    resources: VmResources,
+    link: Option<ApiLink>,
+    /// Kept so the socket stays up while the machine runs.
+    _server: Option<ApiServer>,
+    metrics: Option<MetricsWriter>,
+    api: ApiCounters,
+}
+
+impl Controller {
+    pub fn new(
+        id: String,
+        base: VmConfig,
+        resources: VmResources,
+        api: Option<(ApiServer, ApiLink)>,
+    ) -> Controller {
+        let (server, link) = match api {
+            Some((s, l)) => (Some(s), Some(l)),
+            None => (None, None),
+        };
+        Controller {
+            id,
+            base,
+            resources,
+            link,
+            _server: server,
+            metrics: None,
+            api: ApiCounters::default(),
+        }
+    }
+
+    /// Opens the metrics file now (`--metrics-path`, or the config file).
+    pub fn set_metrics_path(&mut self, path: &str) -> Result<(), String> {
+        let w = MetricsWriter::open(std::path::Path::new(path))
+            .map_err(|e| format!("Cannot open the metrics file {path}: {e}."))?;
+        self.metrics = Some(w);
+        self.resources.metrics = Some(super::resources::Metrics {
+            metrics_path: path.into(),
+        });
+        Ok(())
+    }
+
+    /// Serves the API until `InstanceStart` (or starts at once with
+    /// `start`), then runs the machine until it stops.
+    pub fn run(mut self, start: Option<VmConfig>) -> Finish {
+        let machine = match start {
+            Some(cfg) => {
+                if self.resources == VmResources::default() {
+                    self.resources = VmResources::from_vm_config(&cfg);
+                }
+                match crate::vm::builder::build(&cfg) {
+                    Ok(m) => m,
+                    Err(e) => return Finish::StartFailed(e.to_string()),
+                }
+            }
+            None if self.link.is_none() => {
+                return Finish::StartFailed("nothing to start: no API and no configuration".into())
+            }
+            None => match self.pre_boot() {
+                Ok(m) => m,
+                Err(PreBootEnd::Signal(n)) => return Finish::Signal(n),
+                Err(PreBootEnd::Failed(e)) => return Finish::StartFailed(e),
+            },
+        };
+        let outcome = machine.run(Some(&mut self));
+        if self.metrics.is_some() {
+            let _ = self.flush_metrics(None, "Stopped");
+        }
+        Finish::Ran(outcome)
+    }
+
+    fn pre_boot(&mut self) -> Result<Machine, PreBootEnd> {
+        let failed = |e: std::io::Error| PreBootEnd::Failed(format!("API loop: {e}"));
+        let epoll = Epoll::new().map_err(failed)?;
+        let signal = crate::signals::install().map_err(failed)?;
+        let add = |fd: RawFd, token: u64| {
+            epoll.ctl(
+                ControlOperation::Add,
+                fd,
+                EpollEvent::new(EventSet::IN, token),
+            )
+        };
+        add(signal.as_raw_fd(), 0).map_err(failed)?;
+        if let Some(l) = &self.link {
+            add(l.fd(), 1).map_err(failed)?;
+        }
+        if let Some(m) = &self.metrics {
+            add(m.timer_fd(), 2).map_err(failed)?;
+        }
+        let mut events = vec![EpollEvent::default(); 4];
+        loop {
+            if let Some(sig) = crate::signals::take() {
+                return Err(PreBootEnd::Signal(sig));
+            }
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(failed(e)),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    0 => {
+                        let _ = signal.read();
+                    }
+                    2 => {
+                        if let Some(m) = &mut self.metrics {
+                            m.timer_fired();
+                        }
+                        if let Err(e) = self.flush_metrics(None, "Not started") {
+                            log::warn!("metrics: {e}");
+                        }
+                    }
+                    _ => {
+                        let Some(req) = self.link.as_ref().and_then(ApiLink::next) else {
+                            continue;
+                        };
+                        let (resp, machine) = self.pre_boot_request(req);
+                        self.respond(resp);
+                        if let Some(m) = machine {
+                            return Ok(m);
+                        }
+                        // A metrics file configured just now gets its timer
+                        // (adding it again is refused, harmlessly).
+                        if let Some(m) = &self.metrics {
+                            let _ = add(m.timer_fd(), 2);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn respond(&mut self, resp: ApiResponse) {
+        self.api.requests += 1;
+        if resp.status >= 400 {
+            self.api.failures += 1;
+        }
+        if let Some(l) = &self.link {
+            l.respond(resp);
+        }
+    }
+
+    /// Answers that do not depend on the phase; `None` for the rest.
+    fn any_phase(&mut self, req: &ApiRequest, machine: Option<&Machine>) -> Option<ApiResponse> {
+        let r = match req {
+            ApiRequest::Describe => {
+                let state = match machine {
+                    None => "Not started",
+                    Some(m) if m.is_paused() => "Paused",
+                    Some(_) => "Running",
+                };
+                ApiResponse::ok(&serde_json::json!({
+                    "id": self.id,
+                    "state": state,
+                    "vmm_version": env!("CARGO_PKG_VERSION"),
+                    "app_name": "Tsubame",
+                }))
+            }
+            ApiRequest::Version => ApiResponse::ok(&serde_json::json!({
+                "firecracker_version": env!("CARGO_PKG_VERSION"),
+            })),
+            ApiRequest::GetMachineConfig => ApiResponse::ok(&self.resources.machine),
+            ApiRequest::GetVmConfig => ApiResponse::ok(&self.resources.full_config()),
+            ApiRequest::Action(ActionType::FlushMetrics) => {
+                if self.metrics.is_none() {
+                    return Some(ApiResponse::bad_request(
+                        "Metrics are not configured (PUT /metrics first).",
+                    ));
+                }
+                let state = match machine {
+                    None => "Not started",
+                    Some(m) if m.is_paused() => "Paused",
+                    Some(_) => "Running",
+                };
+                match self.flush_metrics(machine, state) {
+                    Ok(()) => ApiResponse::no_content(),
+                    Err(e) => ApiResponse::bad_request(e),
+                }
+            }
+            ApiRequest::SnapshotCreate | ApiRequest::SnapshotLoad => {
+                ApiResponse::bad_request("Snapshots are not supported by Tsubame yet.")
+            }
+            _ => return None,
+        };
+        Some(r)
+    }
+
+    fn flush_metrics(&mut self, machine: Option<&Machine>, state: &str) -> Result<(), String> {
+        let vcpus = match machine {
+            Some(m) => m.exit_stats()?,
+            None => Vec::new(),
+        };
+        let line = metrics::line(crate::since_start(), self.api, state, &vcpus);
+        match &mut self.metrics {
+            Some(w) => w
+                .write(&line)
+                .map_err(|e| format!("Cannot write metrics: {e}.")),
+            None => Ok(()),
+        }
+    }
+
+    /// One request before boot; `InstanceStart` returns the machine.
+    fn pre_boot_request(&mut self, req: ApiRequest) -> (ApiResponse, Option<Machine>) {
+        if let Some(r) = self.any_phase(&req, None) {
+            return (r, None);
+        }
+        let done = |r: Result<(), String>| match r {
+            Ok(()) => ApiResponse::no_content(),
+            Err(e) => ApiResponse::bad_request(e),
+        };
+        let r = match req {
+            ApiRequest::PutMachineConfig(m) => done(self.resources.set_machine_config(m)),
+            ApiRequest::PatchMachineConfig(u) => {
+                let m: MachineConfig = self.resources.machine.apply(u);
+                done(self.resources.set_machine_config(m))
+            }
+            ApiRequest::PutBootSource(b) => done(self.resources.set_boot_source(b)),
+            ApiRequest::PutDrive(d) => done(self.resources.set_drive(d)),
+            ApiRequest::PutNet(n) => done(self.resources.set_net(n)),
+            ApiRequest::PutVsock(v) => done(self.resources.set_vsock(v)),
+            ApiRequest::PutEntropy(e) => done(self.resources.set_entropy(e)),
+            ApiRequest::PutLogger(l) => done(self.set_logger(l)),
+            ApiRequest::PutMetrics(m) => done(self.set_metrics_path(&m.metrics_path)),
+            ApiRequest::Action(ActionType::InstanceStart) => {
+                let built = self
+                    .resources
+                    .to_vm_config(&self.base)
+                    .and_then(|cfg| crate::vm::builder::build(&cfg).map_err(|e| e.to_string()));
+                return match built {
+                    Ok(m) => {
+                        log::info!("InstanceStart: the machine runs");
+                        (ApiResponse::no_content(), Some(m))
+                    }
+                    Err(e) => (
+                        ApiResponse::bad_request(format!("Start microvm error: {e}")),
+                        None,
+                    ),
+                };
+            }
+            ApiRequest::Action(ActionType::SendCtrlAltDel)
+            | ApiRequest::PatchVm(_)
+            | ApiRequest::PatchDrive(_)
+            | ApiRequest::PatchNet(_) => ApiResponse::bad_request(NOT_BEFORE_BOOT),
+            other => ApiResponse::bad_request(format!("Unhandled request {other:?}.")),
+        };
+        (r, None)
+    }
+
+    pub fn set_logger(&mut self, l: super::resources::Logger) -> Result<(), String> {
+        let level = match l.level.as_deref() {
+            None => None,
+            Some(s) => Some(
+                crate::logger::parse_level(s).ok_or_else(|| format!("Invalid log level: {s}."))?,
+            ),
+        };
+        if let Some(p) = &l.log_path {
+            crate::logger::set_path(std::path::Path::new(p))
+                .map_err(|e| format!("Cannot open the log file {p}: {e}."))?;
+        }
+        if let Some(level) = level {
+            log::set_max_level(level);
+        }
+        self.resources.logger = Some(l);
+        Ok(())
+    }
+
+    /// One request while the machine runs.
+    fn runtime_request(&mut self, req: ApiRequest, machine: &Machine) -> ApiResponse {
+        if let Some(r) = self.any_phase(&req, Some(machine)) {
+            return r;
+        }
+        match req {
+            ApiRequest::PatchVm(VmState::Paused) => match machine.pause() {
+                Ok(()) => ApiResponse::no_content(),
+                Err(e) => ApiResponse::bad_request(format!("Cannot pause the microVM: {e}.")),
+            },
+            ApiRequest::PatchVm(VmState::Resumed) => match machine.resume() {
+                Ok(()) => ApiResponse::no_content(),
+                Err(e) => ApiResponse::bad_request(format!("Cannot resume the microVM: {e}.")),
+            },
+            ApiRequest::Action(ActionType::SendCtrlAltDel) => {
+                machine.send_ctrl_alt_del();
+                ApiResponse::no_content()
+            }
+            ApiRequest::PatchDrive(id) => ApiResponse::bad_request(format!(
+                "Updating drive {id} of a running microVM is not supported by Tsubame yet."
+            )),
+            ApiRequest::PatchNet(id) => ApiResponse::bad_request(format!(
+                "Updating network interface {id} of a running microVM is not supported by Tsubame yet."
+            )),
+            _ => ApiResponse::bad_request(NOT_AFTER_BOOT),
+        }
+    }
+}
+
+enum PreBootEnd {
+    Signal(i32),
+    Failed(String),
+}
+
+impl Control for Controller {
+    fn fds(&self) -> Vec<RawFd> {
+        let mut fds = Vec::new();
+        if let Some(l) = &self.link {
+            fds.push(l.fd());
+        }
+        if let Some(m) = &self.metrics {
+            fds.push(m.timer_fd());
+        }
+        fds
+    }
+
+    fn on_ready(&mut self, fd: RawFd, machine: &Machine) {
+        if self.metrics.as_ref().map(MetricsWriter::timer_fd) == Some(fd) {
+            if let Some(m) = &mut self.metrics {
+                m.timer_fired();
+            }
+            let state = if machine.is_paused() {
+                "Paused"
+            } else {
+                "Running"
+            };
+            if let Err(e) = self.flush_metrics(Some(machine), state) {
+                log::warn!("metrics: {e}");
+            }
+            return;
+        }
+        while let Some(req) = self.link.as_ref().and_then(ApiLink::next) {
+            let resp = self.runtime_request(req, machine);
+            self.respond(resp);
+        }
+    }
+}
