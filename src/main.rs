@@ -71,8 +71,13 @@ fn load_config_file(path: &Path) -> Result<VmResources, String> {
         ));
     }
     let text = std::fs::read(path).map_err(|e| format!("config file {name}: {e}"))?;
-    let full: FullVmConfiguration =
+    let value: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| format!("config file {name}: {e}"))?;
+    if !value.is_object() {
+        return Err(format!("config file {name}: expected a JSON object"));
+    }
+    let full: FullVmConfiguration =
+        serde_json::from_value(value).map_err(|e| format!("config file {name}: {e}"))?;
     VmResources::from_full_config(full).map_err(|e| format!("config file {name}: {e}"))
 }
 

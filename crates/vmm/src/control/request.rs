@@ -120,12 +120,19 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/snapshot/load"),
 ];
 
-fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
-    serde_json::from_slice(body).map_err(|e| {
+/// A body as `T`. Only a JSON object will do (serde would also take an
+/// array for a struct).
+pub fn json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiResponse> {
+    let bad = |e: String| {
         ApiResponse::bad_request(format!(
             "An error occurred when deserializing the json body of a request: {e}."
         ))
-    })
+    };
+    let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+    if !v.is_object() {
+        return Err(bad("expected a JSON object".into()));
+    }
+    serde_json::from_value(v).map_err(|e| bad(e.to_string()))
 }
 
 fn same_id(path_id: &str, body_id: &str) -> Result<(), ApiResponse> {
