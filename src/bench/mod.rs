@@ -7,6 +7,7 @@
 //! every figure is the median of several runs, and ratios are taken between
 //! runs made side by side in one process.
 
+mod api;
 mod virtio;
 
 use std::io::Read;
@@ -45,6 +46,9 @@ pub enum Which {
     Net,
     /// A virtio queue notify from a guest, with and without ioeventfd.
     Notify,
+    /// The API: start-up to an answering socket, GET / round trip, pause
+    /// and resume.
+    Api,
 }
 
 #[derive(clap::Args, Debug)]
@@ -82,7 +86,7 @@ impl ExitType {
     }
 }
 
-type AsmResult<T> = Result<T, IcedError>;
+pub(crate) type AsmResult<T> = Result<T, IcedError>;
 
 /// `count` exits of `kind`, then power off through the ACPI register.
 fn exit_loop_code(kind: ExitType, count: u32) -> AsmResult<Vec<u8>> {
@@ -409,6 +413,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         if matches!(args.which, Which::All | Which::Notify) {
             virtio::bench_notify(&args, &dir)?;
+        }
+        if matches!(args.which, Which::All | Which::Api) {
+            api::bench_api(&args, &dir)?;
         }
         if args.which == Which::Net {
             virtio::bench_net(&args)?;
