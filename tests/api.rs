@@ -61,12 +61,14 @@ struct Vmm {
     child: Child,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// The readers; they end at EOF, once the child has exited.
+    readers: Vec<thread::JoinHandle<()>>,
 }
 
-fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+fn collect(mut r: impl Read + Send + 'static) -> (Arc<Mutex<String>>, thread::JoinHandle<()>) {
     let out = Arc::new(Mutex::new(String::new()));
     let o = out.clone();
-    thread::spawn(move || {
+    let reader = thread::spawn(move || {
         let mut buf = [0u8; 4096];
         while let Ok(n) = r.read(&mut buf) {
             if n == 0 {
@@ -77,7 +79,7 @@ fn collect(mut r: impl Read + Send + 'static) -> Arc<Mutex<String>> {
                 .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
     });
-    out
+    (out, reader)
 }
 
 impl Vmm {
@@ -89,13 +91,19 @@ impl Vmm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tsubame");
-        let stdout = collect(child.stdout.take().unwrap());
-        let stderr = collect(child.stderr.take().unwrap());
+        let (stdout, out_reader) = collect(child.stdout.take().unwrap());
+        let (stderr, err_reader) = collect(child.stderr.take().unwrap());
         Vmm {
             child,
             stdout,
             stderr,
+            readers: vec![out_reader, err_reader],
         }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child, which we have not reaped.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
     }
 
     fn out(&self) -> String {
@@ -121,7 +129,9 @@ impl Vmm {
         let start = Instant::now();
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
-                thread::sleep(Duration::from_millis(50));
+                for r in self.readers.drain(..) {
+                    let _ = r.join();
+                }
                 let code = st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0));
                 return (code, self.out(), self.stderr.lock().unwrap().clone());
             }
@@ -324,8 +334,7 @@ fn sigterm_before_instance_start_exits_143_and_removes_the_socket() {
     let sock = dir.join("api.sock");
     let vmm = Vmm::start(&["--api-sock", sock.to_str().unwrap()]);
     wait_for_socket(&sock);
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(vmm.child.id() as i32, libc::SIGTERM) };
+    vmm.signal(libc::SIGTERM);
     let (code, _, _) = vmm.wait(Duration::from_secs(5));
     assert_eq!(code, 143);
     assert!(!sock.exists());
@@ -515,8 +524,7 @@ fn hostile_clients_do_not_stop_the_guest_or_the_api() {
     assert_eq!(state(&sock), "Running");
     drop(many);
 
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(vmm.child.id() as i32, libc::SIGTERM) };
+    vmm.signal(libc::SIGTERM);
     let (code, _, _) = vmm.wait(Duration::from_secs(5));
     assert_eq!(code, 143);
 }

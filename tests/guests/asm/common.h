@@ -15,3 +15,17 @@
 #define VIO_USED    0x2000
 #define VIO_F_NEXT  1
 #define VIO_F_WRITE 2
+/* idt_gate: point gate \vec of the 16-byte-entry table at \idt to
+ * \handler: present, DPL0, 64-bit interrupt gate, selector 0x10.
+ * Clobbers rax, rdi. */
+.macro idt_gate vec, handler, idt
+    lea \handler(%rip), %rax
+    lea \idt(%rip), %rdi
+    mov %ax, \vec*16(%rdi)
+    movw $0x10, \vec*16+2(%rdi)
+    movw $0x8e00, \vec*16+4(%rdi)
+    shr $16, %rax
+    mov %ax, \vec*16+6(%rdi)
+    shr $16, %rax
+    mov %eax, \vec*16+8(%rdi)
+.endm

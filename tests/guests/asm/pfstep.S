@@ -13,16 +13,7 @@
     .globl _start
 _start:
     lea stack_top(%rip), %rsp
-    /* #PF gate: present, DPL0, 64-bit interrupt gate, selector 0x10. */
-    lea pf_handler(%rip), %rax
-    lea idt(%rip), %rdi
-    mov %ax, 14*16(%rdi)
-    movw $0x10, 14*16+2(%rdi)
-    movw $0x8e00, 14*16+4(%rdi)
-    shr $16, %rax
-    mov %ax, 14*16+6(%rdi)
-    shr $16, %rax
-    mov %eax, 14*16+8(%rdi)
+    idt_gate 14, pf_handler, idt
     lidt idtr(%rip)
     /* GS base: per-CPU data, read by the handler. */
     lea percpu(%rip), %rax

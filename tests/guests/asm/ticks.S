@@ -18,16 +18,7 @@
     .globl _start
 _start:
     lea stack_top(%rip), %rsp
-    /* Gate VECTOR: present, DPL0, 64-bit interrupt gate, selector 0x10. */
-    lea tick(%rip), %rax
-    lea idt(%rip), %rdi
-    mov %ax, VECTOR*16(%rdi)
-    movw $0x10, VECTOR*16+2(%rdi)
-    movw $0x8e00, VECTOR*16+4(%rdi)
-    shr $16, %rax
-    mov %ax, VECTOR*16+6(%rdi)
-    shr $16, %rax
-    mov %eax, VECTOR*16+8(%rdi)
+    idt_gate VECTOR, tick, idt
     lidt idtr(%rip)
 
     mov $LAPIC_BASE, %rdi

@@ -141,7 +141,7 @@ impl Controller {
                         if let Some(m) = &mut self.metrics {
                             m.timer_fired();
                         }
-                        if let Err(e) = self.flush_metrics(None, "Not started") {
+                        if let Err(e) = self.flush_metrics(None, state_name(None)) {
                             log::warn!("metrics: {e}");
                         }
                     }
@@ -178,19 +178,12 @@ impl Controller {
     /// Answers that do not depend on the phase; `None` for the rest.
     fn any_phase(&mut self, req: &ApiRequest, machine: Option<&Machine>) -> Option<ApiResponse> {
         let r = match req {
-            ApiRequest::Describe => {
-                let state = match machine {
-                    None => "Not started",
-                    Some(m) if m.is_paused() => "Paused",
-                    Some(_) => "Running",
-                };
-                ApiResponse::ok(&serde_json::json!({
-                    "id": self.id,
-                    "state": state,
-                    "vmm_version": env!("CARGO_PKG_VERSION"),
-                    "app_name": "Tsubame",
-                }))
-            }
+            ApiRequest::Describe => ApiResponse::ok(&serde_json::json!({
+                "id": self.id,
+                "state": state_name(machine),
+                "vmm_version": env!("CARGO_PKG_VERSION"),
+                "app_name": "Tsubame",
+            })),
             ApiRequest::Version => ApiResponse::ok(&serde_json::json!({
                 "firecracker_version": env!("CARGO_PKG_VERSION"),
             })),
@@ -202,12 +195,7 @@ impl Controller {
                         "Metrics are not configured (PUT /metrics first).",
                     ));
                 }
-                let state = match machine {
-                    None => "Not started",
-                    Some(m) if m.is_paused() => "Paused",
-                    Some(_) => "Running",
-                };
-                match self.flush_metrics(machine, state) {
+                match self.flush_metrics(machine, state_name(machine)) {
                     Ok(()) => ApiResponse::no_content(),
                     Err(e) => ApiResponse::bad_request(e),
                 }
@@ -328,6 +316,15 @@ impl Controller {
     }
 }
 
+/// The instance state as `GET /` reports it.
+fn state_name(machine: Option<&Machine>) -> &'static str {
+    match machine {
+        None => "Not started",
+        Some(m) if m.is_paused() => "Paused",
+        Some(_) => "Running",
+    }
+}
+
 enum PreBootEnd {
     Signal(i32),
     Failed(String),
@@ -350,12 +347,7 @@ impl Control for Controller {
             if let Some(m) = &mut self.metrics {
                 m.timer_fired();
             }
-            let state = if machine.is_paused() {
-                "Paused"
-            } else {
-                "Running"
-            };
-            if let Err(e) = self.flush_metrics(Some(machine), state) {
+            if let Err(e) = self.flush_metrics(Some(machine), state_name(Some(machine))) {
                 log::warn!("metrics: {e}");
             }
             return;

@@ -145,6 +145,12 @@ fn same_id(path_id: &str, body_id: &str) -> Result<(), ApiResponse> {
     }
 }
 
+/// Whether `segments` fit `template` (`{id}` matches any one segment).
+fn template_matches(template: &str, segments: &[&str]) -> bool {
+    let t: Vec<&str> = template.split('/').filter(|s| !s.is_empty()).collect();
+    t.len() == segments.len() && t.iter().zip(segments).all(|(t, s)| *t == "{id}" || t == s)
+}
+
 /// Parses one request. `path` may carry a query string, which is ignored.
 pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiResponse> {
     let path = path.split('?').next().unwrap_or(path);
@@ -160,6 +166,14 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
     }
     if (method == "PUT" || method == "PATCH") && body.is_empty() {
         return Err(ApiResponse::bad_request(format!("Empty {method} request.")));
+    }
+    // ROUTES is the one list of what is served (the OpenAPI file is checked
+    // against it): anything else is refused here, whatever the match below.
+    if !ROUTES
+        .iter()
+        .any(|(m, p)| *m == method && template_matches(p, &segments))
+    {
+        return Err(invalid());
     }
     use ApiRequest::*;
     let req = match (method, segments.as_slice()) {
