@@ -3,6 +3,8 @@
 //! build initramfs images.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

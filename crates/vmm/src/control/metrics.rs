@@ -87,8 +87,8 @@ pub fn vcpu_value(id: usize, s: &ExitStats) -> Value {
     let mut m = Map::new();
     m.insert("id".into(), json!(id));
     m.insert("exits".into(), json!(s.total_exits()));
-    for (kind, t) in &s.by_kind {
-        m.insert(key(*kind), agg(t));
+    for (kind, t) in s.kinds() {
+        m.insert(key(kind), agg(t));
     }
     if !s.completed.is_empty() {
         m.insert("emulation_repairs".into(), json!(s.completed));

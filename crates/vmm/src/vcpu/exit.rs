@@ -264,7 +264,7 @@ mod tests {
         assert_eq!(data, [0x5a]);
         assert_eq!(h.stats.count(ExitKind::IoOut), 1);
         assert_eq!(h.stats.count(ExitKind::IoIn), 1);
-        assert_eq!(h.stats.by_target[&Target::Pio(0)].count, 2);
+        assert_eq!(h.stats.target(Target::Pio(0)).count, 2);
     }
 
     #[test]
@@ -290,12 +290,9 @@ mod tests {
         assert_eq!(h.handle(VcpuExit::IoIn(0x70, &mut b)), ExitAction::Continue);
         assert_eq!(b, [0xff]);
         assert_eq!(h.handle(VcpuExit::IoOut(0x71, &[0])), ExitAction::Continue);
-        assert_eq!(
-            h.stats.by_target[&Target::UnownedMmio(0xc000_0000)].count,
-            1
-        );
-        assert_eq!(h.stats.by_target[&Target::UnownedPio(0x70)].count, 1);
-        assert_eq!(h.stats.by_target[&Target::UnownedPio(0x71)].count, 1);
+        assert_eq!(h.stats.target(Target::UnownedMmio(0xc000_0000)).count, 1);
+        assert_eq!(h.stats.target(Target::UnownedPio(0x70)).count, 1);
+        assert_eq!(h.stats.target(Target::UnownedPio(0x71)).count, 1);
     }
 
     #[test]

@@ -124,10 +124,16 @@ impl Timing {
 /// Unowned addresses are listed individually up to this many.
 const MAX_UNOWNED_ADDRESSES: usize = 64;
 
+/// Counted on every exit, so kept in fixed arrays indexed by exit kind and
+/// by device index: no map look-up on the exit path. Only accesses nobody
+/// owns (rare, bounded) and the repairs' names go to maps.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExitStats {
-    pub by_kind: BTreeMap<ExitKind, Timing>,
-    pub by_target: BTreeMap<Target, Timing>,
+    by_kind: [Timing; ExitKind::ALL.len()],
+    /// Indexed by the device's index on its bus; grown when first seen.
+    pio: Vec<Timing>,
+    mmio: Vec<Timing>,
+    unowned: BTreeMap<Target, Timing>,
     /// Unowned accesses beyond the per-address limit.
     pub unowned_overflow: u64,
     /// What the VMM did for the guest on an emulation-only host:
@@ -136,28 +142,42 @@ pub struct ExitStats {
     pub completed: BTreeMap<String, u64>,
 }
 
+fn slot(v: &mut Vec<Timing>, i: DeviceIndex) -> &mut Timing {
+    if v.len() <= i {
+        v.resize(i + 1, Timing::default());
+    }
+    &mut v[i]
+}
+
 impl ExitStats {
     /// Records one exit. Returns true the first time an unowned address is
     /// seen, so the caller can log it once.
     pub fn record(&mut self, kind: ExitKind, target: Option<Target>, took: Duration) -> bool {
         let ns = took.as_nanos().min(u64::MAX as u128) as u64;
-        self.by_kind.entry(kind).or_default().add(ns);
-        let Some(target) = target else { return false };
-        let unowned = matches!(target, Target::UnownedPio(_) | Target::UnownedMmio(_));
-        let known = self.by_target.contains_key(&target);
-        if unowned && !known && self.unowned_addresses() >= MAX_UNOWNED_ADDRESSES {
-            self.unowned_overflow += 1;
-            return false;
+        self.by_kind[kind as usize].add(ns);
+        match target {
+            None => false,
+            Some(Target::Pio(i)) => {
+                slot(&mut self.pio, i).add(ns);
+                false
+            }
+            Some(Target::Mmio(i)) => {
+                slot(&mut self.mmio, i).add(ns);
+                false
+            }
+            Some(t) => {
+                if let Some(timing) = self.unowned.get_mut(&t) {
+                    timing.add(ns);
+                    return false;
+                }
+                if self.unowned.len() >= MAX_UNOWNED_ADDRESSES {
+                    self.unowned_overflow += 1;
+                    return false;
+                }
+                self.unowned.entry(t).or_default().add(ns);
+                true
+            }
         }
-        self.by_target.entry(target).or_default().add(ns);
-        unowned && !known
-    }
-
-    fn unowned_addresses(&self) -> usize {
-        self.by_target
-            .keys()
-            .filter(|t| matches!(t, Target::UnownedPio(_) | Target::UnownedMmio(_)))
-            .count()
     }
 
     pub fn record_completion(&mut self, what: String) {
@@ -168,21 +188,61 @@ impl ExitStats {
         for (k, n) in &o.completed {
             *self.completed.entry(k.clone()).or_default() += n;
         }
-        for (k, t) in &o.by_kind {
-            self.by_kind.entry(*k).or_default().merge(t);
+        for (mine, theirs) in self.by_kind.iter_mut().zip(&o.by_kind) {
+            mine.merge(theirs);
         }
-        for (k, t) in &o.by_target {
-            self.by_target.entry(*k).or_default().merge(t);
+        for (i, t) in o.pio.iter().enumerate() {
+            slot(&mut self.pio, i).merge(t);
+        }
+        for (i, t) in o.mmio.iter().enumerate() {
+            slot(&mut self.mmio, i).merge(t);
+        }
+        for (k, t) in &o.unowned {
+            self.unowned.entry(*k).or_default().merge(t);
         }
         self.unowned_overflow += o.unowned_overflow;
     }
 
     pub fn total_exits(&self) -> u64 {
-        self.by_kind.values().map(|t| t.count).sum()
+        self.by_kind.iter().map(|t| t.count).sum()
     }
 
     pub fn count(&self, kind: ExitKind) -> u64 {
-        self.by_kind.get(&kind).map_or(0, |t| t.count)
+        self.by_kind[kind as usize].count
+    }
+
+    /// The exit kinds seen, with their timings, in [`ExitKind::ALL`] order.
+    pub fn kinds(&self) -> impl Iterator<Item = (ExitKind, &Timing)> {
+        ExitKind::ALL
+            .iter()
+            .zip(&self.by_kind)
+            .filter(|(_, t)| t.count > 0)
+            .map(|(k, t)| (*k, t))
+    }
+
+    /// Every target seen (devices in index order, then unowned addresses).
+    pub fn targets(&self) -> impl Iterator<Item = (Target, Timing)> + '_ {
+        let pio = self
+            .pio
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (Target::Pio(i), *t));
+        let mmio = self
+            .mmio
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (Target::Mmio(i), *t));
+        pio.chain(mmio)
+            .filter(|(_, t)| t.count > 0)
+            .chain(self.unowned.iter().map(|(k, t)| (*k, *t)))
+    }
+
+    /// The timing of one target (zero if never seen).
+    pub fn target(&self, t: Target) -> Timing {
+        self.targets()
+            .find(|(k, _)| *k == t)
+            .map(|(_, timing)| timing)
+            .unwrap_or_default()
     }
 
     /// A plain-text table: exits by reason, then by device.
@@ -204,18 +264,18 @@ impl ExitStats {
             "  {:<34} {:>10} {:>9} {:>9} {:>10}",
             "exit reason", "count", "min µs", "mean µs", "max µs"
         );
-        for (k, t) in &self.by_kind {
+        for (k, t) in self.kinds() {
             row(&mut s, k.name(), t);
         }
-        if !self.by_target.is_empty() {
+        if self.targets().next().is_some() {
             let _ = writeln!(
                 s,
                 "  {:<34} {:>10} {:>9} {:>9} {:>10}",
                 "device (address)", "count", "min µs", "mean µs", "max µs"
             );
         }
-        for (target, t) in &self.by_target {
-            let name = match *target {
+        for (target, t) in self.targets() {
+            let name = match target {
                 Target::Pio(i) => pio.placement(i).map_or(format!("pio device {i}"), |p| {
                     format!("{} (port {:#x})", p.name, p.base)
                 }),
@@ -225,7 +285,7 @@ impl ExitStats {
                 Target::UnownedPio(a) => format!("unowned port {a:#x}"),
                 Target::UnownedMmio(a) => format!("unowned mmio {a:#x}"),
             };
-            row(&mut s, &name, t);
+            row(&mut s, &name, &t);
         }
         if !self.completed.is_empty() {
             let _ = writeln!(s, "  {:<34} {:>10}", "handled by the VMM", "count");
@@ -247,6 +307,20 @@ impl ExitStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_kind_has_its_own_slot() {
+        for (i, k) in ExitKind::ALL.iter().enumerate() {
+            assert_eq!(*k as usize, i, "{k:?}: ALL is in declaration order");
+        }
+        let mut s = ExitStats::default();
+        s.record(ExitKind::Other, None, Duration::ZERO);
+        s.record(ExitKind::IoIn, None, Duration::ZERO);
+        assert_eq!((s.count(ExitKind::Other), s.count(ExitKind::IoIn)), (1, 1));
+        assert_eq!(s.count(ExitKind::Hlt), 0);
+        let kinds: Vec<ExitKind> = s.kinds().map(|(k, _)| k).collect();
+        assert_eq!(kinds, [ExitKind::IoIn, ExitKind::Other]);
+    }
 
     #[test]
     fn timing_tracks_min_mean_max() {
@@ -275,7 +349,7 @@ mod tests {
         for port in 0..100 {
             s.record(ExitKind::IoOut, Some(Target::UnownedPio(0x1000 + port)), d);
         }
-        assert_eq!(s.unowned_addresses(), MAX_UNOWNED_ADDRESSES);
+        assert_eq!(s.unowned.len(), MAX_UNOWNED_ADDRESSES);
         assert_eq!(s.unowned_overflow, 100 - (MAX_UNOWNED_ADDRESSES as u64 - 1));
         assert_eq!(s.total_exits(), 102);
     }
