@@ -23,7 +23,7 @@ pub const NOT_BEFORE_BOOT: &str =
 #[derive(Debug)]
 pub enum Finish {
     /// The machine ran and stopped.
-    Ran(RunOutcome),
+    Ran(Box<RunOutcome>),
     /// A host signal arrived before the machine started.
     Signal(i32),
     /// The machine could not be built (with `start`, or without an API).
@@ -101,7 +101,7 @@ impl Controller {
         if self.metrics.is_some() {
             let _ = self.flush_metrics(None, "Stopped");
         }
-        Finish::Ran(outcome)
+        Finish::Ran(Box::new(outcome))
     }
 
     fn pre_boot(&mut self) -> Result<Machine, PreBootEnd> {
