@@ -301,10 +301,38 @@ pub struct BuildSummary {
     pub boot: BootSetup,
 }
 
-/// Brings a machine to the point where its vCPUs may run.
+/// The machine before any guest code is in it: KVM opened, the VM with
+/// its memory and irqchip, vCPU threads waiting at the gate, devices
+/// attached and their thread running. [`boot`] puts a kernel in it; a
+/// restore will put saved state in it instead.
+pub struct CreatedMachine {
+    host: HostKind,
+    vm: Vm,
+    layout: MemoryLayout,
+    lifecycle: Arc<Lifecycle>,
+    gate: Arc<StartGate>,
+    pending: PendingVcpus,
+    vcpu_responses: mpsc::Receiver<(u8, vcpu::VcpuResponse)>,
+    devices: Devices,
+    device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
+    profile: CpuProfile,
+    complete_gaps: bool,
+    supported_cpuid: kvm_bindings::CpuId,
+    cmdline: String,
+    cpus: u8,
+}
+
+/// Brings a machine to the point where its vCPUs may run: create it, then
+/// boot the configured kernel into it.
 pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
-    // 0. Inputs first: a bad file or size fails fast, before any KVM state.
+    // Inputs first: a bad file or size fails fast, before any KVM state.
     let (layout, kernel_image) = check_inputs(cfg)?;
+    let created = create(cfg, layout)?;
+    boot(created, cfg, &kernel_image)
+}
+
+/// Steps 1-4 of a machine's birth: everything but the guest's contents.
+pub fn create(cfg: &VmConfig, layout: MemoryLayout) -> Result<CreatedMachine, Error> {
     let virtio_plan = super::virtio::plan(cfg)?;
 
     // 1. KVM.
@@ -388,14 +416,54 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     )?;
     let device_thread =
         crate::devices::virtio::worker::DeviceThread::spawn(&transports).map_err(Error::Thread)?;
+    let supported_cpuid = hv
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(Error::Cpuid)?;
+    Ok(CreatedMachine {
+        host: hv.host,
+        vm,
+        layout,
+        lifecycle,
+        gate,
+        pending,
+        vcpu_responses,
+        devices,
+        device_thread,
+        profile,
+        complete_gaps,
+        supported_cpuid,
+        cmdline,
+        cpus,
+    })
+}
 
-    // 5. Boot: kernel, initrd, command line, e820, ACPI, MP table.
+/// Steps 5-6: the kernel, initrd, command line, e820, ACPI and MP table
+/// go into guest memory, then the gate opens.
+pub fn boot(c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Result<Machine, Error> {
+    let CreatedMachine {
+        host,
+        vm,
+        layout,
+        lifecycle,
+        gate,
+        pending,
+        vcpu_responses,
+        devices,
+        device_thread,
+        profile,
+        complete_gaps,
+        supported_cpuid,
+        cmdline,
+        cpus,
+    } = c;
+    // 5. Boot.
     let boot = boot::setup(
         &vm.memory,
         &layout,
         &BootConfig {
             kernel_path: &cfg.kernel,
-            kernel_image: &kernel_image,
+            kernel_image,
             initrd: cfg.initrd.as_deref(),
             cmdline: &cmdline,
             boot_path: cfg.boot_path,
@@ -405,7 +473,6 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
             },
         },
     )?;
-    drop(kernel_image);
     log::info!(
         "kernel: {}, entered via {}",
         boot.kernel.unpacked,
@@ -415,10 +482,6 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     for e in &boot.e820 {
         log::debug!("e820: {e}");
     }
-    let supported_cpuid = hv
-        .kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::Cpuid)?;
 
     // 6. Machine init complete: open the gate.
     let pio = Arc::new(devices.pio);
@@ -449,7 +512,7 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
         device_thread,
         sample_period_ms: if cfg.sample_rip { 10 } else { -1 },
         summary: BuildSummary {
-            host: hv.host,
+            host,
             cmdline,
             boot,
         },
