@@ -403,7 +403,10 @@ fn ctl_reports_pauses_resumes_and_flushes_metrics() {
         &file,
         config_json(
             &kernel,
-            &format!(r#","metrics":{{"metrics_path":"{}"}}"#, metrics.display()),
+            &format!(
+                r#","metrics":{{"metrics_path":"{}"}},"entropy":{{}}"#,
+                metrics.display()
+            ),
         ),
     )
     .unwrap();
@@ -440,6 +443,7 @@ fn ctl_reports_pauses_resumes_and_flushes_metrics() {
         "{line}"
     );
     assert!(v["api_server"]["requests"].as_u64().unwrap() >= 2, "{line}");
+    assert_eq!(v["devices"]["virtio-rng0"]["bytes"], 0, "{line}");
     let (_, cfg, _) = ctl("config");
     assert!(cfg.contains("\"mem_size_mib\": 32"), "{cfg}");
     assert_eq!(ctl("resume").0, 0);

@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         let (file, sectors) = common::disk();
         Box::new(Block::with_file(file, sectors, false, "fuzz"))
     } else {
-        Box::new(Rng)
+        Box::new(Rng::default())
     };
     let mut t = MmioTransport::new(device, mem, IrqLine::new().unwrap()).unwrap();
     for op in ops.chunks_exact(7) {

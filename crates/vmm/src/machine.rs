@@ -85,6 +85,8 @@ pub struct Machine {
     pub(crate) paused: Cell<bool>,
     /// Runs virtio queue work; stopped after the vCPUs.
     pub(crate) device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
+    /// The virtio devices, typed, in attach order (for their counters).
+    pub(crate) virtio: Vec<Arc<Mutex<crate::devices::virtio::mmio::MmioTransport>>>,
     /// -1, or how often (ms) to sample guest RIPs.
     pub(crate) sample_period_ms: i32,
     pub summary: BuildSummary,
@@ -158,6 +160,20 @@ impl Machine {
             }
         }
         Ok(out)
+    }
+
+    /// Each virtio device's counters, named `<type><n>` (virtio-blk0, …).
+    pub fn device_counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
+        let mut seen: Vec<&'static str> = Vec::new();
+        self.virtio
+            .iter()
+            .map(|t| {
+                let t = bus::lock(t);
+                let n = seen.iter().filter(|s| **s == t.name()).count();
+                seen.push(t.name());
+                (format!("{}{n}", t.name()), t.counters())
+            })
+            .collect()
     }
 
     /// Sends `request` to every vCPU and collects one answer from each.

@@ -209,11 +209,11 @@ impl Controller {
     }
 
     fn flush_metrics(&mut self, machine: Option<&Machine>, state: &str) -> Result<(), String> {
-        let vcpus = match machine {
-            Some(m) => m.exit_stats()?,
-            None => Vec::new(),
+        let (vcpus, devices) = match machine {
+            Some(m) => (m.exit_stats()?, m.device_counters()),
+            None => (Vec::new(), Vec::new()),
         };
-        let line = metrics::line(crate::since_start(), self.api, state, &vcpus);
+        let line = metrics::line(crate::since_start(), self.api, state, &vcpus, &devices);
         match &mut self.metrics {
             Some(w) => w
                 .write(&line)

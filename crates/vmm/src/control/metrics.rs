@@ -96,8 +96,17 @@ pub fn vcpu_value(id: usize, s: &ExitStats) -> Value {
     Value::Object(m)
 }
 
+/// A device's counters as `{"reads": 3, ...}`.
+pub type DeviceCounters = (String, Vec<(&'static str, u64)>);
+
 /// The whole line.
-pub fn line(uptime: Duration, api: ApiCounters, state: &str, vcpus: &[ExitStats]) -> Value {
+pub fn line(
+    uptime: Duration,
+    api: ApiCounters,
+    state: &str,
+    vcpus: &[ExitStats],
+    devices: &[DeviceCounters],
+) -> Value {
     let utc_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -108,6 +117,10 @@ pub fn line(uptime: Duration, api: ApiCounters, state: &str, vcpus: &[ExitStats]
         "state": state,
         "api_server": { "requests": api.requests, "failures": api.failures },
         "vcpu": vcpus.iter().enumerate().map(|(i, s)| vcpu_value(i, s)).collect::<Vec<_>>(),
+        "devices": devices
+            .iter()
+            .map(|(name, c)| (name.clone(), c.iter().map(|(k, v)| ((*k).to_string(), json!(v))).collect::<Map<_, _>>().into()))
+            .collect::<Map<String, Value>>(),
     })
 }
 
@@ -129,6 +142,7 @@ mod tests {
             },
             "Running",
             &[s, ExitStats::default()],
+            &[("virtio-blk0".into(), vec![("reads", 7), ("errors", 0)])],
         );
         assert_eq!(v["uptime_ms"], 1500);
         assert_eq!(v["api_server"]["failures"], 1);
@@ -139,6 +153,7 @@ mod tests {
         assert_eq!(io["max_us"], 5.0);
         assert_eq!(v["vcpu"][0]["exit_mmio_read"]["count"], 1);
         assert_eq!(v["vcpu"][1]["exits"], 0);
+        assert_eq!(v["devices"]["virtio-blk0"]["reads"], 7);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use crate::config::{self, ProfileChoice, SerialConfig, VmConfig};
 use crate::devices::legacy::{
     self, AcpiPower, PciConfigNoDevices, PortSink, SerialConsole, SerialOutput, I8042,
 };
+use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::{bus, Bus, IrqLine};
 use crate::kvm::{self, HostKind, Hypervisor};
 use crate::lifecycle::{Lifecycle, StopReason};
@@ -315,6 +316,7 @@ pub struct CreatedMachine {
     vcpu_responses: mpsc::Receiver<(u8, vcpu::VcpuResponse)>,
     devices: Devices,
     device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
+    virtio: Vec<Arc<Mutex<MmioTransport>>>,
     profile: CpuProfile,
     complete_gaps: bool,
     supported_cpuid: kvm_bindings::CpuId,
@@ -430,6 +432,7 @@ pub fn create(cfg: &VmConfig, layout: MemoryLayout) -> Result<CreatedMachine, Er
         vcpu_responses,
         devices,
         device_thread,
+        virtio: transports,
         profile,
         complete_gaps,
         supported_cpuid,
@@ -451,6 +454,7 @@ pub fn boot(c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Result<Ma
         vcpu_responses,
         devices,
         device_thread,
+        virtio,
         profile,
         complete_gaps,
         supported_cpuid,
@@ -510,6 +514,7 @@ pub fn boot(c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Result<Ma
         i8042: devices.i8042,
         paused: std::cell::Cell::new(false),
         device_thread,
+        virtio,
         sample_period_ms: if cfg.sample_rip { 10 } else { -1 },
         summary: BuildSummary {
             host,

@@ -67,7 +67,7 @@ pub fn plan(cfg: &VmConfig) -> Result<Vec<Planned>, Error> {
         )?));
     }
     if cfg.rng {
-        devices.push(Box::new(Rng));
+        devices.push(Box::new(Rng::default()));
     }
     for (i, n) in cfg.nets.iter().enumerate() {
         let tap = tap::Tap::open(&n.tap)?;

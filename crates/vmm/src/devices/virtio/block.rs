@@ -84,7 +84,23 @@ enum Fault {
     Unsupported,
 }
 
+/// What a disk has done, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCounters {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    pub discards: u64,
+    /// Requests answered with an I/O error or as unsupported.
+    pub errors: u64,
+    /// Chains that could carry no status at all.
+    pub malformed: u64,
+}
+
 pub struct Block {
+    counters: BlockCounters,
     file: File,
     /// Image size in sectors, fixed at open.
     sectors: u64,
@@ -138,6 +154,7 @@ impl Block {
             features |= F_RO;
         }
         Block {
+            counters: BlockCounters::default(),
             file,
             sectors,
             read_only,
@@ -180,6 +197,8 @@ impl Block {
                 }
                 let offset = self.range(header.sector, len as u64)?;
                 transfer(&self.file, mem, data_in, offset, false)?;
+                self.counters.reads += 1;
+                self.counters.read_bytes += len as u64;
                 Ok(len as u32)
             }
             T_OUT => {
@@ -192,12 +211,15 @@ impl Block {
                 }
                 let offset = self.range(header.sector, len as u64)?;
                 transfer(&self.file, mem, data_out, offset, true)?;
+                self.counters.writes += 1;
+                self.counters.write_bytes += len as u64;
                 Ok(0)
             }
             T_FLUSH => {
                 if !self.read_only {
                     self.file.sync_data().map_err(|_| Fault::Io)?;
                 }
+                self.counters.flushes += 1;
                 Ok(0)
             }
             T_GET_ID => {
@@ -225,6 +247,7 @@ impl Block {
                 let len = u64::from(seg.num_sectors) << SECTOR_SHIFT;
                 let offset = self.range(seg.sector, len)?;
                 punch_or_zero(&self.file, offset, len, zeroes).map_err(|_| Fault::Io)?;
+                self.counters.discards += 1;
                 Ok(0)
             }
             _ => Err(Fault::Unsupported),
@@ -235,11 +258,13 @@ impl Block {
     /// status byte, or 0 when the chain cannot carry a status (dropped).
     fn handle_chain(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
         let Some((readable, writable)) = segments(&chain) else {
+            self.counters.malformed += 1;
             return 0;
         };
         // The status is the chain's last writable byte, wherever it sits;
         // with no writable byte there is nowhere to answer: dropped.
         let Some(&(last, last_len)) = writable.iter().rev().find(|s| s.1 > 0) else {
+            self.counters.malformed += 1;
             return 0;
         };
         let status_addr = last + last_len as u64 - 1;
@@ -261,7 +286,11 @@ impl Block {
             Err(Fault::Io) => (S_IOERR, 0),
             Err(Fault::Unsupported) => (S_UNSUPP, 0),
         };
+        if code != S_OK {
+            self.counters.errors += 1;
+        }
         if mem.write_obj(code, GuestAddress(status_addr)).is_err() {
+            self.counters.malformed += 1;
             return 0;
         }
         written + 1
@@ -383,6 +412,20 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.counters;
+        vec![
+            ("reads", c.reads),
+            ("read_bytes", c.read_bytes),
+            ("writes", c.writes),
+            ("write_bytes", c.write_bytes),
+            ("flushes", c.flushes),
+            ("discards", c.discards),
+            ("errors", c.errors),
+            ("malformed", c.malformed),
+        ]
     }
 
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used {
@@ -766,5 +809,24 @@ mod tests {
         let mut cap = [0u8; 8];
         r.dev.read_config(0, &mut cap);
         assert_eq!(u64::from_le_bytes(cap), 24);
+    }
+
+    #[test]
+    fn counters_follow_the_requests() {
+        let mut r = rig(8, false);
+        header(&r, H, T_IN, 0);
+        run(&mut r, &[(H, 16, false), (DATA, 1024, true), (0x3000, 1, true)]);
+        header(&r, H, T_OUT, 2);
+        run(&mut r, &[(H, 16, false), (DATA, 512, false), (0x3000, 1, true)]);
+        header(&r, H, T_FLUSH, 0);
+        run(&mut r, &[(H, 16, false), (0x3000, 1, true)]);
+        header(&r, H, T_IN, 100);
+        run(&mut r, &[(H, 16, false), (DATA, 512, true), (0x3000, 1, true)]);
+        run(&mut r, &[(H, 16, false)]);
+        let c = r.dev.counters;
+        assert_eq!((c.reads, c.read_bytes, c.writes, c.write_bytes), (1, 1024, 1, 512));
+        assert_eq!((c.flushes, c.errors, c.malformed), (1, 1, 1));
+        let named = r.dev.counters();
+        assert!(named.contains(&("reads", 1)) && named.contains(&("malformed", 1)));
     }
 }

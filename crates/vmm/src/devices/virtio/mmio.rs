@@ -117,6 +117,10 @@ impl MmioTransport {
         self.device.device_type()
     }
 
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        self.device.counters()
+    }
+
     /// The queue eventfds, for ioeventfd registration and the device thread.
     pub fn queue_events(&self) -> &[EventFd] {
         &self.queue_events

@@ -168,6 +168,10 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// What the device has done so far, for metrics: (name, count) pairs.
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Re-enables notifications after a queue ran dry and says whether to look

@@ -101,7 +101,7 @@ mod tests {
     fn posted_chains_reach_a_device() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
         let (mut d, mut q) = RingDriver::new(&mem, 0x1000, 8).unwrap();
-        let mut rng = super::super::rng::Rng;
+        let mut rng = super::super::rng::Rng::default();
         for _ in 0..20 {
             d.post(&mem, &[(0x8000, 32, true)]).unwrap();
             use super::super::VirtioDevice;

@@ -12,7 +12,10 @@ pub const QUEUE_SIZE: u16 = 64;
 pub const MAX_BYTES: usize = 64 * 1024;
 
 #[derive(Default)]
-pub struct Rng;
+pub struct Rng {
+    /// Random bytes given to the guest.
+    bytes: u64,
+}
 
 /// Host randomness, from the kernel's CSPRNG.
 pub fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
@@ -55,6 +58,10 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![("bytes", self.bytes)]
+    }
+
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used {
         let Some(queue) = queues.get_mut(index) else {
             return Used::NONE;
@@ -63,7 +70,10 @@ impl VirtioDevice for Rng {
             Ok(mut w) => {
                 let mut buf = vec![0u8; w.available_bytes().min(MAX_BYTES)];
                 match host_random(&mut buf).and_then(|_| w.write_all(&buf)) {
-                    Ok(()) => buf.len() as u32,
+                    Ok(()) => {
+                        self.bytes += buf.len() as u64;
+                        buf.len() as u32
+                    }
                     Err(e) => {
                         log::warn!("virtio-rng: {e}");
                         0
@@ -93,7 +103,7 @@ mod tests {
             .collect();
         vq.build_desc_chain(&raw).unwrap();
         let mut q: Queue = vq.create_queue().unwrap();
-        assert!(Rng
+        assert!(Rng::default()
             .process_queue(0, std::slice::from_mut(&mut q), mem)
             .any());
         let idx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
@@ -125,11 +135,12 @@ mod tests {
         vq.avail().idx().store(n as u16);
         let mut q: Queue = vq.create_queue().unwrap();
         let qs = std::slice::from_mut(&mut q);
-        let first = Rng.process_queue(0, qs, &mem);
+        let mut rng = Rng::default();
+        let first = rng.process_queue(0, qs, &mem);
         assert!(first.any() && first.needs_again(0));
         let idx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(usize::from(idx), CHAIN_BUDGET);
-        let second = Rng.process_queue(0, qs, &mem);
+        let second = rng.process_queue(0, qs, &mem);
         assert!(second.any() && !second.needs_again(0));
         let idx: u16 = mem.read_obj(vq.used_addr().unchecked_add(2)).unwrap();
         assert_eq!(usize::from(idx), n);

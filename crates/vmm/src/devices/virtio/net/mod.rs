@@ -226,6 +226,16 @@ impl VirtioDevice for Net {
         let _ = self.tap.set_offload(0);
     }
 
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let s = self.stats;
+        vec![
+            ("rx_frames", s.rx_frames),
+            ("tx_frames", s.tx_frames),
+            ("tx_dropped", s.tx_dropped),
+            ("rx_bad_buffers", s.rx_bad_buffers),
+        ]
+    }
+
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used {
         let Some(queue) = queues.get_mut(index) else {
             return Used::NONE;

@@ -127,6 +127,9 @@ pub struct Host {
     /// Header-only packets for the guest, in order.
     control: VecDeque<Header>,
     next_port: u32,
+    /// Connections made, either way, and resets sent to the guest.
+    opened: u64,
+    resets: u64,
 }
 
 impl Host {
@@ -165,6 +168,8 @@ impl Host {
             by_fd: HashMap::new(),
             control: VecDeque::new(),
             next_port: FIRST_HOST_PORT,
+            opened: 0,
+            resets: 0,
         })
     }
 
@@ -200,6 +205,9 @@ impl Host {
     }
 
     fn push(&mut self, key: Key, op: u16, flags: u32) {
+        if op == OP_RST {
+            self.resets += 1;
+        }
         let mut h = self.header(key, op);
         h.flags = flags;
         if let Some(c) = self.conns.get_mut(&key) {
@@ -220,7 +228,16 @@ impl Host {
         }
         self.by_fd.insert(conn.stream.as_raw_fd(), key);
         self.conns.insert(key, conn);
+        self.opened += 1;
         true
+    }
+
+    pub fn connections_opened(&self) -> u64 {
+        self.opened
+    }
+
+    pub fn resets_sent(&self) -> u64 {
+        self.resets
     }
 
     fn remove(&mut self, key: Key) {
@@ -350,6 +367,7 @@ impl Host {
         self.by_fd.insert(fd, key);
         self.conns
             .insert(key, Conn::new(p.stream, State::Connecting));
+        self.opened += 1;
         self.push(key, OP_REQUEST, 0);
     }
 

@@ -27,6 +27,8 @@ pub use host::Error;
 pub struct Vsock {
     cid: u64,
     host: Host,
+    /// Transmit chains dropped as malformed.
+    malformed: u64,
 }
 
 impl Vsock {
@@ -34,6 +36,7 @@ impl Vsock {
         Ok(Vsock {
             cid: cid.into(),
             host: Host::new(cid.into(), socket)?,
+            malformed: 0,
         })
     }
 
@@ -45,7 +48,10 @@ impl Vsock {
                 .and_then(|segs| read_packet(mem, &segs));
             match packet {
                 Some((h, payload)) => self.host.from_guest(&h, &payload),
-                _ => log::debug!("vsock: dropped a malformed transmit chain"),
+                _ => {
+                    self.malformed += 1;
+                    log::debug!("vsock: dropped a malformed transmit chain")
+                }
             }
             0
         })
@@ -125,6 +131,14 @@ impl VirtioDevice for Vsock {
 
     fn reset(&mut self) {
         self.host.reset();
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            ("connections", self.host.connections_opened()),
+            ("resets", self.host.resets_sent()),
+            ("malformed", self.malformed),
+        ]
     }
 
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used {
