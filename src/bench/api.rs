@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use iced_x86::code_asm::*;
 
-use super::{median, write_guest, AsmResult, BenchArgs};
+use super::{hello_code, median, write_guest, AsmResult, BenchArgs};
 
 /// One keep-alive request; returns the status code.
 fn request(s: &mut UnixStream, method: &str, path: &str, body: &str) -> Result<u16, String> {
@@ -171,6 +171,110 @@ fn pause_resume(dir: &Path, cpus: usize, runs: usize) -> Result<(f64, f64, f64),
     result
 }
 
+fn spawn_piped(args: &[&str]) -> Result<Child, String> {
+    Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())
+}
+
+fn first_byte(child: &mut Child) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    child
+        .stdout
+        .as_mut()
+        .ok_or("no stdout")?
+        .read_exact(&mut b)
+        .map_err(|e| format!("no console output: {e}"))
+}
+
+/// (InstanceStart answered, first serial byte) in ms after sending it,
+/// and the `tsubame run` spawn-to-first-byte floor of the same guest.
+fn instance_start(dir: &Path, i: usize, kernel: &Path) -> Result<(f64, f64, f64), String> {
+    let sock = dir.join(format!("is{i}.sock"));
+    let mut child = spawn_piped(&["--api-sock", sock.to_str().unwrap_or_default()])?;
+    let result = (|| {
+        let mut s = connect(&sock, Duration::from_secs(10))?;
+        let boot = format!(r#"{{"kernel_image_path":"{}"}}"#, kernel.display());
+        request(&mut s, "PUT", "/boot-source", &boot)?;
+        request(
+            &mut s,
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":32}"#,
+        )?;
+        let t = Instant::now();
+        let code = request(
+            &mut s,
+            "PUT",
+            "/actions",
+            r#"{"action_type":"InstanceStart"}"#,
+        )?;
+        let answered = t.elapsed().as_secs_f64() * 1e3;
+        if code != 204 {
+            return Err(format!("InstanceStart answered {code}"));
+        }
+        first_byte(&mut child)?;
+        Ok((answered, t.elapsed().as_secs_f64() * 1e3))
+    })();
+    stop(child);
+    let (answered, byte) = result?;
+    let t = Instant::now();
+    let mut run = spawn_piped(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap_or_default(),
+        "--memory",
+        "32",
+    ])?;
+    first_byte(&mut run)?;
+    let floor = t.elapsed().as_secs_f64() * 1e3;
+    stop(run);
+    Ok((answered, byte, floor))
+}
+
+/// VmRSS (KiB) of a running tiny guest, with and without the API thread.
+fn rss_kib(pid: u32) -> Result<u64, String> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).map_err(|e| e.to_string())?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| "no VmRSS".into())
+}
+
+fn rss_with_and_without_api(dir: &Path) -> Result<(u64, u64), String> {
+    let code = spin_code().map_err(|e| e.to_string())?;
+    let kernel = write_guest(dir, "spin-rss", &code).map_err(|e| e.to_string())?;
+    let k = kernel.to_str().unwrap_or_default();
+    let sock = dir.join("rss.sock");
+    let with = spawn(&[
+        "run",
+        "--kernel",
+        k,
+        "--serial",
+        "none",
+        "--api-sock",
+        sock.to_str().unwrap_or_default(),
+    ])?;
+    let r = (|| {
+        let mut s = connect(&sock, Duration::from_secs(10))?;
+        request(&mut s, "GET", "/", "")?;
+        std::thread::sleep(Duration::from_millis(200));
+        rss_kib(with.id())
+    })();
+    stop(with);
+    let without = spawn(&["run", "--kernel", k, "--serial", "none"])?;
+    std::thread::sleep(Duration::from_millis(300));
+    let r2 = rss_kib(without.id());
+    stop(without);
+    Ok((r?, r2?))
+}
+
 pub fn bench_api(args: &BenchArgs, dir: &Path) -> Result<(), String> {
     let runs = args.runs.max(3);
     println!("API (medians of {runs}; ratios against floors measured alongside):");
@@ -212,6 +316,26 @@ pub fn bench_api(args: &BenchArgs, dir: &Path) -> Result<(), String> {
     println!(
         "  GET / round trip        {rtt:8.2} µs   socket echo {echo:8.2} µs   ratio {:.2}",
         rtt / echo
+    );
+    let hello = write_guest(dir, "hello-api", &hello_code().map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let (mut answered, mut byte, mut floor) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..runs {
+        let (a, b, f) = instance_start(dir, i, &hello)?;
+        answered.push(a);
+        byte.push(b);
+        floor.push(f);
+    }
+    println!(
+        "  InstanceStart: answered {:.2} ms, first serial byte {:.2} ms   `run` spawn to first byte {:.2} ms",
+        median(answered),
+        median(byte),
+        median(floor)
+    );
+    let (with, without) = rss_with_and_without_api(dir)?;
+    println!(
+        "  VmRSS, tiny guest running: with the API {with} KiB, without {without} KiB   (+{} KiB)",
+        with as i64 - without as i64
     );
     for cpus in [1, 2] {
         let (p, r, g) = pause_resume(dir, cpus, runs.max(10))?;

@@ -108,7 +108,7 @@ fn exit_loop_code(kind: ExitType, count: u32) -> AsmResult<Vec<u8>> {
 }
 
 /// One byte to COM1, then power off: the smallest useful guest.
-fn hello_code() -> AsmResult<Vec<u8>> {
+pub(crate) fn hello_code() -> AsmResult<Vec<u8>> {
     let mut a = CodeAssembler::new(64)?;
     a.mov(dx, 0x3f8u32)?;
     a.mov(al, b'T' as u32)?;
@@ -126,7 +126,7 @@ fn power_off(a: &mut CodeAssembler) -> AsmResult<()> {
     a.hlt()
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }

@@ -815,16 +815,28 @@ mod tests {
     fn counters_follow_the_requests() {
         let mut r = rig(8, false);
         header(&r, H, T_IN, 0);
-        run(&mut r, &[(H, 16, false), (DATA, 1024, true), (0x3000, 1, true)]);
+        run(
+            &mut r,
+            &[(H, 16, false), (DATA, 1024, true), (0x3000, 1, true)],
+        );
         header(&r, H, T_OUT, 2);
-        run(&mut r, &[(H, 16, false), (DATA, 512, false), (0x3000, 1, true)]);
+        run(
+            &mut r,
+            &[(H, 16, false), (DATA, 512, false), (0x3000, 1, true)],
+        );
         header(&r, H, T_FLUSH, 0);
         run(&mut r, &[(H, 16, false), (0x3000, 1, true)]);
         header(&r, H, T_IN, 100);
-        run(&mut r, &[(H, 16, false), (DATA, 512, true), (0x3000, 1, true)]);
+        run(
+            &mut r,
+            &[(H, 16, false), (DATA, 512, true), (0x3000, 1, true)],
+        );
         run(&mut r, &[(H, 16, false)]);
         let c = r.dev.counters;
-        assert_eq!((c.reads, c.read_bytes, c.writes, c.write_bytes), (1, 1024, 1, 512));
+        assert_eq!(
+            (c.reads, c.read_bytes, c.writes, c.write_bytes),
+            (1, 1024, 1, 512)
+        );
         assert_eq!((c.flushes, c.errors, c.malformed), (1, 1, 1));
         let named = r.dev.counters();
         assert!(named.contains(&("reads", 1)) && named.contains(&("malformed", 1)));
