@@ -6,11 +6,11 @@
 //! queue once.
 
 use super::mmio::MmioTransport;
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::EventFd;
 
 /// What the controller asks of the device thread.
@@ -164,69 +164,106 @@ fn process_all(watches: &[Watch]) {
     }
 }
 
-fn run(watches: &[Watch], control: &Control) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let epoll = Epoll::new()?;
-    let stop_token = watches.len() as u64;
-    epoll.ctl(
-        ControlOperation::Add,
-        control.wake.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, stop_token),
-    )?;
-    for (i, w) in watches.iter().enumerate() {
-        let (fd, set) = match &w.source {
-            Source::Queue(e, _) => (e.as_raw_fd(), EventSet::IN),
-            Source::Io(fd) => (*fd, EventSet::IN | EventSet::EDGE_TRIGGERED),
-        };
-        epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(set, i as u64))?;
+/// The thread's one subscriber: every queue and host source, and the
+/// command eventfd. Its data is the watch's index; the command eventfd's
+/// is one past the last.
+struct Worker<'a> {
+    watches: &'a [Watch],
+    control: &'a Control,
+    stopped: bool,
+}
+
+impl Worker<'_> {
+    fn command_token(&self) -> u32 {
+        self.watches.len() as u32
     }
-    let mut events = vec![EpollEvent::default(); watches.len() + 1];
-    loop {
-        let n = match epoll.wait(-1, &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
-        for ev in &events[..n] {
-            let token = ev.data();
-            if token == stop_token {
-                let _ = control.wake.read();
-                while let Ok(c) = control.commands.try_recv() {
-                    match c {
-                        Command::Stop => return Ok(()),
-                        Command::Resume => {
-                            let _ = control.acks.send(Command::Resume);
-                        }
-                        Command::Pause => {
-                            let _ = control.acks.send(Command::Pause);
-                            loop {
-                                match control.wait() {
-                                    Command::Stop => return Ok(()),
-                                    Command::Pause => {
-                                        let _ = control.acks.send(Command::Pause);
-                                    }
-                                    Command::Resume => break,
-                                }
+
+    /// Carries out waiting commands; a pause blocks here until resumed.
+    fn commands(&mut self) {
+        let _ = self.control.wake.read();
+        while let Ok(c) = self.control.commands.try_recv() {
+            match c {
+                Command::Stop => self.stopped = true,
+                Command::Resume => {
+                    let _ = self.control.acks.send(Command::Resume);
+                }
+                Command::Pause => {
+                    let _ = self.control.acks.send(Command::Pause);
+                    loop {
+                        match self.control.wait() {
+                            Command::Stop => {
+                                self.stopped = true;
+                                return;
                             }
-                            process_all(watches);
-                            let _ = control.acks.send(Command::Resume);
+                            Command::Pause => {
+                                let _ = self.control.acks.send(Command::Pause);
+                            }
+                            Command::Resume => break,
                         }
                     }
+                    process_all(self.watches);
+                    let _ = self.control.acks.send(Command::Resume);
                 }
-                continue;
             }
-            let Some(w) = watches.get(token as usize) else {
-                continue;
-            };
-            match &w.source {
-                Source::Queue(event, queue) => {
-                    // Drain the counter first: a notify arriving during
-                    // processing then wakes us again instead of being lost.
-                    let _ = event.read();
-                    crate::devices::bus::lock(&w.transport).process_queue(*queue);
-                }
-                Source::Io(_) => crate::devices::bus::lock(&w.transport).process_io(),
+            if self.stopped {
+                return;
             }
         }
     }
+}
+
+impl MutEventSubscriber for Worker<'_> {
+    fn init(&mut self, ops: &mut EventOps) {
+        use std::os::fd::AsRawFd;
+        let mut add = |fd, data, set| {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, set)) {
+                log::error!("virtio device thread: cannot watch fd {fd}: {e}");
+            }
+        };
+        add(
+            self.control.wake.as_raw_fd(),
+            self.command_token(),
+            EventSet::IN,
+        );
+        for (i, w) in self.watches.iter().enumerate() {
+            match &w.source {
+                Source::Queue(e, _) => add(e.as_raw_fd(), i as u32, EventSet::IN),
+                Source::Io(fd) => add(*fd, i as u32, EventSet::IN | EventSet::EDGE_TRIGGERED),
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if self.stopped {
+            return;
+        }
+        if events.data() == self.command_token() {
+            return self.commands();
+        }
+        let Some(w) = self.watches.get(events.data() as usize) else {
+            return;
+        };
+        match &w.source {
+            Source::Queue(event, queue) => {
+                // Drain the counter first: a notify arriving during
+                // processing then wakes us again instead of being lost.
+                let _ = event.read();
+                crate::devices::bus::lock(&w.transport).process_queue(*queue);
+            }
+            Source::Io(_) => crate::devices::bus::lock(&w.transport).process_io(),
+        }
+    }
+}
+
+fn run(watches: &[Watch], control: &Control) -> Result<(), event_manager::Error> {
+    let mut manager = EventManager::new()?;
+    let id = manager.add_subscriber(Worker {
+        watches,
+        control,
+        stopped: false,
+    });
+    while !manager.subscriber_mut(id)?.stopped {
+        manager.run()?;
+    }
+    Ok(())
 }
