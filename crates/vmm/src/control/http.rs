@@ -15,8 +15,9 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::request::{self, ApiRequest, ApiResponse};
 
@@ -30,9 +31,11 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Replies a client does not read are dropped with its connection.
 const MAX_OUT: usize = 256 * 1024;
 
-const LISTENER: u64 = 0;
-const STOP: u64 = 1;
-const FIRST_CONN: u64 = 2;
+/// What a watched fd is (its event data).
+const LISTENER: u32 = 0;
+const STOP: u32 = 1;
+const SWEEP: u32 = 2;
+const CONN: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -100,16 +103,16 @@ pub fn start(path: &Path, max_body: usize) -> Result<(ApiServer, ApiLink), Error
     let stop = EventFd::new(libc::EFD_NONBLOCK)?;
     let (req_tx, requests) = mpsc::channel();
     let (responses, resp_rx) = mpsc::channel();
-    let mut server = Server {
+    let server = Server {
         listener,
         stop: stop.try_clone()?,
         vmm_event: event.try_clone()?,
         requests: req_tx,
         responses: resp_rx,
         conns: HashMap::new(),
-        next_token: FIRST_CONN,
         max_body,
-        epoll: Epoll::new()?,
+        sweep: TimerFd::new().map_err(io::Error::from)?,
+        stopped: false,
     };
     let thread = std::thread::Builder::new()
         .name("api".into())
@@ -169,68 +172,78 @@ struct Server {
     vmm_event: EventFd,
     requests: Sender<ApiRequest>,
     responses: Receiver<ApiResponse>,
-    conns: HashMap<u64, Conn>,
-    next_token: u64,
+    /// Keyed by the connection's fd.
+    conns: HashMap<RawFd, Conn>,
     max_body: usize,
-    epoll: Epoll,
+    /// Fires every second to close requests that take too long.
+    sweep: TimerFd,
+    stopped: bool,
 }
 
-impl Server {
-    fn run(&mut self) -> io::Result<()> {
-        self.epoll.ctl(
-            ControlOperation::Add,
-            self.listener.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, LISTENER),
-        )?;
-        self.epoll.ctl(
-            ControlOperation::Add,
-            self.stop.as_raw_fd(),
-            EpollEvent::new(EventSet::IN, STOP),
-        )?;
-        let mut events = vec![EpollEvent::default(); 64];
-        loop {
-            let n = match self.epoll.wait(1000, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    STOP => return Ok(()),
-                    LISTENER => self.accept(),
-                    token => self.serve(token, ev.event_set()),
+impl MutEventSubscriber for Server {
+    fn init(&mut self, ops: &mut EventOps) {
+        let second = Duration::from_secs(1);
+        let added = self
+            .sweep
+            .reset(second, Some(second))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                for (fd, data) in [
+                    (self.listener.as_raw_fd(), LISTENER),
+                    (self.stop.as_raw_fd(), STOP),
+                    (self.sweep.as_raw_fd(), SWEEP),
+                ] {
+                    ops.add(Events::with_data_raw(fd, data, EventSet::IN))
+                        .map_err(|e| e.to_string())?;
                 }
-            }
-            self.expire();
+                Ok(())
+            });
+        if let Err(e) = added {
+            log::error!("API server: {e}");
+            self.stopped = true;
         }
     }
 
-    fn accept(&mut self) {
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            STOP => self.stopped = true,
+            LISTENER => self.accept(ops),
+            SWEEP => {
+                let _ = self.sweep.wait();
+                self.expire(ops);
+            }
+            _ => self.serve(events.fd(), events.event_set(), ops),
+        }
+    }
+}
+
+impl Server {
+    fn run(self) -> Result<(), event_manager::Error> {
+        let mut manager = EventManager::new()?;
+        let id = manager.add_subscriber(self);
+        while !manager.subscriber_mut(id)?.stopped {
+            manager.run()?;
+        }
+        Ok(())
+    }
+
+    fn accept(&mut self, ops: &mut EventOps) {
         while let Ok((stream, _)) = self.listener.accept() {
             if self.conns.len() >= MAX_CONNECTIONS {
-                self.evict_one();
+                self.evict_one(ops);
             }
             if stream.set_nonblocking(true).is_err() {
                 continue;
             }
-            let token = self.next_token;
-            self.next_token += 1;
+            let fd = stream.as_raw_fd();
             let set =
                 EventSet::IN | EventSet::OUT | EventSet::EDGE_TRIGGERED | EventSet::READ_HANG_UP;
-            if self
-                .epoll
-                .ctl(
-                    ControlOperation::Add,
-                    stream.as_raw_fd(),
-                    EpollEvent::new(set, token),
-                )
-                .is_err()
-            {
+            if ops.add(Events::with_data_raw(fd, CONN, set)).is_err() {
                 continue;
             }
             let now = Instant::now();
             self.conns.insert(
-                token,
+                fd,
                 Conn {
                     stream,
                     input: Vec::new(),
@@ -245,54 +258,48 @@ impl Server {
     }
 
     /// Makes room: the connection idle longest goes.
-    fn evict_one(&mut self) {
-        if let Some(&t) = self
+    fn evict_one(&mut self, ops: &mut EventOps) {
+        if let Some(&fd) = self
             .conns
             .iter()
             .min_by_key(|(_, c)| c.last_active)
-            .map(|(t, _)| t)
+            .map(|(fd, _)| fd)
         {
-            self.close(t);
+            self.close(fd, ops);
         }
     }
 
-    fn close(&mut self, token: u64) {
-        if let Some(c) = self.conns.remove(&token) {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                c.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+    /// Stops watching the connection, then closes it (in that order: the
+    /// fd number may be reused at once).
+    fn close(&mut self, fd: RawFd, ops: &mut EventOps) {
+        if let Some(c) = self.conns.remove(&fd) {
+            let _ = ops.remove(Events::empty_raw(fd));
+            drop(c);
         }
     }
 
     /// Closes connections whose request has been arriving for too long.
-    fn expire(&mut self) {
+    fn expire(&mut self, ops: &mut EventOps) {
         let now = Instant::now();
-        let late: Vec<u64> = self
+        let late: Vec<RawFd> = self
             .conns
             .iter()
             .filter(|(_, c)| c.started.is_some_and(|s| now - s > REQUEST_TIMEOUT))
-            .map(|(t, _)| *t)
+            .map(|(fd, _)| *fd)
             .collect();
-        for t in late {
-            self.close(t);
+        for fd in late {
+            self.close(fd, ops);
         }
     }
 
-    fn serve(&mut self, token: u64, events: EventSet) {
-        let Some(mut c) = self.conns.remove(&token) else {
+    fn serve(&mut self, fd: RawFd, events: EventSet, ops: &mut EventOps) {
+        let Some(mut c) = self.conns.remove(&fd) else {
             return;
         };
         let keep = self.serve_conn(&mut c, events);
-        if keep {
-            self.conns.insert(token, c);
-        } else {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                c.stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+        self.conns.insert(fd, c);
+        if !keep {
+            self.close(fd, ops);
         }
     }
 
