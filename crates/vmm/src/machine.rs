@@ -9,8 +9,8 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use crate::console::{EscapeFilter, RawMode};
 use crate::devices::legacy::{SerialConsole, I8042};
@@ -22,12 +22,13 @@ use crate::vcpu::{VcpuHandle, VcpuRequest, VcpuResponse};
 use crate::vm::builder::BuildSummary;
 use crate::vm::{GuestMemory, Vm};
 
-const STOP: u64 = 0;
-const SIGNAL: u64 = 1;
-const STDIN: u64 = 2;
-const DRAINED: u64 = 3;
-/// Tokens from here up are the controller's fds, in [`Control::fds`] order.
-const CONTROL: u64 = 16;
+/// What a watched fd is (its event data).
+const STOP: u32 = 0;
+const SIGNAL: u32 = 1;
+const STDIN: u32 = 2;
+const DRAINED: u32 = 3;
+/// Data from here up are the controller's fds, in [`Control::fds`] order.
+const CONTROL: u32 = 16;
 /// How long pause and resume wait for each vCPU and the device thread.
 const ACK_TIMEOUT: Duration = Duration::from_secs(2);
 /// Input held back while the guest's FIFO is full, at most.
@@ -209,110 +210,39 @@ impl Machine {
         Ok(answers)
     }
 
-    fn event_loop(&self, mut control: Option<&mut dyn Control>) -> std::io::Result<()> {
-        let epoll = Epoll::new()?;
-        let watch = |fd: i32, token: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
-        let unwatch = |fd: i32| epoll.ctl(ControlOperation::Delete, fd, EpollEvent::default());
-        use std::os::fd::AsRawFd;
+    fn event_loop(&self, control: Option<&mut dyn Control>) -> std::io::Result<()> {
         let signal_event = signals::install()?;
-        watch(self.lifecycle.stop_event.as_raw_fd(), STOP)?;
-        watch(signal_event.as_raw_fd(), SIGNAL)?;
-        let control_fds = control.as_ref().map(|c| c.fds()).unwrap_or_default();
-        for (i, fd) in control_fds.iter().enumerate() {
-            watch(*fd, CONTROL + i as u64)?;
-        }
-
         // The guest owns the terminal only when its console is on stdio.
         let _raw = match &self.serial {
-            Some(serial) => {
-                watch(libc::STDIN_FILENO, STDIN).ok();
-                watch(bus::lock(serial).drained_event().as_raw_fd(), DRAINED)?;
-                RawMode::enable(libc::STDIN_FILENO)?
-            }
+            Some(_) => RawMode::enable(libc::STDIN_FILENO)?,
             None => None,
         };
-        let mut stdin_watched = self.serial.is_some();
-        let mut stdin_eof = false;
-        let mut filter = EscapeFilter::default();
-        let mut pending: Vec<u8> = Vec::new();
-        let mut events = vec![EpollEvent::default(); 8];
-
+        let control_fds = control.as_ref().map(|c| c.fds()).unwrap_or_default();
+        let mut manager = EventManager::new().map_err(em_error)?;
+        let id = manager.add_subscriber(MainLoop {
+            machine: self,
+            control,
+            control_fds,
+            signal_event,
+            console: self.serial.as_ref().map(|_| ConsoleInput::default()),
+            error: None,
+        });
         // A signal that arrived before the loop started still counts.
         if let Some(sig) = signals::take() {
             self.lifecycle.request_stop(StopReason::Signal(sig));
         }
         while !self.lifecycle.is_stopping() {
-            let n = match epoll.wait(self.sample_period_ms, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
-            };
-            if n == 0 {
+            let n = manager
+                .run_with_timeout(self.sample_period_ms)
+                .map_err(em_error)?;
+            if n == 0 && self.sample_period_ms >= 0 {
                 // The sampling timer: kick every vCPU so it records its RIP.
                 for v in &self.vcpus {
                     v.kick();
                 }
             }
-            for ev in &events[..n] {
-                match ev.data() {
-                    SIGNAL => {
-                        let _ = signal_event.read();
-                        if let Some(sig) = signals::take() {
-                            self.lifecycle.request_stop(StopReason::Signal(sig));
-                        }
-                    }
-                    STDIN => {
-                        let mut buf = [0u8; 4096];
-                        // SAFETY: reads into a stack buffer of the given length.
-                        let got = unsafe {
-                            libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len())
-                        };
-                        if got <= 0 {
-                            // EOF or error: the guest gets no more input.
-                            let _ = unwatch(libc::STDIN_FILENO);
-                            stdin_watched = false;
-                            stdin_eof = true;
-                            continue;
-                        }
-                        let f = filter.feed(&buf[..got as usize]);
-                        if f.quit {
-                            self.lifecycle.request_stop(StopReason::ConsoleQuit);
-                        }
-                        pending.extend(f.to_guest);
-                    }
-                    DRAINED => {
-                        if let Some(serial) = &self.serial {
-                            let _ = bus::lock(serial).drained_event().read();
-                        }
-                    }
-                    t if t >= CONTROL => {
-                        let fd = control_fds.get((t - CONTROL) as usize).copied();
-                        if let (Some(c), Some(fd)) = (control.as_deref_mut(), fd) {
-                            c.on_ready(fd, self);
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            if let Some(serial) = &self.serial {
-                // While paused, console input waits here (bounded below).
-                if !pending.is_empty() && !self.paused.get() {
-                    let n = bus::lock(serial).enqueue_input(&pending);
-                    pending.drain(..n);
-                }
-                // Back-pressure: stop reading stdin while the guest is behind.
-                if stdin_watched && pending.len() >= MAX_PENDING_INPUT {
-                    let _ = unwatch(libc::STDIN_FILENO);
-                    stdin_watched = false;
-                } else if !stdin_watched && !stdin_eof && pending.is_empty() {
-                    stdin_watched = watch(libc::STDIN_FILENO, STDIN).is_ok();
-                }
+            if let Some(e) = manager.subscriber_mut(id).map_err(em_error)?.error.take() {
+                return Err(e);
             }
         }
         Ok(())
@@ -368,6 +298,137 @@ impl Machine {
             stats_text,
             samples,
         }
+    }
+}
+
+fn em_error(e: event_manager::Error) -> std::io::Error {
+    std::io::Error::other(format!("event manager: {e}"))
+}
+
+/// Console input on its way from stdin to the guest's UART: Ctrl-A
+/// filtered out, held while the guest's FIFO is full or the machine is
+/// paused, and stdin left unread while too much is held.
+#[derive(Default)]
+struct ConsoleInput {
+    filter: EscapeFilter,
+    pending: Vec<u8>,
+    watched: bool,
+    eof: bool,
+}
+
+/// The main thread's one subscriber: the stop event, host signals, the
+/// console, and the controller's fds.
+struct MainLoop<'m, 'c> {
+    machine: &'m Machine,
+    control: Option<&'c mut dyn Control>,
+    control_fds: Vec<RawFd>,
+    signal_event: &'static vmm_sys_util::eventfd::EventFd,
+    console: Option<ConsoleInput>,
+    /// A failure the loop must end on.
+    error: Option<std::io::Error>,
+}
+
+impl MainLoop<'_, '_> {
+    fn read_stdin(&mut self, ops: &mut EventOps) {
+        let Some(c) = self.console.as_mut() else {
+            return;
+        };
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads into a stack buffer of the given length.
+        let got = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+        if got <= 0 {
+            // EOF or error: the guest gets no more input.
+            let _ = ops.remove(Events::empty_raw(libc::STDIN_FILENO));
+            c.watched = false;
+            c.eof = true;
+            return;
+        }
+        let f = c.filter.feed(&buf[..got as usize]);
+        if f.quit {
+            self.machine.lifecycle.request_stop(StopReason::ConsoleQuit);
+        }
+        c.pending.extend(f.to_guest);
+    }
+
+    /// Hands held input to the UART and applies back-pressure to stdin.
+    fn feed_console(&mut self, ops: &mut EventOps) {
+        let (Some(c), Some(serial)) = (self.console.as_mut(), &self.machine.serial) else {
+            return;
+        };
+        // While paused, console input waits here (bounded below).
+        if !c.pending.is_empty() && !self.machine.paused.get() {
+            let n = bus::lock(serial).enqueue_input(&c.pending);
+            c.pending.drain(..n);
+        }
+        if c.watched && c.pending.len() >= MAX_PENDING_INPUT {
+            let _ = ops.remove(Events::empty_raw(libc::STDIN_FILENO));
+            c.watched = false;
+        } else if !c.watched && !c.eof && c.pending.is_empty() {
+            c.watched = ops
+                .add(Events::with_data_raw(
+                    libc::STDIN_FILENO,
+                    STDIN,
+                    EventSet::IN,
+                ))
+                .is_ok();
+        }
+    }
+}
+
+impl MutEventSubscriber for MainLoop<'_, '_> {
+    fn init(&mut self, ops: &mut EventOps) {
+        use std::os::fd::AsRawFd;
+        let mut fds = vec![
+            (self.machine.lifecycle.stop_event.as_raw_fd(), STOP),
+            (self.signal_event.as_raw_fd(), SIGNAL),
+        ];
+        for (i, fd) in self.control_fds.iter().enumerate() {
+            fds.push((*fd, CONTROL + i as u32));
+        }
+        if let Some(serial) = &self.machine.serial {
+            fds.push((bus::lock(serial).drained_event().as_raw_fd(), DRAINED));
+        }
+        for (fd, data) in fds {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+                self.error = Some(std::io::Error::other(format!("cannot watch fd {fd}: {e}")));
+            }
+        }
+        if let Some(c) = self.console.as_mut() {
+            // stdin may be something epoll cannot watch (a file): no input.
+            c.watched = ops
+                .add(Events::with_data_raw(
+                    libc::STDIN_FILENO,
+                    STDIN,
+                    EventSet::IN,
+                ))
+                .is_ok();
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        match events.data() {
+            SIGNAL => {
+                let _ = self.signal_event.read();
+                if let Some(sig) = signals::take() {
+                    self.machine.lifecycle.request_stop(StopReason::Signal(sig));
+                }
+            }
+            STDIN => self.read_stdin(ops),
+            DRAINED => {
+                if let Some(serial) = &self.machine.serial {
+                    let _ = bus::lock(serial).drained_event().read();
+                }
+            }
+            t if t >= CONTROL => {
+                let fd = self.control_fds.get((t - CONTROL) as usize).copied();
+                if let (Some(c), Some(fd)) = (self.control.as_deref_mut(), fd) {
+                    c.on_ready(fd, self.machine);
+                }
+            }
+            // STOP: the loop checks the lifecycle after each turn.
+            _ => {}
+        }
+        self.feed_console(ops);
     }
 }
 
