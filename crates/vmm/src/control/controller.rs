@@ -5,7 +5,7 @@
 
 use std::os::fd::{AsRawFd, RawFd};
 
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 
 use super::http::{ApiLink, ApiServer};
 use super::metrics::{self, ApiCounters, MetricsWriter};
@@ -105,63 +105,30 @@ impl Controller {
     }
 
     fn pre_boot(&mut self) -> Result<Machine, PreBootEnd> {
-        let failed = |e: std::io::Error| PreBootEnd::Failed(format!("API loop: {e}"));
-        let epoll = Epoll::new().map_err(failed)?;
-        let signal = crate::signals::install().map_err(failed)?;
-        let add = |fd: RawFd, token: u64| {
-            epoll.ctl(
-                ControlOperation::Add,
-                fd,
-                EpollEvent::new(EventSet::IN, token),
-            )
-        };
-        add(signal.as_raw_fd(), 0).map_err(failed)?;
-        if let Some(l) = &self.link {
-            add(l.fd(), 1).map_err(failed)?;
-        }
-        if let Some(m) = &self.metrics {
-            add(m.timer_fd(), 2).map_err(failed)?;
-        }
-        let mut events = vec![EpollEvent::default(); 4];
+        let failed = |e: String| PreBootEnd::Failed(format!("API loop: {e}"));
+        let signal = crate::signals::install().map_err(|e| failed(e.to_string()))?;
+        let mut manager = EventManager::new().map_err(|e| failed(e.to_string()))?;
+        let id = manager.add_subscriber(PreBoot {
+            controller: self,
+            signal,
+            timer_watched: false,
+            started: None,
+            error: None,
+        });
         loop {
             if let Some(sig) = crate::signals::take() {
                 return Err(PreBootEnd::Signal(sig));
             }
-            let n = match epoll.wait(-1, &mut events) {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(failed(e)),
-            };
-            for ev in &events[..n] {
-                match ev.data() {
-                    0 => {
-                        let _ = signal.read();
-                    }
-                    2 => {
-                        if let Some(m) = &mut self.metrics {
-                            m.timer_fired();
-                        }
-                        if let Err(e) = self.flush_metrics(None, state_name(None)) {
-                            log::warn!("metrics: {e}");
-                        }
-                    }
-                    _ => {
-                        let Some(req) = self.link.as_ref().and_then(ApiLink::next) else {
-                            continue;
-                        };
-                        let (resp, machine) = self.pre_boot_request(req);
-                        self.respond(resp);
-                        if let Some(m) = machine {
-                            return Ok(m);
-                        }
-                        // A metrics file configured just now gets its timer
-                        // (adding it again is refused, harmlessly).
-                        if let Some(m) = &self.metrics {
-                            let _ = add(m.timer_fd(), 2);
-                        }
-                    }
-                }
+            let sub = manager
+                .subscriber_mut(id)
+                .map_err(|e| failed(e.to_string()))?;
+            if let Some(e) = sub.error.take() {
+                return Err(failed(e));
             }
+            if let Some(m) = sub.started.take() {
+                return Ok(m);
+            }
+            manager.run().map_err(|e| failed(e.to_string()))?;
         }
     }
 
@@ -322,6 +289,74 @@ fn state_name(machine: Option<&Machine>) -> &'static str {
         None => "Not started",
         Some(m) if m.is_paused() => "Paused",
         Some(_) => "Running",
+    }
+}
+
+/// What the data of a pre-boot event says it is.
+const SIGNAL: u32 = 0;
+const API: u32 = 1;
+const METRICS: u32 = 2;
+
+/// The pre-boot loop's subscriber: host signals, API requests, and the
+/// metrics timer (watched once a metrics file is configured).
+struct PreBoot<'a> {
+    controller: &'a mut Controller,
+    signal: &'static vmm_sys_util::eventfd::EventFd,
+    timer_watched: bool,
+    /// Set by `InstanceStart`: the loop ends with it.
+    started: Option<Machine>,
+    error: Option<String>,
+}
+
+impl PreBoot<'_> {
+    fn watch_metrics_timer(&mut self, ops: &mut EventOps) {
+        if let (false, Some(m)) = (self.timer_watched, &self.controller.metrics) {
+            self.timer_watched = ops
+                .add(Events::with_data_raw(m.timer_fd(), METRICS, EventSet::IN))
+                .is_ok();
+        }
+    }
+}
+
+impl MutEventSubscriber for PreBoot<'_> {
+    fn init(&mut self, ops: &mut EventOps) {
+        let mut fds = vec![(self.signal.as_raw_fd(), SIGNAL)];
+        if let Some(l) = &self.controller.link {
+            fds.push((l.fd(), API));
+        }
+        for (fd, data) in fds {
+            if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
+                self.error = Some(format!("cannot watch fd {fd}: {e}"));
+            }
+        }
+        self.watch_metrics_timer(ops);
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        let c = &mut *self.controller;
+        match events.data() {
+            SIGNAL => {
+                let _ = self.signal.read();
+            }
+            METRICS => {
+                if let Some(m) = &mut c.metrics {
+                    m.timer_fired();
+                }
+                if let Err(e) = c.flush_metrics(None, state_name(None)) {
+                    log::warn!("metrics: {e}");
+                }
+            }
+            _ => {
+                let Some(req) = c.link.as_ref().and_then(ApiLink::next) else {
+                    return;
+                };
+                let (resp, machine) = c.pre_boot_request(req);
+                c.respond(resp);
+                self.started = machine;
+                // A metrics file configured just now gets its timer.
+                self.watch_metrics_timer(ops);
+            }
+        }
     }
 }
 
