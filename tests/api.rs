@@ -181,6 +181,39 @@ fn go_sdk_sequence_then_pause_stops_the_guest_and_resume_finishes_it() {
 }
 
 #[test]
+fn sigterm_while_paused_ends_the_machine_at_once() {
+    let dir = scratch("api-paused-sigterm");
+    let sock = dir.join("api.sock");
+    let kernel = guest("ticks");
+    let vmm = Vmm::start(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--cpus",
+        "2",
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    wait_for_socket(&sock);
+    vmm.wait_for("ticking", Duration::from_secs(20));
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    let start = Instant::now();
+    vmm.signal(libc::SIGTERM);
+    let (code, out, err) = vmm.wait(Duration::from_secs(5));
+    assert_eq!(code, 143, "{out}\n{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        !out.contains("done"),
+        "the guest finished while paused: {out}"
+    );
+    assert!(!sock.exists());
+}
+
+#[test]
 fn api_socket_path_that_exists_is_refused() {
     let dir = scratch("api-exists");
     let sock = dir.join("api.sock");

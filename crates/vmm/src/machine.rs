@@ -6,15 +6,16 @@
 
 use std::cell::Cell;
 use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
 
 use crate::console::{EscapeFilter, RawMode};
-use crate::devices::legacy::{SerialConsole, I8042};
-use crate::devices::{bus, Bus};
+use crate::devices::bus;
+use crate::devices::manager::DeviceCounters;
+use crate::devices::DeviceManager;
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::signals;
 use crate::vcpu::stats::ExitStats;
@@ -79,15 +80,8 @@ pub struct Machine {
     pub(crate) vcpus: Vec<VcpuHandle>,
     /// Where vCPUs answer pause and resume requests.
     pub(crate) vcpu_responses: std::sync::mpsc::Receiver<(u8, VcpuResponse)>,
-    pub(crate) pio: Arc<Bus>,
-    pub(crate) mmio: Arc<Bus>,
-    pub(crate) serial: Option<Arc<Mutex<SerialConsole>>>,
-    pub(crate) i8042: Arc<Mutex<I8042>>,
+    pub(crate) devices: DeviceManager,
     pub(crate) paused: Cell<bool>,
-    /// Runs virtio queue work; stopped after the vCPUs.
-    pub(crate) device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
-    /// The virtio devices, typed, in attach order (for their counters).
-    pub(crate) virtio: Vec<Arc<Mutex<crate::devices::virtio::mmio::MmioTransport>>>,
     /// -1, or how often (ms) to sample guest RIPs.
     pub(crate) sample_period_ms: i32,
     pub summary: BuildSummary,
@@ -123,9 +117,7 @@ impl Machine {
         }
         let start = Instant::now();
         self.ask_vcpus(VcpuRequest::Pause)?;
-        if let Some(t) = &self.device_thread {
-            t.pause(ACK_TIMEOUT)?;
-        }
+        self.devices.pause(ACK_TIMEOUT)?;
         self.paused.set(true);
         log::info!("paused in {:.3} ms", start.elapsed().as_secs_f64() * 1e3);
         Ok(())
@@ -137,9 +129,7 @@ impl Machine {
             return Ok(());
         }
         let start = Instant::now();
-        if let Some(t) = &self.device_thread {
-            t.resume(ACK_TIMEOUT)?;
-        }
+        self.devices.resume(ACK_TIMEOUT)?;
         self.ask_vcpus(VcpuRequest::Resume)?;
         self.paused.set(false);
         log::info!("resumed in {:.3} ms", start.elapsed().as_secs_f64() * 1e3);
@@ -148,7 +138,7 @@ impl Machine {
 
     /// Presses Ctrl-Alt-Del on the guest's keyboard.
     pub fn send_ctrl_alt_del(&self) {
-        bus::lock(&self.i8042).trigger_ctrl_alt_del();
+        self.devices.send_ctrl_alt_del();
     }
 
     /// Each vCPU's exit statistics so far (asked of the vCPU threads, which
@@ -163,18 +153,8 @@ impl Machine {
         Ok(out)
     }
 
-    /// Each virtio device's counters, named `<type><n>` (virtio-blk0, …).
-    pub fn device_counters(&self) -> Vec<(String, Vec<(&'static str, u64)>)> {
-        let mut seen: Vec<&'static str> = Vec::new();
-        self.virtio
-            .iter()
-            .map(|t| {
-                let t = bus::lock(t);
-                let n = seen.iter().filter(|s| **s == t.name()).count();
-                seen.push(t.name());
-                (format!("{}{n}", t.name()), t.counters())
-            })
-            .collect()
+    pub fn device_counters(&self) -> Vec<DeviceCounters> {
+        self.devices.counters()
     }
 
     /// Sends `request` to every vCPU and collects one answer from each.
@@ -213,7 +193,7 @@ impl Machine {
     fn event_loop(&self, control: Option<&mut dyn Control>) -> std::io::Result<()> {
         let signal_event = signals::install()?;
         // The guest owns the terminal only when its console is on stdio.
-        let _raw = match &self.serial {
+        let _raw = match &self.devices.serial {
             Some(_) => RawMode::enable(libc::STDIN_FILENO)?,
             None => None,
         };
@@ -224,7 +204,11 @@ impl Machine {
             control,
             control_fds,
             signal_event,
-            console: self.serial.as_ref().map(|_| ConsoleInput::default()),
+            console: self
+                .devices
+                .serial
+                .as_ref()
+                .map(|_| ConsoleInput::default()),
             error: None,
         });
         // A signal that arrived before the loop started still counts.
@@ -271,9 +255,8 @@ impl Machine {
             }
         }
         // No vCPU can notify any more; let the device thread finish.
-        if let Some(t) = self.device_thread {
-            t.stop();
-        }
+        let mut devices = self.devices;
+        devices.stop();
         let reason = self
             .lifecycle
             .reason()
@@ -282,10 +265,10 @@ impl Machine {
         let mut stats_text = String::new();
         for (id, s) in per_vcpu.iter().enumerate() {
             total.merge(s);
-            stats_text += &s.render(&format!("vCPU {id}"), &self.pio, &self.mmio);
+            stats_text += &s.render(&format!("vCPU {id}"), &devices.pio, &devices.mmio);
         }
         if per_vcpu.len() > 1 {
-            stats_text += &total.render("all vCPUs", &self.pio, &self.mmio);
+            stats_text += &total.render("all vCPUs", &devices.pio, &devices.mmio);
         }
         let memory = memory_figures(&self.vm.memory);
         let mut samples: Vec<_> = samples.into_iter().collect();
@@ -352,7 +335,7 @@ impl MainLoop<'_, '_> {
 
     /// Hands held input to the UART and applies back-pressure to stdin.
     fn feed_console(&mut self, ops: &mut EventOps) {
-        let (Some(c), Some(serial)) = (self.console.as_mut(), &self.machine.serial) else {
+        let (Some(c), Some(serial)) = (self.console.as_mut(), &self.machine.devices.serial) else {
             return;
         };
         // While paused, console input waits here (bounded below).
@@ -385,7 +368,7 @@ impl MutEventSubscriber for MainLoop<'_, '_> {
         for (i, fd) in self.control_fds.iter().enumerate() {
             fds.push((*fd, CONTROL + i as u32));
         }
-        if let Some(serial) = &self.machine.serial {
+        if let Some(serial) = &self.machine.devices.serial {
             fds.push((bus::lock(serial).drained_event().as_raw_fd(), DRAINED));
         }
         for (fd, data) in fds {
@@ -415,7 +398,7 @@ impl MutEventSubscriber for MainLoop<'_, '_> {
             }
             STDIN => self.read_stdin(ops),
             DRAINED => {
-                if let Some(serial) = &self.machine.serial {
+                if let Some(serial) = &self.machine.devices.serial {
                     let _ = bus::lock(serial).drained_event().read();
                 }
             }

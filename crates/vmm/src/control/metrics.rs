@@ -96,8 +96,7 @@ pub fn vcpu_value(id: usize, s: &ExitStats) -> Value {
     Value::Object(m)
 }
 
-/// A device's counters as `{"reads": 3, ...}`.
-pub type DeviceCounters = (String, Vec<(&'static str, u64)>);
+pub use crate::devices::manager::DeviceCounters;
 
 /// The whole line.
 pub fn line(

@@ -4,9 +4,11 @@
 
 pub mod bus;
 pub mod legacy;
+pub mod manager;
 pub mod virtio;
 
 pub use bus::{Bus, BusDevice, DeviceIndex, SharedDevice};
+pub use manager::DeviceManager;
 
 use vmm_sys_util::eventfd::EventFd;
 

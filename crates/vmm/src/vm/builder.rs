@@ -18,7 +18,7 @@ use crate::devices::legacy::{
     self, AcpiPower, PciConfigNoDevices, PortSink, SerialConsole, SerialOutput, I8042,
 };
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::{bus, Bus, IrqLine};
+use crate::devices::{bus, Bus, DeviceManager, IrqLine};
 use crate::kvm::{self, HostKind, Hypervisor};
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::machine::Machine;
@@ -508,13 +508,15 @@ pub fn boot(c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Result<Ma
         lifecycle,
         vcpus,
         vcpu_responses,
-        pio,
-        mmio,
-        serial: devices.serial,
-        i8042: devices.i8042,
+        devices: DeviceManager {
+            pio,
+            mmio,
+            serial: devices.serial,
+            i8042: devices.i8042,
+            virtio,
+            thread: device_thread,
+        },
         paused: std::cell::Cell::new(false),
-        device_thread,
-        virtio,
         sample_period_ms: if cfg.sample_rip { 10 } else { -1 },
         summary: BuildSummary {
             host,
