@@ -213,6 +213,38 @@ fn sigterm_while_paused_ends_the_machine_at_once() {
     assert!(!sock.exists());
 }
 
+/// What a user sees: input typed during a pause is neither lost nor seen
+/// by the guest until it resumes. (Dropping the VMM's own hold still
+/// passes: the paused guest cannot read its UART either. The hold is there
+/// so device state does not change while paused.)
+#[test]
+fn console_input_is_held_while_paused_and_delivered_after() {
+    let dir = scratch("api-paused-input");
+    let sock = dir.join("api.sock");
+    let kernel = guest("echo");
+    let (vmm, mut input) = Vmm::start_with_input(&[
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    wait_for_socket(&sock);
+    vmm.wait_for("ready", Duration::from_secs(20));
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    input.write_all(b"held back\n").unwrap();
+    thread::sleep(Duration::from_millis(500));
+    assert!(
+        !vmm.out().contains("HELD"),
+        "input reached a paused guest: {}",
+        vmm.out()
+    );
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    let (code, out, err) = vmm.wait(Duration::from_secs(20));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("ready\nHELD BACK\nbye"), "{out}");
+}
+
 #[test]
 fn api_socket_path_that_exists_is_refused() {
     let dir = scratch("api-exists");

@@ -81,9 +81,20 @@ fn collect(mut r: impl Read + Send + 'static) -> (Arc<Mutex<String>>, thread::Jo
 
 impl Vmm {
     pub fn start(args: &[&str]) -> Vmm {
+        Self::spawn(args, Stdio::null())
+    }
+
+    /// As `start`, with a pipe to the guest's console input.
+    pub fn start_with_input(args: &[&str]) -> (Vmm, std::process::ChildStdin) {
+        let mut vmm = Self::spawn(args, Stdio::piped());
+        let input = vmm.child.stdin.take().unwrap();
+        (vmm, input)
+    }
+
+    fn spawn(args: &[&str], stdin: Stdio) -> Vmm {
         let mut child = Command::new(tsubame_bin())
             .args(args)
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
