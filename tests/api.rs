@@ -180,20 +180,22 @@ fn go_sdk_sequence_then_pause_stops_the_guest_and_resume_finishes_it() {
     });
 }
 
+/// `tsubame run --kernel <guest> --api-sock <scratch>/api.sock EXTRA…`:
+/// the socket path and the arguments.
+fn run_with_api(name: &str, guest_name: &str, extra: &[&str]) -> (std::path::PathBuf, Vec<String>) {
+    let sock = scratch(name).join("api.sock");
+    let mut args: Vec<String> = ["run", "--kernel"].iter().map(|s| s.to_string()).collect();
+    args.push(guest(guest_name).to_string_lossy().into_owned());
+    args.push("--api-sock".into());
+    args.push(sock.to_string_lossy().into_owned());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    (sock, args)
+}
+
 #[test]
 fn sigterm_while_paused_ends_the_machine_at_once() {
-    let dir = scratch("api-paused-sigterm");
-    let sock = dir.join("api.sock");
-    let kernel = guest("ticks");
-    let vmm = Vmm::start(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--cpus",
-        "2",
-        "--api-sock",
-        sock.to_str().unwrap(),
-    ]);
+    let (sock, args) = run_with_api("api-paused-sigterm", "ticks", &["--cpus", "2"]);
+    let vmm = Vmm::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_for_socket(&sock);
     vmm.wait_for("ticking", Duration::from_secs(20));
     ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
@@ -219,16 +221,9 @@ fn sigterm_while_paused_ends_the_machine_at_once() {
 /// so device state does not change while paused.)
 #[test]
 fn console_input_is_held_while_paused_and_delivered_after() {
-    let dir = scratch("api-paused-input");
-    let sock = dir.join("api.sock");
-    let kernel = guest("echo");
-    let (vmm, mut input) = Vmm::start_with_input(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--api-sock",
-        sock.to_str().unwrap(),
-    ]);
+    let (sock, args) = run_with_api("api-paused-input", "echo", &[]);
+    let (vmm, mut input) =
+        Vmm::start_with_input(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_for_socket(&sock);
     vmm.wait_for("ready", Duration::from_secs(20));
     ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
@@ -388,16 +383,8 @@ fn bad_config_files_exit_1_with_one_line_naming_the_problem() {
 
 #[test]
 fn hostile_clients_do_not_stop_the_guest_or_the_api() {
-    let dir = scratch("api-hostile");
-    let sock = dir.join("api.sock");
-    let kernel = guest("halt");
-    let vmm = Vmm::start(&[
-        "run",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--api-sock",
-        sock.to_str().unwrap(),
-    ]);
+    let (sock, args) = run_with_api("api-hostile", "halt", &[]);
+    let vmm = Vmm::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     wait_for_socket(&sock);
     assert_eq!(state(&sock), "Running");
 

@@ -311,6 +311,16 @@ struct MainLoop<'m, 'c> {
     error: Option<std::io::Error>,
 }
 
+/// Watches stdin; false when epoll cannot (a regular file, /dev/null).
+fn watch_stdin(ops: &mut EventOps) -> bool {
+    ops.add(Events::with_data_raw(
+        libc::STDIN_FILENO,
+        STDIN,
+        EventSet::IN,
+    ))
+    .is_ok()
+}
+
 impl MainLoop<'_, '_> {
     fn read_stdin(&mut self, ops: &mut EventOps) {
         let Some(c) = self.console.as_mut() else {
@@ -347,13 +357,7 @@ impl MainLoop<'_, '_> {
             let _ = ops.remove(Events::empty_raw(libc::STDIN_FILENO));
             c.watched = false;
         } else if !c.watched && !c.eof && c.pending.is_empty() {
-            c.watched = ops
-                .add(Events::with_data_raw(
-                    libc::STDIN_FILENO,
-                    STDIN,
-                    EventSet::IN,
-                ))
-                .is_ok();
+            c.watched = watch_stdin(ops);
         }
     }
 }
@@ -378,13 +382,7 @@ impl MutEventSubscriber for MainLoop<'_, '_> {
         }
         if let Some(c) = self.console.as_mut() {
             // stdin may be something epoll cannot watch (a file): no input.
-            c.watched = ops
-                .add(Events::with_data_raw(
-                    libc::STDIN_FILENO,
-                    STDIN,
-                    EventSet::IN,
-                ))
-                .is_ok();
+            c.watched = watch_stdin(ops);
         }
     }
 
