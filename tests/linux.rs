@@ -412,7 +412,10 @@ fn debian_kernel_from_a_config_file_pauses_resumes_and_ends_on_ctrl_alt_del() {
     // without KVM_KVMCLOCK_CTRL this 30 s pause is reported as an RCU
     // stall ("rcu_preempt detected stalls ... t=7512 jiffies"), seen here
     // with the ioctl taken out.
-    vmm.wait_for("Switched to clocksource kvm-clock", Duration::from_secs(600));
+    vmm.wait_for(
+        "Switched to clocksource kvm-clock",
+        Duration::from_secs(600),
+    );
 
     ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
     assert_eq!(state(&sock), "Paused");
