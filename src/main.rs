@@ -36,7 +36,19 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::from(1)
 }
 
+/// The stop signals' handlers go in before anything that needs cleaning
+/// up (the API socket, the terminal): a SIGTERM that came earlier would
+/// kill the process with its socket file left behind.
+fn install_signal_handlers() -> Result<(), ExitCode> {
+    vmm::signals::install()
+        .map(|_| ())
+        .map_err(|e| fail(format!("cannot install signal handlers: {e}")))
+}
+
 fn run(mut args: cli::RunArgs) -> ExitCode {
+    if let Err(code) = install_signal_handlers() {
+        return code;
+    }
     let stats = args.stats;
     let api_sock = args.api_sock.take();
     let cfg = match args.into_config() {
@@ -82,6 +94,9 @@ fn load_config_file(path: &Path) -> Result<VmResources, String> {
 }
 
 fn firecracker_style(a: cli::ApiArgs) -> ExitCode {
+    if let Err(code) = install_signal_handlers() {
+        return code;
+    }
     if a.no_api && a.config_file.is_none() {
         return fail("--no-api needs --config-file (there is nothing else to start from)");
     }
