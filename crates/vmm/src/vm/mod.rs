@@ -13,12 +13,15 @@ use kvm_bindings::{
     KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::kvm::Hypervisor;
 pub use layout::MemoryLayout;
 
-pub type GuestMemory = GuestMemoryMmap<()>;
+/// Every region carries a dirty-page bitmap that writes through vm-memory
+/// (the devices') mark; KVM's dirty log covers the vCPUs' writes.
+pub type GuestMemory = GuestMemoryMmap<AtomicBitmap>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

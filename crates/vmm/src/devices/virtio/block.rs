@@ -327,7 +327,11 @@ fn transfer(
     write: bool,
 ) -> Result<(), Fault> {
     use std::os::fd::AsRawFd;
-    let mut iov = IoVecs::new(mem, segs).ok_or(Fault::Io)?;
+    let iov = match write {
+        true => IoVecs::new(mem, segs),
+        false => IoVecs::writable(mem, segs),
+    };
+    let mut iov = iov.ok_or(Fault::Io)?;
     let mut done = 0usize;
     while !iov.is_empty() {
         let at = i64::try_from(offset + done as u64).map_err(|_| Fault::Io)?;

@@ -149,9 +149,21 @@ pub struct IoVecs<'m> {
 }
 
 impl<'m> IoVecs<'m> {
-    /// Maps `segs`; `None` when any buffer leaves guest memory. Zero-length
-    /// buffers are left out.
+    /// Maps `segs` for the device to read; `None` when any buffer leaves
+    /// guest memory. Zero-length buffers are left out.
     pub fn new(mem: &'m GuestMemory, segs: &[(u64, usize)]) -> Option<IoVecs<'m>> {
+        Self::map(mem, segs, false)
+    }
+
+    /// Maps `segs` for the device to write. Writes through raw iovecs
+    /// bypass vm-memory, so their pages are marked dirty here (for Diff
+    /// snapshots).
+    pub fn writable(mem: &'m GuestMemory, segs: &[(u64, usize)]) -> Option<IoVecs<'m>> {
+        Self::map(mem, segs, true)
+    }
+
+    fn map(mem: &'m GuestMemory, segs: &[(u64, usize)], dirty: bool) -> Option<IoVecs<'m>> {
+        use vm_memory::bitmap::Bitmap;
         let mut guards = Vec::with_capacity(segs.len());
         let mut iov = Vec::with_capacity(segs.len());
         for &(addr, len) in segs {
@@ -161,6 +173,9 @@ impl<'m> IoVecs<'m> {
             // One slice per buffer: RAM ranges are never adjacent, so a
             // buffer that leaves its region is invalid anyway.
             let slice = mem.get_slice(GuestAddress(addr), len).ok()?;
+            if dirty {
+                slice.bitmap().mark_dirty(0, len);
+            }
             let guard = slice.ptr_guard_mut();
             iov.push(libc::iovec {
                 iov_base: guard.as_ptr().cast(),
@@ -228,6 +243,19 @@ mod tests {
         assert_eq!(v.as_slice()[0].iov_len, 6);
         v.advance(6);
         assert!(v.is_empty());
+    }
+
+    #[test]
+    fn only_device_writable_buffers_are_marked_dirty() {
+        use vm_memory::bitmap::Bitmap;
+        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let dirty = |page: usize| mem.iter().next().unwrap().bitmap().dirty_at(page * 0x1000);
+        drop(IoVecs::new(&mem, &[(0x1000, 16)]).unwrap());
+        assert!(!dirty(1), "a buffer the device only reads");
+        drop(IoVecs::writable(&mem, &[(0x2ff0, 0x20)]).unwrap());
+        assert!(dirty(2) && dirty(3), "both pages a buffer spans");
+        assert!(!dirty(4));
     }
 
     #[test]

@@ -104,7 +104,7 @@ impl Net {
             looked_again = false;
             let head = chain.head_index();
             let writable = device_writable(&chain, VNET_HDR_LEN + ETH_HLEN).unwrap_or_default();
-            let Some(iov) = IoVecs::new(mem, &writable).filter(|v| !v.is_empty()) else {
+            let Some(iov) = IoVecs::writable(mem, &writable).filter(|v| !v.is_empty()) else {
                 // A chain no frame can go into: hand it back empty.
                 self.stats.rx_bad_buffers += 1;
                 used |= queue.add_used(mem, head, 0).is_ok();
