@@ -81,6 +81,11 @@ pub enum Command {
     Bench(crate::bench::BenchArgs),
     /// Talk to a running Tsubame (or Firecracker) over its API socket.
     Ctl(crate::ctl::CtlArgs),
+    /// Bring a snapshot back to life in this process.
+    #[command(after_help = EXIT_STATUS_HELP)]
+    Restore(crate::snapshot::RestoreArgs),
+    /// Edit snapshot files (merge a Diff onto its base).
+    SnapshotEditor(crate::snapshot::EditorArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

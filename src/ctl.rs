@@ -19,7 +19,7 @@ pub struct CtlArgs {
     pub what: CtlCommand,
 }
 
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum CtlCommand {
     /// The instance's ID, state and version.
     Info,
@@ -33,6 +33,15 @@ pub enum CtlCommand {
     Config,
     /// Write a metrics line now (FlushMetrics).
     Metrics,
+    /// Save the paused VM: a state file and a memory file.
+    Snapshot {
+        state: PathBuf,
+        mem: PathBuf,
+        /// Only the pages written since the last snapshot (needs dirty
+        /// page tracking).
+        #[arg(long)]
+        diff: bool,
+    },
 }
 
 /// One request's status line code and body.
@@ -60,13 +69,23 @@ fn request(sock: &PathBuf, method: &str, path: &str, body: &str) -> Result<(u16,
 
 pub fn main(args: CtlArgs) -> ExitCode {
     use CtlCommand::*;
-    let (method, path, body) = match args.what {
+    let snapshot_body;
+    let (method, path, body) = match &args.what {
         Info => ("GET", "/", ""),
         Pause => ("PATCH", "/vm", r#"{"state":"Paused"}"#),
         Resume => ("PATCH", "/vm", r#"{"state":"Resumed"}"#),
         Shutdown => ("PUT", "/actions", r#"{"action_type":"SendCtrlAltDel"}"#),
         Config => ("GET", "/vm/config", ""),
         Metrics => ("PUT", "/actions", r#"{"action_type":"FlushMetrics"}"#),
+        Snapshot { state, mem, diff } => {
+            snapshot_body = serde_json::json!({
+                "snapshot_type": if *diff { "Diff" } else { "Full" },
+                "snapshot_path": state,
+                "mem_file_path": mem,
+            })
+            .to_string();
+            ("PUT", "/snapshot/create", snapshot_body.as_str())
+        }
     };
     let (status, body) = match request(&args.api_sock, method, path, body) {
         Ok(r) => r,
@@ -97,6 +116,13 @@ pub fn main(args: CtlArgs) -> ExitCode {
         (Resume, _) => println!("resumed"),
         (Shutdown, _) => println!("Ctrl-Alt-Del sent"),
         (Metrics, _) => println!("metrics flushed"),
+        (Snapshot { state, mem, .. }, _) => {
+            println!(
+                "snapshot written: {} and {}",
+                state.display(),
+                mem.display()
+            )
+        }
         (_, _) => println!("{body}"),
     }
     ExitCode::SUCCESS

@@ -1,13 +1,15 @@
 //! The `tsubame` binary: command line, logging, exit status. The VM's life
 //! itself is in the `vmm` crate.
 //!
-//! Three ways in: `tsubame run …` (one command line), `tsubame --api-sock
-//! S` (Firecracker's API, as its clients start it), and `tsubame
-//! --config-file F [--no-api]` (Firecracker's JSON, booted at once).
+//! Four ways in: `tsubame run …` (one command line), `tsubame --api-sock
+//! S` (Firecracker's API, as its clients start it), `tsubame
+//! --config-file F [--no-api]` (Firecracker's JSON, booted at once), and
+//! `tsubame restore --snapshot S --mem M` (a snapshot brought back).
 
 mod bench;
 mod cli;
 mod ctl;
+mod snapshot;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -27,11 +29,13 @@ fn main() -> ExitCode {
         Some(cli::Command::Run(args)) => run(args),
         Some(cli::Command::Bench(args)) => bench::main(args),
         Some(cli::Command::Ctl(args)) => ctl::main(args),
+        Some(cli::Command::Restore(args)) => snapshot::restore(args),
+        Some(cli::Command::SnapshotEditor(args)) => snapshot::editor(args),
         None => firecracker_style(cli.api),
     }
 }
 
-fn fail(e: impl std::fmt::Display) -> ExitCode {
+pub(crate) fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("tsubame: {e}");
     ExitCode::from(1)
 }
@@ -39,7 +43,7 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
 /// The stop signals' handlers go in before anything that needs cleaning
 /// up (the API socket, the terminal): a SIGTERM that came earlier would
 /// kill the process with its socket file left behind.
-fn install_signal_handlers() -> Result<(), ExitCode> {
+pub(crate) fn install_signal_handlers() -> Result<(), ExitCode> {
     vmm::signals::install()
         .map(|_| ())
         .map_err(|e| fail(format!("cannot install signal handlers: {e}")))
@@ -172,7 +176,7 @@ fn firecracker_style(a: cli::ApiArgs) -> ExitCode {
     finish(controller.run(start), false)
 }
 
-fn finish(f: Finish, stats: bool) -> ExitCode {
+pub(crate) fn finish(f: Finish, stats: bool) -> ExitCode {
     let outcome = match f {
         Finish::Ran(outcome) => outcome,
         Finish::Signal(n) => {

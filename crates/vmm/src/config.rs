@@ -87,6 +87,8 @@ impl std::str::FromStr for DiskConfig {
 /// A virtio-net device on a tap: `--net tap=NAME[,mac=MAC]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NetConfig {
+    /// The interface's ID (`iface_id` in the API), for snapshot overrides.
+    pub id: Option<String>,
     pub tap: String,
     /// Default: a locally administered address numbered by device.
     pub mac: Option<[u8; 6]>,
@@ -98,8 +100,11 @@ impl std::str::FromStr for NetConfig {
     fn from_str(s: &str) -> Result<NetConfig, String> {
         let mut tap = None;
         let mut mac = None;
-        for (key, value) in key_values(s, &["tap", "mac"])? {
+        let mut id = None;
+        for (key, value) in key_values(s, &["tap", "mac", "id"])? {
             match key {
+                "id" if value.is_empty() => return Err("id=: empty".into()),
+                "id" => id = Some(value.to_string()),
                 "tap" if value.is_empty() || value.len() > 15 => {
                     return Err(format!("tap={value}: a name of 1 to 15 bytes"))
                 }
@@ -116,6 +121,7 @@ impl std::str::FromStr for NetConfig {
             }
         }
         Ok(NetConfig {
+            id,
             tap: tap.ok_or("tap=NAME is required")?,
             mac,
         })
@@ -201,6 +207,8 @@ pub struct VmConfig {
     /// without an exit); `false` makes each notify an MMIO exit, for
     /// measuring the difference.
     pub ioeventfd: bool,
+    /// KVM's dirty log on guest RAM, so Diff snapshots can be taken.
+    pub track_dirty_pages: bool,
 }
 
 impl VmConfig {
@@ -223,6 +231,7 @@ impl VmConfig {
             nets: Vec::new(),
             vsock: None,
             ioeventfd: true,
+            track_dirty_pages: false,
         }
     }
 

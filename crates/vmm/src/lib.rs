@@ -8,7 +8,9 @@
 //!    KVM_RUN and dispatching exits ([`vcpu::exit`]).
 //! 4. [`devices`] answer those exits; [`boot`] loads the kernel and
 //!    describes the machine to it.
-//! 5. [`machine`] runs the machine until [`lifecycle`] says why it ended.
+//! 5. [`machine`] runs the machine until [`lifecycle`] says why it ended;
+//!    [`persist`] puts a paused machine to sleep in files and
+//!    [`vm::restore`] wakes it in a new process.
 
 pub mod boot;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod kvm;
 pub mod lifecycle;
 pub mod logger;
 pub mod machine;
+pub mod persist;
 pub mod signals;
 pub mod vcpu;
 pub mod vm;

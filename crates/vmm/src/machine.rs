@@ -84,6 +84,8 @@ pub struct Machine {
     pub(crate) paused: Cell<bool>,
     /// -1, or how often (ms) to sample guest RIPs.
     pub(crate) sample_period_ms: i32,
+    /// What a snapshot records to build this machine again.
+    pub(crate) shape: crate::persist::MachineShape,
     pub summary: BuildSummary,
 }
 
@@ -103,6 +105,11 @@ impl Machine {
                 .request_stop(StopReason::VmmError(format!("main loop: {e}")));
         }
         self.shut_down()
+    }
+
+    /// What a snapshot records to build this machine again.
+    pub fn shape(&self) -> &crate::persist::MachineShape {
+        &self.shape
     }
 
     pub fn is_paused(&self) -> bool {
@@ -158,7 +165,10 @@ impl Machine {
     }
 
     /// Sends `request` to every vCPU and collects one answer from each.
-    fn ask_vcpus(&self, request: VcpuRequest) -> Result<Vec<(u8, VcpuResponse)>, String> {
+    pub(crate) fn ask_vcpus(
+        &self,
+        request: VcpuRequest,
+    ) -> Result<Vec<(u8, VcpuResponse)>, String> {
         // Answers left over from an earlier request that timed out.
         while self.vcpu_responses.try_recv().is_ok() {}
         for v in &self.vcpus {
@@ -230,6 +240,11 @@ impl Machine {
             }
         }
         Ok(())
+    }
+
+    /// Tears down a machine that never ran (a restore that failed).
+    pub fn discard(self) {
+        let _ = self.shut_down();
     }
 
     fn shut_down(self) -> RunOutcome {

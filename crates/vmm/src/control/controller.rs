@@ -13,11 +13,29 @@ use super::request::{ActionType, ApiRequest, ApiResponse, VmState};
 use super::resources::{MachineConfig, VmResources};
 use crate::config::VmConfig;
 use crate::machine::{Control, Machine, RunOutcome};
+use crate::vm::restore::LoadRequest;
 
 pub const NOT_AFTER_BOOT: &str =
     "The requested operation is not supported after starting the microVM.";
 pub const NOT_BEFORE_BOOT: &str =
     "The requested operation is not supported before starting the microVM.";
+
+pub const LOAD_AFTER_CONFIG: &str =
+    "Loading a microVM snapshot not allowed after configuring boot-specific resources.";
+
+/// Restores a machine, resumed or left paused.
+fn restore_machine(base: &VmConfig, req: &LoadRequest, resume: bool) -> Result<Machine, String> {
+    let m = crate::vm::restore::restore(base, req).map_err(|e| e.to_string())?;
+    if resume {
+        if let Err(e) = m.resume() {
+            m.lifecycle()
+                .request_stop(crate::StopReason::VmmError(e.clone()));
+            m.discard();
+            return Err(e);
+        }
+    }
+    Ok(m)
+}
 
 /// How the controller's life ended.
 #[derive(Debug)]
@@ -97,6 +115,22 @@ impl Controller {
                 Err(PreBootEnd::Failed(e)) => return Finish::StartFailed(e),
             },
         };
+        self.run_machine(machine)
+    }
+
+    /// Restores the snapshot `req` names (resumed with `resume`), then
+    /// serves the API while it runs (`tsubame restore`).
+    pub fn restore_and_run(mut self, req: &LoadRequest, resume: bool) -> Finish {
+        match restore_machine(&self.base, req, resume) {
+            Ok(m) => {
+                self.resources = VmResources::from_vm_config(&m.shape().to_config(&self.base));
+                self.run_machine(m)
+            }
+            Err(e) => Finish::StartFailed(e),
+        }
+    }
+
+    fn run_machine(mut self, machine: Machine) -> Finish {
         let outcome = machine.run(Some(&mut self));
         if self.metrics.is_some() {
             let _ = self.flush_metrics(None, "Stopped");
@@ -167,9 +201,6 @@ impl Controller {
                     Err(e) => ApiResponse::bad_request(e),
                 }
             }
-            ApiRequest::SnapshotCreate | ApiRequest::SnapshotLoad => {
-                ApiResponse::bad_request("Snapshots are not supported by Tsubame yet.")
-            }
             _ => return None,
         };
         Some(r)
@@ -227,7 +258,27 @@ impl Controller {
                     ),
                 };
             }
+            ApiRequest::SnapshotLoad(p) => {
+                if self.resources != VmResources::default() {
+                    return (ApiResponse::bad_request(LOAD_AFTER_CONFIG), None);
+                }
+                let restored = p
+                    .to_request()
+                    .and_then(|req| restore_machine(&self.base, &req, p.resume_vm));
+                return match restored {
+                    Ok(m) => {
+                        self.resources =
+                            VmResources::from_vm_config(&m.shape().to_config(&self.base));
+                        (ApiResponse::no_content(), Some(m))
+                    }
+                    Err(e) => (
+                        ApiResponse::bad_request(format!("Load snapshot error: {e}")),
+                        None,
+                    ),
+                };
+            }
             ApiRequest::Action(ActionType::SendCtrlAltDel)
+            | ApiRequest::SnapshotCreate(_)
             | ApiRequest::PatchVm(_)
             | ApiRequest::PatchDrive(_)
             | ApiRequest::PatchNet(_) => ApiResponse::bad_request(NOT_BEFORE_BOOT),
@@ -272,6 +323,11 @@ impl Controller {
                 machine.send_ctrl_alt_del();
                 ApiResponse::no_content()
             }
+            ApiRequest::SnapshotCreate(p) => match p.to_request().and_then(|r| machine.snapshot(&r)) {
+                Ok(_) => ApiResponse::no_content(),
+                Err(e) => ApiResponse::bad_request(format!("Create snapshot error: {e}")),
+            },
+            ApiRequest::SnapshotLoad(_) => ApiResponse::bad_request(LOAD_AFTER_CONFIG),
             ApiRequest::PatchDrive(id) => ApiResponse::bad_request(format!(
                 "Updating drive {id} of a running microVM is not supported by Tsubame yet."
             )),

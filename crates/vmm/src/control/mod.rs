@@ -7,6 +7,7 @@
 //! - [`request`]: (method, path, body) → [`request::ApiRequest`]; new
 //!   endpoints go there.
 //! - [`resources`]: the JSON shapes and the pre-boot configuration.
+//! - [`snapshot`]: the snapshot create and load bodies.
 //! - [`controller`]: the VMM thread's side, before and after boot.
 //! - [`metrics`]: JSON-lines metrics.
 
@@ -15,5 +16,6 @@ pub mod http;
 pub mod metrics;
 pub mod request;
 pub mod resources;
+pub mod snapshot;
 
 pub use controller::{Controller, Finish};

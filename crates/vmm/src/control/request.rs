@@ -10,6 +10,7 @@ use super::resources::{
     check_id, BootSource, Drive, Entropy, Logger, MachineConfig, MachineConfigUpdate, Metrics,
     NetworkInterface, Vsock,
 };
+use super::snapshot::{SnapshotCreateParams, SnapshotLoadParams};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,8 +58,8 @@ pub enum ApiRequest {
     PutMetrics(Metrics),
     Action(ActionType),
     PatchVm(VmState),
-    SnapshotCreate,
-    SnapshotLoad,
+    SnapshotCreate(SnapshotCreateParams),
+    SnapshotLoad(SnapshotLoadParams),
 }
 
 /// What goes back to the client: a status and, for 200 and errors, JSON.
@@ -216,8 +217,8 @@ pub fn parse(method: &str, path: &str, body: &[u8]) -> Result<ApiRequest, ApiRes
         ("PUT", ["actions"]) => Action(json::<ActionBody>(body)?.action_type),
         ("PATCH", ["vm"]) => PatchVm(json::<VmBody>(body)?.state),
         ("GET", ["vm", "config"]) => GetVmConfig,
-        ("PUT", ["snapshot", "create"]) => SnapshotCreate,
-        ("PUT", ["snapshot", "load"]) => SnapshotLoad,
+        ("PUT", ["snapshot", "create"]) => SnapshotCreate(json(body)?),
+        ("PUT", ["snapshot", "load"]) => SnapshotLoad(json(body)?),
         _ => return Err(invalid()),
     };
     Ok(req)

@@ -1,4 +1,5 @@
 use super::*;
+use crate::control::snapshot::{SnapshotCreateParams, SnapshotType};
 
 fn err(method: &str, path: &str, body: &str) -> String {
     let r = parse(method, path, body.as_bytes()).unwrap_err();
@@ -97,7 +98,19 @@ fn every_route_parses() {
         p("PATCH", "/vm", r#"{"state":"Resumed"}"#),
         PatchVm(VmState::Resumed)
     );
-    assert_eq!(p("PUT", "/snapshot/create", "{}"), SnapshotCreate);
+    assert_eq!(
+        p(
+            "PUT",
+            "/snapshot/create",
+            r#"{"snapshot_path":"s","mem_file_path":"m"}"#
+        ),
+        SnapshotCreate(SnapshotCreateParams {
+            snapshot_path: "s".into(),
+            mem_file_path: "m".into(),
+            snapshot_type: SnapshotType::Full,
+            version: None,
+        })
+    );
     assert_eq!(p("GET", "/?x=1", ""), Describe, "a query string is ignored");
 }
 
@@ -222,4 +235,49 @@ fn the_openapi_file_lists_exactly_the_served_routes() {
             assert!(!msg.contains("Invalid request method"), "{m} {p}: {msg}");
         }
     }
+}
+
+#[test]
+fn snapshot_bodies_in_both_forms_and_their_errors() {
+    use crate::control::snapshot::SnapshotLoadParams;
+    let load = |body: &str| match parse("PUT", "/snapshot/load", body.as_bytes()).unwrap() {
+        ApiRequest::SnapshotLoad(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let new_form = load(
+        r#"{"snapshot_path":"s","mem_backend":{"backend_type":"File","backend_path":"m"},
+            "resume_vm":true,"track_dirty_pages":true,
+            "network_overrides":[{"iface_id":"eth0","host_dev_name":"tap9"}],
+            "vsock_override":{"uds_path":"/v.sock"}}"#,
+    );
+    let r = new_form.to_request().unwrap();
+    assert_eq!(r.mem_path, std::path::PathBuf::from("m"));
+    assert!(r.track_dirty_pages && new_form.resume_vm);
+    assert_eq!(r.overrides.taps, vec![("eth0".into(), "tap9".into())]);
+    assert_eq!(r.overrides.vsock_socket, Some("/v.sock".into()));
+    let old_form: SnapshotLoadParams =
+        load(r#"{"snapshot_path":"s","mem_file_path":"m","enable_diff_snapshots":true}"#);
+    let r = old_form.to_request().unwrap();
+    assert!(r.track_dirty_pages);
+    assert_eq!(r.mem_path, std::path::PathBuf::from("m"));
+
+    let refused = |body: &str| load(body).to_request().unwrap_err();
+    assert!(refused(r#"{"snapshot_path":"s"}"#).contains("mem_backend"));
+    assert!(refused(
+        r#"{"snapshot_path":"s","mem_file_path":"m","mem_backend":{"backend_type":"File","backend_path":"m"}}"#
+    )
+    .contains("Only one"));
+    assert!(
+        refused(r#"{"snapshot_path":"s","mem_backend":{"backend_type":"Uffd","backend_path":"u"}}"#)
+            .contains("Uffd")
+    );
+    assert!(refused(r#"{"snapshot_path":"","mem_file_path":"m"}"#).contains("snapshot_path"));
+    assert!(err("PUT", "/snapshot/load", r#"{"snapshot_path":"s","bogus":1}"#).contains("bogus"));
+    assert!(err(
+        "PUT",
+        "/snapshot/create",
+        r#"{"snapshot_path":"s","mem_file_path":"m","snapshot_type":"Half"}"#
+    )
+    .contains("Half"));
+    assert!(err("PUT", "/snapshot/create", r#"{"snapshot_path":"s"}"#).contains("mem_file_path"));
 }

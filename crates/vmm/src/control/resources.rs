@@ -184,8 +184,11 @@ impl NetworkInterface {
         if let Some(mac) = &self.guest_mac {
             spec += &format!(",mac={mac}");
         }
-        spec.parse::<NetConfig>()
-            .map_err(|e| format!("Invalid network interface: {e}."))
+        let mut n = spec
+            .parse::<NetConfig>()
+            .map_err(|e| format!("Invalid network interface: {e}."))?;
+        n.id = Some(self.iface_id.clone());
+        Ok(n)
     }
 }
 
@@ -426,6 +429,7 @@ impl VmResources {
             machine: MachineConfig {
                 vcpu_count: cfg.cpus as u64,
                 mem_size_mib: cfg.memory_mib,
+                track_dirty_pages: cfg.track_dirty_pages,
                 ..MachineConfig::default()
             },
             drives: cfg
@@ -444,7 +448,7 @@ impl VmResources {
                 .iter()
                 .enumerate()
                 .map(|(i, n)| NetworkInterface {
-                    iface_id: format!("net{i}"),
+                    iface_id: n.id.clone().unwrap_or_else(|| format!("net{i}")),
                     host_dev_name: n.tap.clone(),
                     guest_mac: n.mac.map(|m| {
                         m.iter()
@@ -479,6 +483,7 @@ impl VmResources {
         cfg.initrd = boot.initrd_path.as_ref().map(PathBuf::from);
         cfg.cpus = self.machine.vcpu_count as usize;
         cfg.memory_mib = self.machine.mem_size_mib;
+        cfg.track_dirty_pages = self.machine.track_dirty_pages;
         let mut drives: Vec<&Drive> = self.drives.iter().collect();
         drives.sort_by_key(|d| !d.is_root_device);
         let mut cmdline = boot

@@ -1,8 +1,8 @@
 //! Every device of a machine, typed: the buses the vCPUs dispatch to, the
 //! legacy devices the VMM talks to itself (the console, the keyboard
 //! controller), the virtio transports and their thread. Pause, resume and
-//! the counters go through here; saving and restoring device state will
-//! too.
+//! the counters go through here, and so do saving and restoring device
+//! state (each device saves its own `*State`).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,6 +11,44 @@ use super::legacy::{SerialConsole, I8042};
 use super::virtio::mmio::MmioTransport;
 use super::virtio::worker::DeviceThread;
 use super::{bus, Bus};
+use crate::persist::DevicesState;
+
+pub fn save_devices(
+    com1: &Mutex<SerialConsole>,
+    i8042: &Mutex<I8042>,
+    virtio: &[Arc<Mutex<MmioTransport>>],
+) -> Result<DevicesState, String> {
+    Ok(DevicesState {
+        serial: bus::lock(com1).state(),
+        i8042: bus::lock(i8042).state(),
+        virtio: virtio
+            .iter()
+            .map(|t| bus::lock(t).save())
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// Puts saved state into freshly created devices (device thread paused).
+pub fn restore_devices(
+    com1: &Mutex<SerialConsole>,
+    i8042: &Mutex<I8042>,
+    virtio: &[Arc<Mutex<MmioTransport>>],
+    s: &DevicesState,
+) -> Result<(), String> {
+    bus::lock(com1).restore(&s.serial)?;
+    bus::lock(i8042).restore(&s.i8042)?;
+    if s.virtio.len() != virtio.len() {
+        return Err(format!(
+            "{} virtio devices saved, {} configured",
+            s.virtio.len(),
+            virtio.len()
+        ));
+    }
+    for (t, saved) in virtio.iter().zip(&s.virtio) {
+        bus::lock(t).restore(saved)?;
+    }
+    Ok(())
+}
 
 /// A device's counters: its name (`virtio-blk0`) and (name, count) pairs.
 pub type DeviceCounters = (String, Vec<(&'static str, u64)>);
@@ -18,7 +56,9 @@ pub type DeviceCounters = (String, Vec<(&'static str, u64)>);
 pub struct DeviceManager {
     pub pio: Arc<Bus>,
     pub mmio: Arc<Bus>,
-    /// COM1, when its console is on stdio (the main loop feeds it input).
+    pub com1: Arc<Mutex<SerialConsole>>,
+    /// COM1 again, when its console is on stdio (the main loop feeds it
+    /// input).
     pub serial: Option<Arc<Mutex<SerialConsole>>>,
     pub i8042: Arc<Mutex<I8042>>,
     /// The virtio devices, in attach order.
@@ -42,6 +82,11 @@ impl DeviceManager {
             Some(t) => t.resume(timeout),
             None => Ok(()),
         }
+    }
+
+    /// Every device's state, with the device thread paused (vCPUs too).
+    pub fn save(&self) -> Result<DevicesState, String> {
+        save_devices(&self.com1, &self.i8042, &self.virtio)
     }
 
     /// Presses Ctrl-Alt-Del on the guest's keyboard.

@@ -38,7 +38,7 @@ pub struct MachineReady {
     pub mmio: Arc<Bus>,
     pub lifecycle: Arc<Lifecycle>,
     pub memory: GuestMemory,
-    pub entry: Entry,
+    pub start: Start,
     pub supported_cpuid: CpuId,
     pub cpu_profile: CpuProfile,
     pub vcpu_count: u8,
@@ -46,6 +46,16 @@ pub struct MachineReady {
     pub complete_gaps: bool,
     /// Record the guest RIP at every kick (the main loop kicks on a timer).
     pub sample_rip: bool,
+    /// The MSRs a snapshot saves, and the size of the XSAVE area.
+    pub state_msrs: Vec<u32>,
+    pub xsave_bytes: usize,
+}
+
+/// How a vCPU begins: at the kernel's entry, or where a snapshot left it.
+pub enum Start {
+    Boot(Entry),
+    /// One state per vCPU, by id; restored vCPUs park until resumed.
+    Restore(Vec<crate::persist::vcpu::VcpuState>),
 }
 
 enum GateState {
@@ -151,13 +161,22 @@ pub fn spawn(
             let Some(ready) = gate.wait() else {
                 return VcpuOutcome::default();
             };
-            if let Err(e) = setup::configure(&fd, id, &ready) {
-                ready
-                    .lifecycle
-                    .request_stop(StopReason::VmmError(format!("vCPU {id}: {e}")));
-                return VcpuOutcome::default();
+            if let Start::Boot(entry) = ready.start {
+                if let Err(e) = setup::configure(&fd, id, &ready, entry) {
+                    ready
+                        .lifecycle
+                        .request_stop(StopReason::VmmError(format!("vCPU {id}: {e}")));
+                    return VcpuOutcome::default();
+                }
             }
-            run::Vcpu::new(id, fd, ready, requests, responses).run_loop()
+            let mut vcpu = run::Vcpu::new(id, fd, ready.clone(), requests, responses);
+            if let Start::Restore(states) = &ready.start {
+                // Answered to the restore, which stops the machine on error.
+                if !vcpu.restore(states.iter().find(|s| s.id == id)) {
+                    return VcpuOutcome::default();
+                }
+            }
+            vcpu.run_loop()
         })?;
     Ok(VcpuHandle::new(id, requests_tx, thread))
 }

@@ -16,6 +16,7 @@ use super::state::{VcpuRequest, VcpuResponse, VcpuState};
 use super::stats::ExitKind;
 use super::{report, MachineReady, VcpuOutcome};
 use crate::lifecycle::StopReason;
+use crate::persist;
 use crate::vm::GuestMemory;
 
 pub struct Vcpu {
@@ -98,9 +99,50 @@ impl Vcpu {
         if request == VcpuRequest::ReportStats {
             let stats = Box::new(self.handler.stats.clone());
             let _ = self.responses.send((self.id, VcpuResponse::Stats(stats)));
+        } else if request == VcpuRequest::Save {
+            let saved = Box::new(self.save());
+            let _ = self.responses.send((self.id, VcpuResponse::Saved(saved)));
         } else if let Some(response) = VcpuState::response(request) {
             let _ = self.responses.send((self.id, response));
         }
+    }
+
+    /// The vCPU's state for a snapshot; only a parked vCPU has one that
+    /// holds still.
+    fn save(&mut self) -> Result<persist::vcpu::VcpuState, String> {
+        if self.state != VcpuState::Paused {
+            return Err(format!("vCPU {} is not paused", self.id));
+        }
+        let mut s = persist::vcpu::save(
+            &self.fd,
+            self.id,
+            &self.ready.state_msrs,
+            self.ready.xsave_bytes,
+        )
+        .map_err(|e| format!("vCPU {}: {e}", self.id))?;
+        s.repairs = self.repairs.as_ref().map(EmulationRepairs::state);
+        Ok(s)
+    }
+
+    /// Takes a snapshot's state (before the first KVM_RUN) and parks;
+    /// answers on the response channel. False when it could not.
+    pub fn restore(&mut self, state: Option<&persist::vcpu::VcpuState>) -> bool {
+        let id = self.id;
+        let result = match state {
+            None => Err(format!("vCPU {id}: not in the snapshot")),
+            Some(s) => persist::vcpu::restore(&self.fd, s, self.ready.xsave_bytes)
+                .map_err(|e| format!("vCPU {id}: {e}"))
+                .and_then(|()| match (&mut self.repairs, s.repairs) {
+                    (Some(r), Some(saved)) => r
+                        .restore(&self.fd, saved)
+                        .map_err(|e| format!("vCPU {id}: syscall repair: {e}")),
+                    _ => Ok(()),
+                }),
+        };
+        let ok = result.is_ok();
+        self.state = VcpuState::Paused;
+        let _ = self.responses.send((id, VcpuResponse::Restored(result)));
+        ok
     }
 
     /// Leaves the guest in a state that can be paused: a PIO/MMIO exit we

@@ -6,7 +6,7 @@ use kvm_bindings::kvm_lapic_state;
 use kvm_ioctls::VcpuFd;
 
 use super::{Error, MachineReady};
-use crate::boot::{cpuid, msrs, BootRegs};
+use crate::boot::{cpuid, msrs, BootRegs, Entry};
 
 /// LVT entries in the LAPIC register page and the delivery modes we set.
 const APIC_LVT_LINT0: usize = 0x350;
@@ -29,7 +29,7 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
     (reg & !0x700) | (mode << 8)
 }
 
-pub fn configure(fd: &VcpuFd, id: u8, ready: &MachineReady) -> Result<(), Error> {
+pub fn configure(fd: &VcpuFd, id: u8, ready: &MachineReady, entry: Entry) -> Result<(), Error> {
     let cpuid = cpuid::shape(
         &ready.supported_cpuid,
         u32::from(id),
@@ -61,7 +61,7 @@ pub fn configure(fd: &VcpuFd, id: u8, ready: &MachineReady) -> Result<(), Error>
 
     if id == 0 {
         let sregs = fd.get_sregs().map_err(Error::Registers)?;
-        let boot = BootRegs::new(ready.entry, sregs);
+        let boot = BootRegs::new(entry, sregs);
         fd.set_sregs(&boot.sregs).map_err(Error::Registers)?;
         fd.set_regs(&boot.regs).map_err(Error::Registers)?;
         fd.set_fpu(&boot.fpu).map_err(Error::Registers)?;

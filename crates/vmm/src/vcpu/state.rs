@@ -13,14 +13,20 @@ pub enum VcpuRequest {
     Exit,
     /// Send a copy of the exit statistics (for metrics); no state change.
     ReportStats,
+    /// Send the vCPU's state for a snapshot (only while paused); no state
+    /// change.
+    Save,
 }
 
 /// What a vCPU answers once a request has taken effect.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum VcpuResponse {
     Paused,
     Resumed,
     Stats(Box<super::stats::ExitStats>),
+    Saved(Box<Result<crate::persist::vcpu::VcpuState, String>>),
+    /// A restored vCPU took its state (and is paused), or could not.
+    Restored(Result<(), String>),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,7 +43,7 @@ impl VcpuState {
     pub fn next(self, request: VcpuRequest) -> VcpuState {
         match (self, request) {
             (VcpuState::Exiting, _) | (_, VcpuRequest::Exit) => VcpuState::Exiting,
-            (state, VcpuRequest::ReportStats) => state,
+            (state, VcpuRequest::ReportStats | VcpuRequest::Save) => state,
             (_, VcpuRequest::Pause) => VcpuState::Paused,
             (_, VcpuRequest::Resume) => VcpuState::Running,
         }
@@ -49,7 +55,7 @@ impl VcpuState {
         match request {
             VcpuRequest::Pause => Some(VcpuResponse::Paused),
             VcpuRequest::Resume => Some(VcpuResponse::Resumed),
-            VcpuRequest::Exit | VcpuRequest::ReportStats => None,
+            VcpuRequest::Exit | VcpuRequest::ReportStats | VcpuRequest::Save => None,
         }
     }
 }
@@ -75,6 +81,9 @@ mod tests {
             (Running, ReportStats, Running),
             (Paused, ReportStats, Paused),
             (Exiting, ReportStats, Exiting),
+            (Running, Save, Running),
+            (Paused, Save, Paused),
+            (Exiting, Save, Exiting),
         ];
         for (from, req, to) in table {
             assert_eq!(from.next(req), to, "{from:?} + {req:?}");
@@ -83,9 +92,16 @@ mod tests {
 
     #[test]
     fn pause_and_resume_are_answered_exit_is_not() {
-        assert_eq!(VcpuState::response(Pause), Some(VcpuResponse::Paused));
-        assert_eq!(VcpuState::response(Resume), Some(VcpuResponse::Resumed));
-        assert_eq!(VcpuState::response(Exit), None);
-        assert_eq!(VcpuState::response(ReportStats), None);
+        assert!(matches!(
+            VcpuState::response(Pause),
+            Some(VcpuResponse::Paused)
+        ));
+        assert!(matches!(
+            VcpuState::response(Resume),
+            Some(VcpuResponse::Resumed)
+        ));
+        assert!(VcpuState::response(Exit).is_none());
+        assert!(VcpuState::response(ReportStats).is_none());
+        assert!(VcpuState::response(Save).is_none());
     }
 }

@@ -22,7 +22,8 @@ use crate::devices::{bus, Bus, DeviceManager, IrqLine};
 use crate::kvm::{self, HostKind, Hypervisor};
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::machine::Machine;
-use crate::vcpu::{self, MachineReady, StartGate, VcpuHandle};
+use crate::persist::{self, MachineShape};
+use crate::vcpu::{self, MachineReady, Start, StartGate, VcpuHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -71,6 +72,8 @@ pub enum Error {
     Boot(#[from] boot::Error),
     #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
     Cpuid(kvm_ioctls::Error),
+    #[error("KVM_GET_MSR_INDEX_LIST: {0}")]
+    MsrList(kvm_ioctls::Error),
     #[error(transparent)]
     Virtio(#[from] super::virtio::Error),
 }
@@ -79,6 +82,7 @@ pub enum Error {
 struct Devices {
     pio: Bus,
     mmio: Bus,
+    com1: Arc<Mutex<SerialConsole>>,
     serial: Option<Arc<Mutex<SerialConsole>>>,
     i8042: Arc<Mutex<I8042>>,
     acpi: Vec<DeviceDescription>,
@@ -288,7 +292,8 @@ fn attach_devices(
     Ok(Devices {
         pio,
         mmio: Bus::new(),
-        serial: (*serial == SerialConfig::Stdio).then_some(com1),
+        serial: (*serial == SerialConfig::Stdio).then_some(com1.clone()),
+        com1,
         i8042,
         acpi,
     })
@@ -299,7 +304,8 @@ fn attach_devices(
 pub struct BuildSummary {
     pub host: HostKind,
     pub cmdline: String,
-    pub boot: BootSetup,
+    /// `None` for a restored machine.
+    pub boot: Option<BootSetup>,
 }
 
 /// The machine before any guest code is in it: KVM opened, the VM with
@@ -307,8 +313,8 @@ pub struct BuildSummary {
 /// attached and their thread running. [`boot`] puts a kernel in it; a
 /// restore will put saved state in it instead.
 pub struct CreatedMachine {
-    host: HostKind,
-    vm: Vm,
+    pub(super) host: HostKind,
+    pub(super) vm: Vm,
     layout: MemoryLayout,
     lifecycle: Arc<Lifecycle>,
     gate: Arc<StartGate>,
@@ -320,6 +326,10 @@ pub struct CreatedMachine {
     profile: CpuProfile,
     complete_gaps: bool,
     supported_cpuid: kvm_bindings::CpuId,
+    /// What a snapshot saves of each vCPU.
+    state_msrs: Vec<u32>,
+    xsave_bytes: usize,
+    shape: MachineShape,
     cmdline: String,
     cpus: u8,
 }
@@ -329,12 +339,18 @@ pub struct CreatedMachine {
 pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     // Inputs first: a bad file or size fails fast, before any KVM state.
     let (layout, kernel_image) = check_inputs(cfg)?;
-    let created = create(cfg, layout)?;
+    let memory = Vm::anonymous_memory(&layout)?;
+    let created = create(cfg, layout, memory)?;
     boot(created, cfg, &kernel_image)
 }
 
-/// Steps 1-4 of a machine's birth: everything but the guest's contents.
-pub fn create(cfg: &VmConfig, layout: MemoryLayout) -> Result<CreatedMachine, Error> {
+/// Steps 1-4 of a machine's birth: everything but the guest's contents
+/// (`memory`: fresh RAM, or a snapshot's memory file).
+pub fn create(
+    cfg: &VmConfig,
+    layout: MemoryLayout,
+    memory: crate::vm::GuestMemory,
+) -> Result<CreatedMachine, Error> {
     let virtio_plan = super::virtio::plan(cfg)?;
 
     // 1. KVM.
@@ -365,7 +381,7 @@ pub fn create(cfg: &VmConfig, layout: MemoryLayout) -> Result<CreatedMachine, Er
     let cpus = cfg.cpus as u8;
 
     // 2. The VM: memory, irqchip, PIT.
-    let vm = Vm::create(&hv, layout.clone())?;
+    let vm = Vm::create(&hv, layout.clone(), memory, cfg.track_dirty_pages)?;
     log::debug!("guest memory: {:?}", layout.ram);
     let complete_gaps = profile.emulated && cfg.complete_gaps;
     if complete_gaps {
@@ -422,6 +438,12 @@ pub fn create(cfg: &VmConfig, layout: MemoryLayout) -> Result<CreatedMachine, Er
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(Error::Cpuid)?;
+    let state_msrs = hv
+        .kvm
+        .get_msr_index_list()
+        .map(|l| persist::vcpu::state_msrs(l.as_slice()))
+        .map_err(Error::MsrList)?;
+    let xsave_bytes = vm.fd.check_extension_int(kvm_ioctls::Cap::Xsave2).max(0) as usize;
     Ok(CreatedMachine {
         host: hv.host,
         vm,
@@ -436,6 +458,9 @@ pub fn create(cfg: &VmConfig, layout: MemoryLayout) -> Result<CreatedMachine, Er
         profile,
         complete_gaps,
         supported_cpuid,
+        state_msrs,
+        xsave_bytes,
+        shape: MachineShape::of(cfg, profile.emulated),
         cmdline,
         cpus,
     })
@@ -443,37 +468,20 @@ pub fn create(cfg: &VmConfig, layout: MemoryLayout) -> Result<CreatedMachine, Er
 
 /// Steps 5-6: the kernel, initrd, command line, e820, ACPI and MP table
 /// go into guest memory, then the gate opens.
-pub fn boot(c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Result<Machine, Error> {
-    let CreatedMachine {
-        host,
-        vm,
-        layout,
-        lifecycle,
-        gate,
-        pending,
-        vcpu_responses,
-        devices,
-        device_thread,
-        virtio,
-        profile,
-        complete_gaps,
-        supported_cpuid,
-        cmdline,
-        cpus,
-    } = c;
+pub fn boot(mut c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Result<Machine, Error> {
     // 5. Boot.
     let boot = boot::setup(
-        &vm.memory,
-        &layout,
+        &c.vm.memory,
+        &c.layout,
         &BootConfig {
             kernel_path: &cfg.kernel,
             kernel_image,
             initrd: cfg.initrd.as_deref(),
-            cmdline: &cmdline,
+            cmdline: &c.cmdline,
             boot_path: cfg.boot_path,
             acpi: AcpiConfig {
-                cpus,
-                devices: devices.acpi,
+                cpus: c.cpus,
+                devices: std::mem::take(&mut c.devices.acpi),
             },
         },
     )?;
@@ -482,48 +490,77 @@ pub fn boot(c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Result<Ma
         boot.kernel.unpacked,
         boot.entry.name()
     );
-    log::info!("guest command line: {cmdline}");
+    log::info!("guest command line: {}", c.cmdline);
     for e in &boot.e820 {
         log::debug!("e820: {e}");
     }
-
     // 6. Machine init complete: open the gate.
-    let pio = Arc::new(devices.pio);
-    let mmio = Arc::new(devices.mmio);
-    gate.open(Arc::new(MachineReady {
-        pio: pio.clone(),
-        mmio: mmio.clone(),
-        lifecycle: lifecycle.clone(),
-        memory: vm.memory.clone(),
-        entry: boot.entry,
-        supported_cpuid,
-        cpu_profile: profile,
-        vcpu_count: cpus,
-        complete_gaps,
-        sample_rip: cfg.sample_rip,
-    }));
-    let vcpus = pending.release();
-    Ok(Machine {
-        vm,
-        lifecycle,
-        vcpus,
-        vcpu_responses,
-        devices: DeviceManager {
-            pio,
-            mmio,
-            serial: devices.serial,
-            i8042: devices.i8042,
-            virtio,
-            thread: device_thread,
-        },
-        paused: std::cell::Cell::new(false),
-        sample_period_ms: if cfg.sample_rip { 10 } else { -1 },
-        summary: BuildSummary {
-            host,
-            cmdline,
-            boot,
-        },
-    })
+    let entry = boot.entry;
+    Ok(c.start(Start::Boot(entry), cfg.sample_rip, Some(boot)))
+}
+
+impl CreatedMachine {
+    pub(super) fn com1(&self) -> &Arc<Mutex<SerialConsole>> {
+        &self.devices.com1
+    }
+
+    pub(super) fn i8042(&self) -> &Arc<Mutex<I8042>> {
+        &self.devices.i8042
+    }
+
+    pub(super) fn transports(&self) -> &[Arc<Mutex<MmioTransport>>] {
+        &self.virtio
+    }
+
+    pub(super) fn device_thread(&self) -> Option<&crate::devices::virtio::worker::DeviceThread> {
+        self.device_thread.as_ref()
+    }
+
+    /// Opens the start gate: every vCPU configures itself for `start` and
+    /// runs (a restored one parks instead, until resumed).
+    pub(super) fn start(self, start: Start, sample_rip: bool, boot: Option<BootSetup>) -> Machine {
+        let restoring = matches!(start, Start::Restore(_));
+        let pio = Arc::new(self.devices.pio);
+        let mmio = Arc::new(self.devices.mmio);
+        self.gate.open(Arc::new(MachineReady {
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            lifecycle: self.lifecycle.clone(),
+            memory: self.vm.memory.clone(),
+            start,
+            supported_cpuid: self.supported_cpuid,
+            cpu_profile: self.profile,
+            vcpu_count: self.cpus,
+            complete_gaps: self.complete_gaps,
+            sample_rip,
+            state_msrs: self.state_msrs,
+            xsave_bytes: self.xsave_bytes,
+        }));
+        let vcpus = self.pending.release();
+        Machine {
+            vm: self.vm,
+            lifecycle: self.lifecycle,
+            vcpus,
+            vcpu_responses: self.vcpu_responses,
+            devices: DeviceManager {
+                pio,
+                mmio,
+                com1: self.devices.com1,
+                serial: self.devices.serial,
+                i8042: self.devices.i8042,
+                virtio: self.virtio,
+                thread: self.device_thread,
+            },
+            paused: std::cell::Cell::new(restoring),
+            sample_period_ms: if sample_rip { 10 } else { -1 },
+            shape: self.shape,
+            summary: BuildSummary {
+                host: self.host,
+                cmdline: self.cmdline,
+                boot,
+            },
+        }
+    }
 }
 
 #[cfg(test)]

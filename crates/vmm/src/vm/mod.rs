@@ -4,13 +4,14 @@
 
 pub mod builder;
 pub mod layout;
+pub mod restore;
 pub mod virtio;
 
 use std::sync::Arc;
 
 use kvm_bindings::{
     kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR,
-    KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY,
+    KVM_MEM_LOG_DIRTY_PAGES, KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use vm_memory::bitmap::AtomicBitmap;
@@ -54,19 +55,30 @@ pub struct Vm {
     pub fd: Arc<VmFd>,
     pub memory: GuestMemory,
     pub layout: MemoryLayout,
+    /// KVM keeps a dirty log of guest RAM (Diff snapshots).
+    pub dirty_log: bool,
 }
 
 impl Vm {
-    /// Creates the VM, maps and registers guest RAM, and creates the
-    /// in-kernel PIC, IOAPIC, LAPICs and PIT (in that order: KVM wants the
-    /// irqchip before any vCPU exists).
-    pub fn create(hv: &Hypervisor, layout: MemoryLayout) -> Result<Vm, Error> {
+    /// Fresh, zeroed guest RAM for `layout` (anonymous, untouched).
+    pub fn anonymous_memory(layout: &MemoryLayout) -> Result<GuestMemory, Error> {
+        GuestMemory::from_ranges(&layout.ranges()).map_err(|source| Error::Memory {
+            mib: layout.total() >> 20,
+            source,
+        })
+    }
+
+    /// Creates the VM, registers `memory` (laid out as `layout`; with
+    /// KVM's dirty log when `dirty_log`), and creates the in-kernel PIC,
+    /// IOAPIC, LAPICs and PIT (in that order: KVM wants the irqchip before
+    /// any vCPU exists).
+    pub fn create(
+        hv: &Hypervisor,
+        layout: MemoryLayout,
+        memory: GuestMemory,
+        dirty_log: bool,
+    ) -> Result<Vm, Error> {
         let fd = hv.kvm.create_vm().map_err(Error::CreateVm)?;
-        let memory =
-            GuestMemory::from_ranges(&layout.ranges()).map_err(|source| Error::Memory {
-                mib: layout.total() >> 20,
-                source,
-            })?;
         for (slot, region) in memory.iter().enumerate() {
             let slot = slot as u32;
             let host = region
@@ -74,7 +86,11 @@ impl Vm {
                 .expect("a region's first byte is always mapped");
             let mem_region = kvm_userspace_memory_region {
                 slot,
-                flags: 0,
+                flags: if dirty_log {
+                    KVM_MEM_LOG_DIRTY_PAGES
+                } else {
+                    0
+                },
                 guest_phys_addr: region.start_addr().0,
                 memory_size: region.len(),
                 userspace_addr: host as u64,
@@ -100,7 +116,18 @@ impl Vm {
             fd: Arc::new(fd),
             memory,
             layout,
+            dirty_log,
         })
+    }
+
+    /// Pages the vCPUs wrote since the last call, one bit per page per
+    /// region (KVM clears its log as it hands it over).
+    pub fn take_dirty_log(&self) -> Result<Vec<Vec<u64>>, kvm_ioctls::Error> {
+        self.memory
+            .iter()
+            .enumerate()
+            .map(|(slot, r)| self.fd.get_dirty_log(slot as u32, r.len() as usize))
+            .collect()
     }
 
     /// Makes guest writes of LSTAR exit to user space (the `syscall`

@@ -35,8 +35,8 @@ const CTR_XLATE: u8 = 1 << 6;
 const OUT_MAX: usize = 16;
 
 /// What the next byte on the data port means.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Pending {
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Pending {
     KeyboardCommand,
     KeyboardParameter,
     CommandByte,
@@ -56,7 +56,44 @@ pub struct I8042 {
     on_reset: Box<dyn Fn() + Send>,
 }
 
+/// The controller's registers and output buffer, for snapshots.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    pub ctr: u8,
+    pub last_was_command: bool,
+    pub pending: Pending,
+    pub out: Vec<(u8, bool)>,
+    pub last_read: u8,
+}
+
 impl I8042 {
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            last_was_command: self.last_was_command,
+            pending: self.pending,
+            out: self.out.iter().copied().collect(),
+            last_read: self.last_read,
+        }
+    }
+
+    /// Takes a saved state (an output buffer longer than the controller
+    /// holds is refused).
+    pub fn restore(&mut self, s: &I8042State) -> Result<(), String> {
+        if s.out.len() > OUT_MAX {
+            return Err(format!(
+                "i8042: {} bytes in the output buffer (at most {OUT_MAX})",
+                s.out.len()
+            ));
+        }
+        self.ctr = s.ctr;
+        self.last_was_command = s.last_was_command;
+        self.pending = s.pending;
+        self.out = s.out.iter().copied().collect();
+        self.last_read = s.last_read;
+        Ok(())
+    }
+
     /// `on_reset` runs when the guest pulses the CPU reset line.
     pub fn new(irq: IrqLine, on_reset: Box<dyn Fn() + Send>) -> I8042 {
         I8042 {

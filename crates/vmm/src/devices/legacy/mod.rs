@@ -5,9 +5,9 @@ pub mod power;
 pub mod serial;
 pub mod sinks;
 
-pub use i8042::I8042;
+pub use i8042::{I8042State, I8042};
 pub use power::AcpiPower;
-pub use serial::{SerialConsole, SerialOutput};
+pub use serial::{SerialConsole, SerialOutput, SerialState};
 pub use sinks::{PciConfigNoDevices, PortSink};
 
 /// COM1: ports and ISA interrupt.

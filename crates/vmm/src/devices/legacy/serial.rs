@@ -48,7 +48,26 @@ impl SerialEvents for InputDrained {
     }
 }
 
+/// vm-superio's receive FIFO (private there).
+const FIFO_SIZE: usize = 64;
+
 type Uart = Serial<IrqLine, Arc<InputDrained>, Box<dyn Write + Send>>;
+
+/// The UART's registers and receive FIFO, for snapshots (vm-superio's
+/// `SerialState`, which has no serde of its own).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
 
 pub struct SerialConsole {
     uart: Uart,
@@ -65,6 +84,60 @@ impl SerialConsole {
             drained,
             lost_bytes: 0,
         })
+    }
+
+    pub fn state(&self) -> SerialState {
+        let s = self.uart.state();
+        SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Takes a saved state; the UART keeps its interrupt line and output.
+    pub fn restore(&mut self, s: &SerialState) -> Result<(), String> {
+        // Checked here, so from_state cannot fail after taking the writer.
+        if s.in_buffer.len() > FIFO_SIZE {
+            return Err(format!(
+                "serial: {} bytes in the receive FIFO (at most {})",
+                s.in_buffer.len(),
+                FIFO_SIZE
+            ));
+        }
+        let state = vm_superio::serial::SerialState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer.clone(),
+        };
+        let irq = self
+            .uart
+            .interrupt_evt()
+            .try_clone()
+            .map_err(|e| e.to_string())?;
+        // from_state takes the writer by value: swap a sink in meanwhile.
+        let out = std::mem::replace(self.uart.writer_mut(), Box::new(io::sink()));
+        match Serial::from_state(&state, irq, self.drained.clone(), out) {
+            Ok(uart) => {
+                self.uart = uart;
+                Ok(())
+            }
+            Err(e) => Err(format!("serial: {e:?}")),
+        }
     }
 
     /// Offers host input to the guest; returns how many bytes fit in the

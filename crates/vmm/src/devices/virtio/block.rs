@@ -6,7 +6,9 @@
 //! sector range is checked against the image before the file is touched.
 
 use super::iov::{read_bytes, segments, skip_front, take_front, total_len, write_bytes, IoVecs};
-use super::{drain_queue, read_config_bytes, Used, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1};
+use super::{
+    drain_queue, read_config_bytes, DeviceState, Used, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+};
 use crate::devices::virtio::mmio::RING_EVENT_IDX;
 use crate::vm::GuestMemory;
 use std::fs::File;
@@ -97,6 +99,16 @@ pub struct BlockCounters {
     pub errors: u64,
     /// Chains that could carry no status at all.
     pub malformed: u64,
+}
+
+/// What a snapshot records of a disk: the image is not copied, so a
+/// restore checks it is still the image the guest knew.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockState {
+    pub sectors: u64,
+    pub read_only: bool,
+    /// (st_dev, st_ino) at snapshot time.
+    pub identity: (u64, u64),
 }
 
 pub struct Block {
@@ -416,6 +428,55 @@ impl VirtioDevice for Block {
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         read_config_bytes(&self.config, offset, data);
+    }
+
+    fn save(&mut self) -> Result<DeviceState, String> {
+        use std::os::unix::fs::MetadataExt;
+        // Every request completed before the pause; what the guest wrote
+        // reaches the image before the snapshot says it did.
+        if !self.read_only {
+            self.file
+                .sync_data()
+                .map_err(|e| format!("virtio-blk: flushing the image: {e}"))?;
+        }
+        let m = self
+            .file
+            .metadata()
+            .map_err(|e| format!("virtio-blk: {e}"))?;
+        Ok(DeviceState::Block(BlockState {
+            sectors: self.sectors,
+            read_only: self.read_only,
+            identity: (m.dev(), m.ino()),
+        }))
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let DeviceState::Block(s) = state else {
+            return Err(format!("virtio-blk: the snapshot has {state:?} here"));
+        };
+        if s.sectors != self.sectors {
+            return Err(format!(
+                "disk image changed size since the snapshot: {} bytes then, {} now",
+                s.sectors * SECTOR_SIZE,
+                self.sectors * SECTOR_SIZE
+            ));
+        }
+        if s.read_only != self.read_only {
+            return Err(format!(
+                "disk was read-only={} at the snapshot, read-only={} now",
+                s.read_only, self.read_only
+            ));
+        }
+        if let Ok(m) = self.file.metadata() {
+            if (m.dev(), m.ino()) != s.identity {
+                // A copied image (another host) is legitimate; said once.
+                log::warn!(
+                    "virtio-blk: the image is not the same file as at the snapshot (a copy?)"
+                );
+            }
+        }
+        Ok(())
     }
 
     fn counters(&self) -> Vec<(&'static str, u64)> {

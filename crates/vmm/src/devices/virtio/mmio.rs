@@ -6,6 +6,10 @@
 //! an exit when the eventfd is registered as an ioeventfd), and the device
 //! thread does the work.
 
+mod state;
+
+pub use state::{SavedQueue, TransportState};
+
 use super::{Used, VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::{BusDevice, IrqLine};
 use crate::vm::GuestMemory;
@@ -413,6 +417,12 @@ mod tests {
         }
         fn activate(&mut self, features: u64) {
             *self.activated.lock().unwrap() = Some(features);
+        }
+        fn save(&mut self) -> Result<crate::devices::virtio::DeviceState, String> {
+            Ok(crate::devices::virtio::DeviceState::Rng)
+        }
+        fn restore(&mut self, _s: &crate::devices::virtio::DeviceState) -> Result<(), String> {
+            Ok(())
         }
         fn process_queue(&mut self, index: usize, _q: &mut [Queue], _m: &GuestMemory) -> Used {
             self.processed.lock().unwrap().push(index);

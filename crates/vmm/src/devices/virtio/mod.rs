@@ -137,6 +137,15 @@ pub fn drain_queue(
     Used::queue_if(index, used)
 }
 
+/// A device's own part of a snapshot (the transport saves the rest).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum DeviceState {
+    Block(block::BlockState),
+    Net { mac: [u8; 6] },
+    Vsock { cid: u64 },
+    Rng,
+}
+
 /// A virtio device, seen from the transport.
 pub trait VirtioDevice: Send {
     /// Short name for logs and stats ("virtio-blk").
@@ -168,6 +177,17 @@ pub trait VirtioDevice: Send {
     }
     /// The driver reset the device.
     fn reset(&mut self) {}
+    /// Snapshot: what the device must find again on restore; anything it
+    /// still holds for the host is finished first (a disk is flushed).
+    fn save(&mut self) -> Result<DeviceState, String>;
+    /// Restore: `state` against this device, opened again from the saved
+    /// configuration; a mismatch is an error naming what changed.
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String>;
+    /// Restore, driver running: what the device owes the driver for the
+    /// host side it lost (vsock's transport reset).
+    fn restored(&mut self, _queues: &mut [Queue], _mem: &GuestMemory) -> Used {
+        Used::NONE
+    }
     /// What the device has done so far, for metrics: (name, count) pairs.
     fn counters(&self) -> Vec<(&'static str, u64)> {
         Vec::new()

@@ -1,7 +1,7 @@
 //! virtio-rng (virtio 1.2, 5.4): fills the driver's buffers from the host's
 //! `getrandom`.
 
-use super::{drain_queue, Used, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
+use super::{drain_queue, DeviceState, Used, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::vm::GuestMemory;
 use std::io::Write;
 use virtio_queue::{Queue, Writer};
@@ -38,6 +38,17 @@ pub fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
 }
 
 impl VirtioDevice for Rng {
+    fn save(&mut self) -> Result<DeviceState, String> {
+        Ok(DeviceState::Rng)
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Rng => Ok(()),
+            other => Err(format!("virtio-rng: the snapshot has {other:?} here")),
+        }
+    }
+
     fn name(&self) -> &'static str {
         "virtio-rng"
     }

@@ -83,6 +83,16 @@ impl EmulationRepairs {
         }
     }
 
+    /// The state a snapshot keeps.
+    pub fn state(&self) -> syscall::RepairState {
+        self.syscall.state()
+    }
+
+    /// Continues a saved repair on this vCPU.
+    pub fn restore(&mut self, fd: &VcpuFd, s: syscall::RepairState) -> Result<(), String> {
+        self.syscall.restore(fd, s).map_err(|e| e.to_string())
+    }
+
     /// Why the last failure was left to the crash report, if one was.
     pub fn take_note(&mut self) -> Option<String> {
         self.note.take()

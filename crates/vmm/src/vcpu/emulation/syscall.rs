@@ -209,6 +209,28 @@ pub struct SyscallRepair {
     handler: Option<u64>,
 }
 
+/// What a snapshot keeps of the repair: the armed breakpoint (KVM does not
+/// save guest-debug settings) and the values it needs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RepairState {
+    pub lstar: u64,
+    pub star: u64,
+    /// The #PF handler the breakpoint sits on, when armed.
+    pub handler: Option<u64>,
+}
+
+/// Arms (or, with `None`, clears) the hardware breakpoint on the handler.
+fn arm(fd: &VcpuFd, handler: Option<u64>) -> Result<(), Error> {
+    let mut dbg = kvm_guest_debug::default();
+    if let Some(handler) = handler {
+        dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+        dbg.arch.debugreg[0] = handler;
+        dbg.arch.debugreg[7] = DR7_L0;
+    }
+    fd.set_guest_debug(&dbg)?;
+    Ok(())
+}
+
 impl SyscallRepair {
     /// The guest wrote LSTAR (the write exited through the MSR filter):
     /// perform it, then (re)arm the breakpoint on the page-fault handler.
@@ -233,12 +255,8 @@ impl SyscallRepair {
             .handler
             .and_then(|h| read_virt::<15>(fd, mem, h))
             .and_then(|b| FirstInstruction::decode(&b));
-        let mut dbg = kvm_guest_debug::default();
         match (self.handler, first) {
             (Some(handler), Some(_)) => {
-                dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
-                dbg.arch.debugreg[0] = handler;
-                dbg.arch.debugreg[7] = DR7_L0;
                 log::debug!("syscall repair armed: LSTAR {value:#x}, #PF handler {handler:#x}");
             }
             (Some(handler), None) => {
@@ -249,8 +267,23 @@ impl SyscallRepair {
             }
             (None, _) => log::warn!("syscall repair off: no page-fault handler in the IDT"),
         }
-        fd.set_guest_debug(&dbg)?;
-        Ok(())
+        arm(fd, self.handler)
+    }
+
+    pub fn state(&self) -> RepairState {
+        RepairState {
+            lstar: self.lstar,
+            star: self.star,
+            handler: self.handler,
+        }
+    }
+
+    /// Takes over a saved repair and re-arms its breakpoint.
+    pub fn restore(&mut self, fd: &VcpuFd, s: RepairState) -> Result<(), Error> {
+        self.lstar = s.lstar;
+        self.star = s.star;
+        self.handler = s.handler;
+        arm(fd, s.handler)
     }
 
     /// KVM_EXIT_DEBUG at `pc`.

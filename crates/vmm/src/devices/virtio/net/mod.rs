@@ -9,8 +9,8 @@ pub mod tap;
 use super::iov::{device_readable, device_writable, write_bytes, IoVecs};
 use super::mmio::RING_EVENT_IDX;
 use super::{
-    drain_queue, more_after_enabling, read_config_bytes, Used, VirtioDevice, CHAIN_BUDGET,
-    TYPE_NET, VIRTIO_F_VERSION_1,
+    drain_queue, more_after_enabling, read_config_bytes, DeviceState, Used, VirtioDevice,
+    CHAIN_BUDGET, TYPE_NET, VIRTIO_F_VERSION_1,
 };
 use crate::vm::GuestMemory;
 use std::os::fd::RawFd;
@@ -182,6 +182,22 @@ pub fn tap_offloads(features: u64) -> u32 {
 }
 
 impl VirtioDevice for Net {
+    fn save(&mut self) -> Result<DeviceState, String> {
+        Ok(DeviceState::Net { mac: self.mac })
+    }
+
+    /// The tap was opened again by name (or an override); its offloads
+    /// come back with `activate`.
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Net { mac } => {
+                self.mac = *mac;
+                Ok(())
+            }
+            other => Err(format!("virtio-net: the snapshot has {other:?} here")),
+        }
+    }
+
     fn name(&self) -> &'static str {
         "virtio-net"
     }

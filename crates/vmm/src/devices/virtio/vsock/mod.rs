@@ -9,7 +9,9 @@ pub mod packet;
 use super::iov::{
     device_readable, device_writable, in_memory, read_bytes, skip_front, total_len, write_bytes,
 };
-use super::{drain_queue, Used, VirtioDevice, CHAIN_BUDGET, TYPE_VSOCK, VIRTIO_F_VERSION_1};
+use super::{
+    drain_queue, DeviceState, Used, VirtioDevice, CHAIN_BUDGET, TYPE_VSOCK, VIRTIO_F_VERSION_1,
+};
 use crate::vm::GuestMemory;
 use host::{Host, MAX_PAYLOAD};
 use packet::{Header, HEADER_LEN};
@@ -107,7 +109,44 @@ fn read_packet(mem: &GuestMemory, segs: &[(u64, usize)]) -> Option<(Header, Vec<
     Some((h, payload))
 }
 
+/// `VIRTIO_VSOCK_EVENT_TRANSPORT_RESET`: the guest drops every connection.
+pub const EVENT_TRANSPORT_RESET: u32 = 0;
+
 impl VirtioDevice for Vsock {
+    fn save(&mut self) -> Result<DeviceState, String> {
+        Ok(DeviceState::Vsock { cid: self.cid })
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
+        match state {
+            DeviceState::Vsock { cid } if *cid == self.cid => Ok(()),
+            other => Err(format!(
+                "virtio-vsock (cid {}): the snapshot has {other:?} here",
+                self.cid
+            )),
+        }
+    }
+
+    /// The host ends of the guest's connections belonged to the old
+    /// process: tell the guest they are gone (virtio 1.2, 5.10.6.6).
+    fn restored(&mut self, queues: &mut [Queue], mem: &GuestMemory) -> Used {
+        let Some(q) = queues.get_mut(EVENT).filter(|q| q.ready()) else {
+            return Used::NONE;
+        };
+        let Some(chain) = q.pop_descriptor_chain(mem) else {
+            log::warn!("virtio-vsock: no event buffer for the transport reset");
+            return Used::NONE;
+        };
+        let head = chain.head_index();
+        let writable = device_writable(&chain, 4).unwrap_or_default();
+        let len = if write_bytes(mem, &writable, 0, &EVENT_TRANSPORT_RESET.to_le_bytes()) {
+            4
+        } else {
+            0
+        };
+        Used::queue_if(EVENT, q.add_used(mem, head, len).is_ok())
+    }
+
     fn name(&self) -> &'static str {
         "virtio-vsock"
     }

@@ -1,0 +1,138 @@
+//! `Machine::snapshot`: a paused machine into a state file and a memory
+//! file. Devices first (saving one may raise an interrupt, which then
+//! reaches the chips before they are saved), then the VM's chips and
+//! clock, then each vCPU, then RAM.
+
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
+
+use super::memory::{self, Written};
+use super::{file, unix_now_ns, Snapshot, SnapshotKind};
+use crate::machine::Machine;
+use crate::vcpu::{VcpuRequest, VcpuResponse};
+
+#[derive(Clone, Debug)]
+pub struct SnapshotRequest {
+    pub kind: SnapshotKind,
+    pub state_path: PathBuf,
+    pub mem_path: PathBuf,
+}
+
+/// What a snapshot wrote, and how long it took.
+#[derive(Clone, Copy, Debug)]
+pub struct SnapshotReport {
+    pub state_bytes: usize,
+    pub memory: Written,
+    pub took: Duration,
+}
+
+pub const NOT_PAUSED: &str = "The microVM must be paused before a snapshot is taken.";
+pub const DIFF_NEEDS_TRACKING: &str = "Diff snapshots need dirty page tracking: set track_dirty_pages in the machine configuration (or when loading the snapshot).";
+
+/// (st_dev, st_ino) of the files guest RAM is mapped from.
+fn backing_files(m: &Machine) -> Vec<(u64, u64)> {
+    m.memory()
+        .iter()
+        .filter_map(|r| r.file_offset())
+        .filter_map(|fo| fo.file().metadata().ok())
+        .map(|md| (md.dev(), md.ino()))
+        .collect()
+}
+
+fn open_memory_file(m: &Machine, path: &Path) -> Result<File, String> {
+    if let Ok(md) = std::fs::metadata(path) {
+        if backing_files(m).contains(&(md.dev(), md.ino())) {
+            return Err(format!(
+                "{}: this machine's memory is mapped from that file; write the snapshot elsewhere",
+                path.display()
+            ));
+        }
+    }
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| format!("memory file {}: {e}", path.display()))
+}
+
+impl Machine {
+    /// Saves the paused machine. The machine stays paused.
+    pub fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport, String> {
+        let start = Instant::now();
+        if !self.is_paused() {
+            return Err(NOT_PAUSED.into());
+        }
+        if req.kind == SnapshotKind::Diff && !self.vm.dirty_log {
+            return Err(DIFF_NEEDS_TRACKING.into());
+        }
+        let mem_file = open_memory_file(self, &req.mem_path)?;
+        let devices = self.devices.save()?;
+        let vm = super::vm::save(&self.vm.fd).map_err(|e| e.to_string())?;
+        let mut vcpus = Vec::with_capacity(self.vcpus.len());
+        for (_, answer) in self.ask_vcpus(VcpuRequest::Save)? {
+            match answer {
+                VcpuResponse::Saved(s) => vcpus.push((*s)?),
+                other => return Err(format!("a vCPU answered {other:?} to Save")),
+            }
+        }
+        vcpus.sort_by_key(|s| s.id);
+
+        // Both dirty logs are taken (and so cleared) by every snapshot: a
+        // Diff holds what changed since the snapshot before it.
+        let mut dirty = if self.vm.dirty_log {
+            Some(
+                self.vm
+                    .take_dirty_log()
+                    .map_err(|e| format!("KVM_GET_DIRTY_LOG: {e}"))?,
+            )
+        } else {
+            None
+        };
+        let device_dirty = memory::take_device_dirty(self.memory());
+        let io = |e: std::io::Error| format!("memory file {}: {e}", req.mem_path.display());
+        let written = match (req.kind, dirty.as_mut()) {
+            (SnapshotKind::Diff, Some(kvm)) => {
+                for (k, d) in kvm.iter_mut().zip(&device_dirty) {
+                    for (a, b) in k.iter_mut().zip(d) {
+                        *a |= b;
+                    }
+                }
+                memory::write_dirty(self.memory(), &mem_file, kvm).map_err(io)?
+            }
+            _ => memory::write_full(self.memory(), &mem_file).map_err(io)?,
+        };
+        let snapshot = Snapshot {
+            machine: self.shape.clone(),
+            ram: self
+                .memory()
+                .iter()
+                .map(|r| (r.start_addr().0, r.len()))
+                .collect(),
+            devices,
+            vm,
+            vcpus,
+            taken_unix_ns: unix_now_ns(),
+        };
+        let state_bytes = file::write(&req.state_path, &snapshot).map_err(|e| e.to_string())?;
+        let report = SnapshotReport {
+            state_bytes,
+            memory: written,
+            took: start.elapsed(),
+        };
+        log::info!(
+            "{:?} snapshot in {:.3} ms: state {} bytes, memory {} of {} bytes written",
+            req.kind,
+            report.took.as_secs_f64() * 1e3,
+            state_bytes,
+            written.bytes,
+            written.file_len
+        );
+        Ok(report)
+    }
+}
