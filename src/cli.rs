@@ -187,9 +187,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "cid=N,socket=PATH")]
     pub vsock: Option<VsockConfig>,
     /// Also serve Firecracker's API on this Unix socket (pause, resume,
-    /// metrics, Ctrl-Alt-Del while the VM runs).
+    /// snapshots, metrics, Ctrl-Alt-Del while the VM runs).
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Keep a dirty log of guest RAM, so Diff snapshots can be taken.
+    #[arg(long)]
+    pub track_dirty_pages: bool,
 }
 
 impl RunArgs {
@@ -213,6 +216,7 @@ impl RunArgs {
         cfg.rng = self.rng;
         cfg.nets = self.net;
         cfg.vsock = self.vsock;
+        cfg.track_dirty_pages = self.track_dirty_pages;
         cfg.complete_gaps = self.emulator_gaps == GapsArg::Complete;
         cfg.boot_path = match self.boot_path {
             BootPathArg::HostDecompress => BootPath::HostDecompress,
