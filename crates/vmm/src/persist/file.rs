@@ -55,14 +55,20 @@ pub fn encode(s: &Snapshot) -> Result<Vec<u8>, Error> {
     if state.len() > MAX_STATE_BYTES {
         return Err(Error::TooLarge(state.len() as u64));
     }
+    Ok(frame(&state))
+}
+
+/// Header, `state` and checksum: a file as [`decode`] wants it (the fuzz
+/// target frames its inputs so they reach the decoder).
+pub fn frame(state: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(HEADER + state.len() + TRAILER);
     out.extend_from_slice(&MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(state.len() as u64).to_le_bytes());
-    out.extend_from_slice(&state);
+    out.extend_from_slice(state);
     let sum = CRC.checksum(&out);
     out.extend_from_slice(&sum.to_le_bytes());
-    Ok(out)
+    out
 }
 
 fn le_u64(b: &[u8]) -> u64 {
