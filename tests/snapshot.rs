@@ -63,8 +63,14 @@ fn snapshot_mid_run(dir: &Path, extra: &[&str], at: u64) -> (PathBuf, PathBuf, S
 fn assert_continues(before: &str, after: &str) {
     let (b, a) = (counts(before), counts(after));
     let last = *b.last().expect("counts before the snapshot");
-    let first = *a.first().unwrap_or_else(|| panic!("no counts after restore:\n{after}"));
-    assert_eq!(first.0, last.0 + 10, "LAPIC ticks continue:\n{before}\n---\n{after}");
+    let first = *a
+        .first()
+        .unwrap_or_else(|| panic!("no counts after restore:\n{after}"));
+    assert_eq!(
+        first.0,
+        last.0 + 10,
+        "LAPIC ticks continue:\n{before}\n---\n{after}"
+    );
     assert!(after.contains("xmm ok"), "xmm registers survive:\n{after}");
     assert!(after.contains("paging ok"), "page tables survive:\n{after}");
     assert!(after.trim_end().ends_with("done"), "{after}");
@@ -213,9 +219,21 @@ fn snapshot_and_load_refuse_what_they_cannot_do() {
             s(&dir.join("x.mem"))
         )
     };
-    refused(&sock, "PUT", "/snapshot/create", Some(&body("Full")), "must be paused");
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&body("Full")),
+        "must be paused",
+    );
     ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
-    refused(&sock, "PUT", "/snapshot/create", Some(&body("Diff")), "track_dirty_pages");
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&body("Diff")),
+        "track_dirty_pages",
+    );
     refused(
         &sock,
         "PUT",
@@ -223,9 +241,20 @@ fn snapshot_and_load_refuse_what_they_cannot_do() {
         Some(r#"{"snapshot_path":"a","mem_file_path":"b"}"#),
         "not allowed",
     );
-    let unwritable = r#"{"snapshot_path":"/nonexistent/dir/x.snap","mem_file_path":"/nonexistent/dir/x.mem"}"#;
-    refused(&sock, "PUT", "/snapshot/create", Some(unwritable), "/nonexistent/dir/x.mem");
-    assert_eq!(state(&sock), "Paused", "a failed snapshot leaves the VM as it was");
+    let unwritable =
+        r#"{"snapshot_path":"/nonexistent/dir/x.snap","mem_file_path":"/nonexistent/dir/x.mem"}"#;
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(unwritable),
+        "/nonexistent/dir/x.mem",
+    );
+    assert_eq!(
+        state(&sock),
+        "Paused",
+        "a failed snapshot leaves the VM as it was"
+    );
     ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
     let (code, out, _) = vmm.wait(LIMIT);
     assert_eq!(code, 0);
@@ -243,7 +272,13 @@ fn snapshot_and_load_refuse_what_they_cannot_do() {
         Some(r#"{"snapshot_path":"/nonexistent/s","mem_file_path":"/nonexistent/m"}"#),
         "/nonexistent/s",
     );
-    refused(&fresh, "PUT", "/snapshot/create", Some(&body("Full")), "not supported before");
+    refused(
+        &fresh,
+        "PUT",
+        "/snapshot/create",
+        Some(&body("Full")),
+        "not supported before",
+    );
     ok(
         &fresh,
         "PUT",
@@ -264,7 +299,14 @@ fn damaged_or_mismatched_files_are_refused_with_exit_1() {
     let (st, mem, _) = snapshot_mid_run(&dir, &["--disk", &disk_arg], 0xa);
     let good = std::fs::read(&st).unwrap();
     let restore = |state: &Path, memory: &Path| {
-        run(&["restore", "--snapshot", s(state), "--mem", s(memory), "--resume"])
+        run(&[
+            "restore",
+            "--snapshot",
+            s(state),
+            "--mem",
+            s(memory),
+            "--resume",
+        ])
     };
     let expect = |r: common::Run, needle: &str| {
         assert_eq!(r.status, 1, "{}", r.output());

@@ -267,12 +267,17 @@ fn snapshot_bodies_in_both_forms_and_their_errors() {
         r#"{"snapshot_path":"s","mem_file_path":"m","mem_backend":{"backend_type":"File","backend_path":"m"}}"#
     )
     .contains("Only one"));
-    assert!(
-        refused(r#"{"snapshot_path":"s","mem_backend":{"backend_type":"Uffd","backend_path":"u"}}"#)
-            .contains("Uffd")
-    );
+    assert!(refused(
+        r#"{"snapshot_path":"s","mem_backend":{"backend_type":"Uffd","backend_path":"u"}}"#
+    )
+    .contains("Uffd"));
     assert!(refused(r#"{"snapshot_path":"","mem_file_path":"m"}"#).contains("snapshot_path"));
-    assert!(err("PUT", "/snapshot/load", r#"{"snapshot_path":"s","bogus":1}"#).contains("bogus"));
+    assert!(err(
+        "PUT",
+        "/snapshot/load",
+        r#"{"snapshot_path":"s","bogus":1}"#
+    )
+    .contains("bogus"));
     assert!(err(
         "PUT",
         "/snapshot/create",

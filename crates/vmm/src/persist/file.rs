@@ -198,7 +198,9 @@ mod tests {
 
     #[test]
     fn read_names_the_file() {
-        let e = read(Path::new("/nonexistent/st.snap")).unwrap_err().to_string();
+        let e = read(Path::new("/nonexistent/st.snap"))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("/nonexistent/st.snap"), "{e}");
     }
 }

@@ -215,7 +215,13 @@ mod tests {
         mem.write_slice(b"first", GuestAddress(0x1000)).unwrap();
         mem.write_slice(b"second", GuestAddress(0x80_0000)).unwrap();
         let (full_p, diff_p) = (tmp("full"), tmp("diff"));
-        let full = File::options().read(true).write(true).create(true).truncate(true).open(&full_p).unwrap();
+        let full = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&full_p)
+            .unwrap();
         let w = write_full(&mem, &full).unwrap();
         assert_eq!(w.file_len, 16 << 20);
         assert_eq!(w.bytes, 2 * PAGE as u64, "zero pages are holes");
@@ -226,10 +232,19 @@ mod tests {
         mem.write_slice(b"FIRST", GuestAddress(0x1000)).unwrap();
         mem.write_slice(b"third", GuestAddress(0x40_2000)).unwrap();
         let dirty = take_device_dirty(&mem);
-        let diff = File::options().read(true).write(true).create(true).truncate(true).open(&diff_p).unwrap();
+        let diff = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&diff_p)
+            .unwrap();
         let w = write_dirty(&mem, &diff, &dirty).unwrap();
         assert_eq!(w.bytes, 2 * PAGE as u64, "only the dirty pages");
-        assert!(take_device_dirty(&mem).iter().flatten().all(|w| *w == 0), "cleared");
+        assert!(
+            take_device_dirty(&mem).iter().flatten().all(|w| *w == 0),
+            "cleared"
+        );
 
         assert_eq!(rebase(&full_p, &diff_p).unwrap(), 2 * PAGE as u64);
         let restored = map_file(&File::open(&full_p).unwrap(), &layout).unwrap();
@@ -244,7 +259,9 @@ mod tests {
         assert_eq!(read(0x30_0000, 4), [0; 4]);
 
         // Copy-on-write: the guest's writes never reach the file.
-        restored.write_slice(b"guest", GuestAddress(0x1000)).unwrap();
+        restored
+            .write_slice(b"guest", GuestAddress(0x1000))
+            .unwrap();
         let again = map_file(&File::open(&full_p).unwrap(), &layout).unwrap();
         let mut b = [0u8; 5];
         again.read_slice(&mut b, GuestAddress(0x1000)).unwrap();
