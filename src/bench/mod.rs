@@ -8,6 +8,7 @@
 //! runs made side by side in one process.
 
 mod api;
+mod snapshot;
 mod virtio;
 
 use std::io::Read;
@@ -26,7 +27,7 @@ use vmm::vcpu::stats::ExitKind;
 use vmm::vm::layout::MemoryLayout;
 use vmm::vm::Vm;
 
-const LOAD_ADDR: u64 = 0x10_0000;
+pub(crate) const LOAD_ADDR: u64 = 0x10_0000;
 const UNROLL: u32 = 16;
 const POWER_PORT: u16 = 0x600;
 const S5: u8 = (5 << 2) | 0x20;
@@ -49,6 +50,8 @@ pub enum Which {
     /// The API: start-up to an answering socket, GET / round trip, pause
     /// and resume.
     Api,
+    /// Snapshot create, restore and Diff costs against guest memory.
+    Snapshot,
 }
 
 #[derive(clap::Args, Debug)]
@@ -417,6 +420,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         if matches!(args.which, Which::All | Which::Api) {
             api::bench_api(&args, &dir)?;
+        }
+        if matches!(args.which, Which::All | Which::Snapshot) {
+            snapshot::bench_snapshot(&args, &dir)?;
         }
         if args.which == Which::Net {
             virtio::bench_net(&args)?;

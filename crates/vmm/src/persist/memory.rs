@@ -108,9 +108,42 @@ fn write_pages(
     Ok(out)
 }
 
-/// All of guest RAM; zero pages stay holes.
+/// Which pages of `[host, host+len)` the process has in RAM or swap
+/// (`/proc/self/pagemap` bits 63 and 62), so pages never touched are
+/// skipped without being read (reading one would fault it in). `None`
+/// when pagemap cannot be read.
+fn populated(host: *const u8, len: usize) -> Option<Vec<bool>> {
+    let pages = len.div_ceil(PAGE);
+    let f = File::open("/proc/self/pagemap").ok()?;
+    let mut raw = vec![0u8; pages * 8];
+    f.read_exact_at(&mut raw, (host as u64 / PAGE as u64) * 8)
+        .ok()?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|e| u64::from_le_bytes(e.try_into().unwrap_or_default()) >> 62 != 0)
+            .collect(),
+    )
+}
+
+/// All of guest RAM; zero pages stay holes. In anonymous RAM, pages the
+/// guest never touched are known to be zero without being read.
 pub fn write_full(mem: &GuestMemory, file: &File) -> std::io::Result<Written> {
-    write_pages(mem, file, |_, _, page| !is_zero(page))
+    let maps: Vec<Option<Vec<bool>>> = mem
+        .iter()
+        .map(|r| {
+            if r.file_offset().is_some() {
+                return None; // untouched pages hold the file's data
+            }
+            let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+            populated(host, r.len() as usize)
+        })
+        .collect();
+    write_pages(mem, file, |r, p, page| {
+        let touched = maps[r]
+            .as_ref()
+            .is_none_or(|m| m.get(p).copied().unwrap_or(true));
+        touched && !is_zero(page)
+    })
 }
 
 /// Only pages marked in `dirty[region]` (one bit per page, KVM's layout).
