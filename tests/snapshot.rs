@@ -346,3 +346,60 @@ fn damaged_or_mismatched_files_are_refused_with_exit_1() {
     std::fs::remove_file(&disk).unwrap();
     expect(restore(&st, &mem), "disk.img");
 }
+
+/// A tap is opened again on restore: by its saved name, or by the name
+/// an override gives its interface ID; an override for an interface the
+/// snapshot lacks is refused. Needs root (a network namespace of its own).
+#[test]
+fn taps_are_opened_again_by_name_or_override() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: no network namespace, test left out");
+        return;
+    }
+    std::thread::spawn(|| {
+        // SAFETY: unshare(CLONE_NEWNET) changes only this thread's network
+        // namespace; the processes it spawns inherit it.
+        assert_eq!(unsafe { libc::unshare(libc::CLONE_NEWNET) }, 0);
+        let dir = scratch("snap-net");
+        let (st, mem, before) = snapshot_mid_run(&dir, &["--net", "tap=tsb-src,id=eth0"], 0x14);
+        let links = || {
+            let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        assert!(
+            !links().contains("tsb-src"),
+            "the tap went with its process"
+        );
+
+        let bad = run(&[
+            "restore",
+            "--snapshot",
+            s(&st),
+            "--mem",
+            s(&mem),
+            "--net-override",
+            "eth9=tsb-x",
+        ]);
+        assert_eq!(bad.status, 1, "{}", bad.output());
+        assert!(bad.stderr.contains("eth9"), "{}", bad.output());
+
+        let vm = Vmm::start(&[
+            "restore",
+            "--snapshot",
+            s(&st),
+            "--mem",
+            s(&mem),
+            "--resume",
+            "--net-override",
+            "eth0=tsb-new",
+        ]);
+        vm.wait_for("lapic 000000000000001e", LIMIT);
+        assert!(links().contains("tsb-new"), "{}", links());
+        let (code, out, err) = vm.wait(LIMIT);
+        assert_eq!(code, 0, "{out}\n{err}");
+        assert_continues(&before, &out);
+    })
+    .join()
+    .unwrap();
+}

@@ -126,7 +126,9 @@ fn put_state(c: &CreatedMachine, snap: &Snapshot, req: &LoadRequest) -> Result<(
 /// exist tears them down again before it is returned.
 pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
     let start = Instant::now();
+    let mut phases = Phases::new();
     let snap = file::read(&req.state_path)?;
+    phases.mark("state file");
     let cfg = plan(base, &snap, req)?;
     let layout =
         MemoryLayout::new(cfg.memory_mib).map_err(|e| Error::Shape(format!("memory: {e}")))?;
@@ -145,8 +147,11 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
         });
     }
     let memory = memory::map_file(&mem_file, &layout).map_err(mem_err)?;
+    phases.mark("memory map");
     let created = builder::create(&cfg, layout, memory)?;
+    phases.mark("machine create");
     put_state(&created, &snap, req)?;
+    phases.mark("VM and device state");
 
     let machine = created.start(Start::Restore(snap.vcpus), cfg.sample_rip, None);
     if let Err(why) = wait_for_vcpus(&machine) {
@@ -156,9 +161,11 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
         machine.discard();
         return Err(Error::Restore(why));
     }
+    phases.mark("vCPU state");
     for t in &machine.devices.virtio {
         bus::lock(t).raise_pending();
     }
+    log::debug!("restore phases: {}", phases.0.join(", "));
     let slept = persist::unix_now_ns().saturating_sub(snap.taken_unix_ns);
     log::info!(
         "restored {} vCPU(s), {} MiB in {:.3} ms (the snapshot slept {:.1} s)",
@@ -168,6 +175,23 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
         slept as f64 / 1e9
     );
     Ok(machine)
+}
+
+/// Where a restore's time goes, for the log.
+struct Phases(Vec<String>, Instant);
+
+impl Phases {
+    fn new() -> Phases {
+        Phases(Vec::new(), Instant::now())
+    }
+
+    fn mark(&mut self, what: &str) {
+        self.0.push(format!(
+            "{what} {:.3} ms",
+            self.1.elapsed().as_secs_f64() * 1e3
+        ));
+        self.1 = Instant::now();
+    }
 }
 
 fn wait_for_vcpus(m: &Machine) -> Result<(), String> {
