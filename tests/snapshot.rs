@@ -80,6 +80,12 @@ fn assert_continues(before: &str, after: &str) {
         end.1 >= last.1 + (end.0 - last.0) / 2,
         "the PIT ticked on after restore: {last:?} then {end:?}"
     );
+    // Both timers run at 100 Hz: time spent paused or saved is not
+    // delivered afterwards as a burst of PIT ticks.
+    assert!(
+        end.1 <= last.1 + (end.0 - last.0) + 5,
+        "no burst of missed PIT ticks: {last:?} then {end:?}"
+    );
     assert!(!after.contains("persist\n"), "restored, not rebooted");
 }
 
@@ -136,10 +142,43 @@ fn firecracker_load_in_a_fresh_process_then_resume() {
     let mc: serde_json::Value =
         serde_json::from_str(&ok(&sock, "GET", "/machine-config", None)).unwrap();
     assert_eq!(mc["mem_size_mib"].as_u64(), Some(128), "{mc}");
+
+    // The restored machine can be saved again, but not over the file its
+    // memory is mapped from.
+    let over = format!(
+        r#"{{"snapshot_path":"{}","mem_file_path":"{}"}}"#,
+        s(&dir.join("gen2.snap")),
+        s(&mem)
+    );
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&over),
+        "mapped from that file",
+    );
+    let (st2, mem2) = (dir.join("gen2.snap"), dir.join("gen2.mem"));
+    let gen2 = format!(
+        r#"{{"snapshot_path":"{}","mem_file_path":"{}"}}"#,
+        s(&st2),
+        s(&mem2)
+    );
+    ok(&sock, "PUT", "/snapshot/create", Some(&gen2));
     ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
     let (code, out, err) = vmm.wait(LIMIT);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_continues(&before, &out);
+
+    let r = run(&[
+        "restore",
+        "--snapshot",
+        s(&st2),
+        "--mem",
+        s(&mem2),
+        "--resume",
+    ]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert_continues(&before, &r.stdout);
 }
 
 #[test]
@@ -249,6 +288,17 @@ fn snapshot_and_load_refuse_what_they_cannot_do() {
         "/snapshot/create",
         Some(unwritable),
         "/nonexistent/dir/x.mem",
+    );
+    let same = format!(
+        r#"{{"snapshot_path":"{0}","mem_file_path":"{0}"}}"#,
+        s(&dir.join("x.snap"))
+    );
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&same),
+        "different files",
     );
     assert_eq!(
         state(&sock),

@@ -82,6 +82,10 @@ pub struct Machine {
     pub(crate) vcpu_responses: std::sync::mpsc::Receiver<(u8, VcpuResponse)>,
     pub(crate) devices: DeviceManager,
     pub(crate) paused: Cell<bool>,
+    /// The PIT as it was when the machine paused: put back on resume, so
+    /// the time paused is not delivered as a burst of missed ticks (KVM's
+    /// PIT reinjects them), as QEMU does.
+    pub(crate) paused_pit: Cell<Option<kvm_bindings::kvm_pit_state2>>,
     /// -1, or how often (ms) to sample guest RIPs.
     pub(crate) sample_period_ms: i32,
     /// What a snapshot records to build this machine again.
@@ -125,6 +129,10 @@ impl Machine {
         let start = Instant::now();
         self.ask_vcpus(VcpuRequest::Pause)?;
         self.devices.pause(ACK_TIMEOUT)?;
+        match self.vm.fd.get_pit2() {
+            Ok(pit) => self.paused_pit.set(Some(pit)),
+            Err(e) => log::warn!("KVM_GET_PIT2 at pause: {e}"),
+        }
         self.paused.set(true);
         log::info!("paused in {:.3} ms", start.elapsed().as_secs_f64() * 1e3);
         Ok(())
@@ -136,6 +144,12 @@ impl Machine {
             return Ok(());
         }
         let start = Instant::now();
+        if let Some(pit) = self.paused_pit.take() {
+            // Reloads each counter from now: no backlog from the pause.
+            if let Err(e) = self.vm.fd.set_pit2(&pit) {
+                log::warn!("KVM_SET_PIT2 at resume: {e}");
+            }
+        }
         self.devices.resume(ACK_TIMEOUT)?;
         self.ask_vcpus(VcpuRequest::Resume)?;
         self.paused.set(false);

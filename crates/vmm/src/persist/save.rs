@@ -43,7 +43,9 @@ fn backing_files(m: &Machine) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn open_memory_file(m: &Machine, path: &Path) -> Result<File, String> {
+/// Refuses a path whose file backs guest RAM: writing it would change
+/// the memory the snapshot is being read from.
+fn not_backing(m: &Machine, path: &Path) -> Result<(), String> {
     if let Ok(md) = std::fs::metadata(path) {
         if backing_files(m).contains(&(md.dev(), md.ino())) {
             return Err(format!(
@@ -52,6 +54,11 @@ fn open_memory_file(m: &Machine, path: &Path) -> Result<File, String> {
             ));
         }
     }
+    Ok(())
+}
+
+fn open_memory_file(m: &Machine, path: &Path) -> Result<File, String> {
+    not_backing(m, path)?;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -71,6 +78,10 @@ impl Machine {
         if req.kind == SnapshotKind::Diff && !self.vm.dirty_log {
             return Err(DIFF_NEEDS_TRACKING.into());
         }
+        if req.state_path == req.mem_path {
+            return Err("snapshot_path and mem_file_path must be different files.".into());
+        }
+        not_backing(self, &req.state_path)?;
         let mem_file = open_memory_file(self, &req.mem_path)?;
         let devices = self.devices.save()?;
         let vm = super::vm::save(&self.vm.fd).map_err(|e| e.to_string())?;

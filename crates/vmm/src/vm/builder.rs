@@ -552,6 +552,7 @@ impl CreatedMachine {
                 thread: self.device_thread,
             },
             paused: std::cell::Cell::new(restoring),
+            paused_pit: std::cell::Cell::new(None),
             sample_period_ms: if sample_rip { 10 } else { -1 },
             shape: self.shape,
             summary: BuildSummary {

@@ -162,6 +162,8 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
         return Err(Error::Restore(why));
     }
     phases.mark("vCPU state");
+    // Paused from here: the PIT goes back as saved when it resumes.
+    machine.paused_pit.set(Some(snap.vm.pit));
     for t in &machine.devices.virtio {
         bus::lock(t).raise_pending();
     }
