@@ -70,8 +70,8 @@ fn data_bytes(p: &Path) -> u64 {
 }
 
 /// The floor: the same bytes written to a fresh file with write().
-fn write_floor(dir: &Path, bytes: u64) -> Result<f64, String> {
-    let p = dir.join("floor.bin");
+fn write_floor(dir: &Path, bytes: u64, run: usize) -> Result<f64, String> {
+    let p = dir.join(format!("floor-{run}.bin"));
     let buf = vec![0x5au8; 1 << 20];
     let t = Instant::now();
     let mut f = std::fs::File::create(&p).map_err(|e| e.to_string())?;
@@ -82,7 +82,6 @@ fn write_floor(dir: &Path, bytes: u64) -> Result<f64, String> {
         left -= n as u64;
     }
     let took = ms(t);
-    let _ = std::fs::remove_file(&p);
     Ok(took)
 }
 
@@ -111,8 +110,17 @@ pub fn bench_snapshot(args: &BenchArgs, dir: &Path) -> Result<(), String> {
         for filled in [0u64, 25] {
             let fill_bytes = mib * (1 << 20) * filled / 100;
             let (mut create, mut restore_ms, mut boot_ms) = (Vec::new(), Vec::new(), Vec::new());
-            let (mut data, mut state) = (0, 0);
-            for _ in 0..args.runs {
+            let (mut data, mut state, mut floor) = (0, 0, Vec::new());
+            for run in 0..args.runs {
+                // Fresh files each run: truncating the last run's file would
+                // wait for its writeback and be counted here.
+                let st = dir.join(format!("b{mib}-{filled}-{run}.snap"));
+                let mem = dir.join(format!("b{mib}-{filled}-{run}.mem"));
+                let req = |kind| SnapshotRequest {
+                    kind,
+                    state_path: st.clone(),
+                    mem_path: mem.clone(),
+                };
                 let t = Instant::now();
                 let m = vmm::vm::builder::build(&config(&kernel, mib, false))
                     .map_err(|e| e.to_string())?;
@@ -125,6 +133,7 @@ pub fn bench_snapshot(args: &BenchArgs, dir: &Path) -> Result<(), String> {
                 state = r.state_bytes;
                 data = data_bytes(&mem);
                 end(m);
+                floor.push(write_floor(dir, data, run)?);
 
                 let t = Instant::now();
                 let load = LoadRequest {
@@ -136,8 +145,10 @@ pub fn bench_snapshot(args: &BenchArgs, dir: &Path) -> Result<(), String> {
                 m.resume()?;
                 restore_ms.push(ms(t));
                 end(m);
+                let _ = std::fs::remove_file(&st);
+                let _ = std::fs::remove_file(&mem);
             }
-            let floor = write_floor(dir, data)?;
+            let floor = median(floor);
             println!(
                 "  {mib:>6} {filled:>5}% {:>10.2} {:>9} KiB {state:>12} {floor:>10.2} {:>10.2} {:>8.2}",
                 median(create),
@@ -194,14 +205,20 @@ pub fn bench_snapshot(args: &BenchArgs, dir: &Path) -> Result<(), String> {
         m.resume()?;
         fill(&m, (2 << 20) + pages * 4096)?;
         m.pause()?;
+        let diff_mem = dir.join(format!("diff-{pages}.mem"));
         let t = Instant::now();
-        m.snapshot(&req(SnapshotKind::Diff))?;
+        m.snapshot(&SnapshotRequest {
+            kind: SnapshotKind::Diff,
+            state_path: st.clone(),
+            mem_path: diff_mem.clone(),
+        })?;
         let took = ms(t);
         println!(
             "  Diff of {pages:>6} dirty pages: {took:>8.2} ms ({:.3}x the Full), {} KiB data",
             took / full,
-            data_bytes(&mem) / 1024
+            data_bytes(&diff_mem) / 1024
         );
+        let _ = std::fs::remove_file(&diff_mem);
     }
     end(m);
     let _ = std::fs::remove_file(&st);
