@@ -56,14 +56,30 @@ pub const MSR_IA32_TSC_DEADLINE: u32 = 0x6e0;
 /// At most this many MSRs in one snapshot (KVM lists a few hundred).
 pub const MAX_MSRS: usize = 1024;
 
-/// The state MSRs among `listed` (KVM_GET_MSR_INDEX_LIST), TSC first and
-/// TSC_DEADLINE last: restoring the deadline before the TSC would arm it
-/// against the wrong clock.
+/// State KVM keeps but leaves out of its index list: the MTRRs (8
+/// variable pairs, the fixed ranges, the default type), TSC_AUX and
+/// SPEC_CTRL (listed only with some CPUs). Those this vCPU cannot read
+/// are dropped when it is saved. (EFER, APIC base and FS/GS base travel
+/// in SREGS.)
+const UNLISTED_STATE_MSRS: &[(u32, u32)] = &[
+    (0x48, 0x48),
+    (0x200, 0x20f),
+    (0x250, 0x250),
+    (0x258, 0x259),
+    (0x268, 0x26f),
+    (0x2ff, 0x2ff),
+    (0xc000_0103, 0xc000_0103),
+];
+
+/// The state MSRs among `listed` (KVM_GET_MSR_INDEX_LIST) and the unlisted
+/// ones, TSC first and TSC_DEADLINE last: restoring the deadline before
+/// the TSC would arm it against the wrong clock.
 pub fn state_msrs(listed: &[u32]) -> Vec<u32> {
     let mut v: Vec<u32> = listed
         .iter()
         .copied()
         .filter(|i| STATE_MSRS.iter().any(|(lo, hi)| (lo..=hi).contains(&i)))
+        .chain(UNLISTED_STATE_MSRS.iter().flat_map(|&(lo, hi)| lo..=hi))
         .collect();
     v.sort_by_key(|&i| (i != MSR_IA32_TSC, i == MSR_IA32_TSC_DEADLINE, i));
     v.dedup();
@@ -268,9 +284,25 @@ mod tests {
             0x277,
             0x10,
         ];
-        assert_eq!(
-            state_msrs(&listed),
-            vec![0x10, 0x277, 0x4b56_4d01, 0xc000_0080, 0x6e0]
-        );
+        let v = state_msrs(&listed);
+        assert_eq!(v.first(), Some(&0x10), "TSC first");
+        assert_eq!(v.last(), Some(&0x6e0), "TSC_DEADLINE last");
+        for want in [
+            0x277,
+            0x4b56_4d01,
+            0xc000_0080,
+            0x200,
+            0x20f,
+            0x2ff,
+            0xc000_0103,
+        ] {
+            assert!(v.contains(&want), "{want:#x} in {v:x?}");
+        }
+        for not in [0x38f, 0x10a] {
+            assert!(!v.contains(&not), "{not:#x} is not state");
+        }
+        let mut sorted = v.clone();
+        sorted.dedup();
+        assert_eq!(sorted.len(), v.len(), "no MSR twice");
     }
 }

@@ -444,6 +444,11 @@ pub fn create(
         .map(|l| persist::vcpu::state_msrs(l.as_slice()))
         .map_err(Error::MsrList)?;
     let xsave_bytes = vm.fd.check_extension_int(kvm_ioctls::Cap::Xsave2).max(0) as usize;
+    log::debug!(
+        "a snapshot saves up to {} MSRs per vCPU and an XSAVE area of {} bytes",
+        state_msrs.len(),
+        xsave_bytes.max(persist::vcpu::LEGACY_XSAVE_BYTES)
+    );
     Ok(CreatedMachine {
         host: hv.host,
         vm,
