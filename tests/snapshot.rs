@@ -209,6 +209,42 @@ fn full_then_diff_then_rebase_then_restore() {
     vmm.wait_for("lapic 000000000000000a", LIMIT);
     snap("Full", &full_st, &full_mem);
     ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    vmm.wait_for("lapic 0000000000000014", LIMIT);
+
+    // A Diff that fails after taking the dirty log (its state file cannot
+    // be written) leaves nothing behind, and only a Full may follow it.
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    let failing = format!(
+        r#"{{"snapshot_type":"Diff","snapshot_path":"/nonexistent/d.snap","mem_file_path":"{}"}}"#,
+        s(&diff_mem)
+    );
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&failing),
+        "/nonexistent",
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n.starts_with("diff"))
+        .collect();
+    assert!(left.is_empty(), "a failed snapshot left {left:?}");
+    let diff_body = format!(
+        r#"{{"snapshot_type":"Diff","snapshot_path":"{}","mem_file_path":"{}"}}"#,
+        s(&diff_st),
+        s(&diff_mem)
+    );
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&diff_body),
+        "take a Full",
+    );
+    snap("Full", &full_st, &full_mem);
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
     vmm.wait_for("lapic 0000000000000028", LIMIT);
     snap("Diff", &diff_st, &diff_mem);
     let before = vmm.out();

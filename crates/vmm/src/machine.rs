@@ -86,6 +86,9 @@ pub struct Machine {
     /// the time paused is not delivered as a burst of missed ticks (KVM's
     /// PIT reinjects them), as QEMU does.
     pub(crate) paused_pit: Cell<Option<kvm_bindings::kvm_pit_state2>>,
+    /// A snapshot failed after taking the dirty logs: a Diff now would
+    /// miss pages, so only a Full may come next.
+    pub(crate) diff_base_lost: Cell<bool>,
     /// -1, or how often (ms) to sample guest RIPs.
     pub(crate) sample_period_ms: i32,
     /// What a snapshot records to build this machine again.

@@ -31,6 +31,7 @@ pub struct SnapshotReport {
 }
 
 pub const NOT_PAUSED: &str = "The microVM must be paused before a snapshot is taken.";
+pub const DIFF_BASE_LOST: &str = "The last snapshot failed after taking the dirty page log: take a Full snapshot before the next Diff.";
 pub const DIFF_NEEDS_TRACKING: &str = "Diff snapshots need dirty page tracking: set track_dirty_pages in the machine configuration (or when loading the snapshot).";
 
 /// (st_dev, st_ino) of the files guest RAM is mapped from.
@@ -57,26 +58,56 @@ fn not_backing(m: &Machine, path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Where a file is written before it is renamed into place, so a failed
+/// snapshot leaves any earlier one whole.
+fn partial(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".partial-{}", std::process::id()));
+    path.with_file_name(name)
+}
+
 fn open_memory_file(m: &Machine, path: &Path) -> Result<File, String> {
     not_backing(m, path)?;
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
-        .truncate(false)
-        .open(path)
+        .truncate(true)
+        .open(partial(path))
         .map_err(|e| format!("memory file {}: {e}", path.display()))
 }
 
 impl Machine {
     /// Saves the paused machine. The machine stays paused.
     pub fn snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport, String> {
+        let r = self.write_snapshot(req);
+        let (mem_tmp, state_tmp) = (partial(&req.mem_path), partial(&req.state_path));
+        let r = r.and_then(|report| {
+            let rename = |from: &Path, to: &Path| {
+                std::fs::rename(from, to).map_err(|e| format!("{}: {e}", to.display()))
+            };
+            // The state last: a state file names a complete memory file.
+            rename(&mem_tmp, &req.mem_path)?;
+            rename(&state_tmp, &req.state_path)?;
+            Ok(report)
+        });
+        if r.is_err() {
+            let _ = std::fs::remove_file(&mem_tmp);
+            let _ = std::fs::remove_file(&state_tmp);
+        }
+        r
+    }
+
+    fn write_snapshot(&self, req: &SnapshotRequest) -> Result<SnapshotReport, String> {
         let start = Instant::now();
         if !self.is_paused() {
             return Err(NOT_PAUSED.into());
         }
         if req.kind == SnapshotKind::Diff && !self.vm.dirty_log {
             return Err(DIFF_NEEDS_TRACKING.into());
+        }
+        if req.kind == SnapshotKind::Diff && self.diff_base_lost.get() {
+            return Err(DIFF_BASE_LOST.into());
         }
         if req.state_path == req.mem_path {
             return Err("snapshot_path and mem_file_path must be different files.".into());
@@ -106,6 +137,9 @@ impl Machine {
             None
         };
         let device_dirty = memory::take_device_dirty(self.memory());
+        // From here a failure loses the pages dirtied since the last
+        // snapshot: only a Full can follow it.
+        self.diff_base_lost.set(true);
         let io = |e: std::io::Error| format!("memory file {}: {e}", req.mem_path.display());
         let written = match (req.kind, dirty.as_mut()) {
             (SnapshotKind::Diff, Some(kvm)) => {
@@ -130,7 +164,9 @@ impl Machine {
             vcpus,
             taken_unix_ns: unix_now_ns(),
         };
-        let state_bytes = file::write(&req.state_path, &snapshot).map_err(|e| e.to_string())?;
+        let state_bytes =
+            file::write(&partial(&req.state_path), &snapshot).map_err(|e| e.to_string())?;
+        self.diff_base_lost.set(false);
         let report = SnapshotReport {
             state_bytes,
             memory: written,

@@ -558,6 +558,7 @@ impl CreatedMachine {
             },
             paused: std::cell::Cell::new(restoring),
             paused_pit: std::cell::Cell::new(None),
+            diff_base_lost: std::cell::Cell::new(false),
             sample_period_ms: if sample_rip { 10 } else { -1 },
             shape: self.shape,
             summary: BuildSummary {
