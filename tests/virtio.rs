@@ -359,3 +359,64 @@ fn virtio_vsock_guest_and_host_connect_to_each_other_over_unix_sockets() {
     }
     assert!(!sock.exists(), "the socket is removed at exit");
 }
+
+/// Nothing Tsubame opens leaks into a program it (or a library it calls)
+/// would exec: every fd past stdio is close-on-exec, eventfds included.
+#[test]
+fn every_fd_of_a_running_vmm_is_close_on_exec() {
+    use common::api::{wait_for_socket, Vmm};
+    let dir = scratch("cloexec");
+    let img = disk_image("cloexec-disk");
+    let disk = format!("path={}", img.display());
+    let sock = dir.join("api.sock");
+    let vsock = format!("cid=3,socket={}", dir.join("v.sock").display());
+    // Fds this test process lets children inherit (cargo's jobserver…)
+    // are not Tsubame's.
+    let inherited = inheritable_fds("self");
+    let vmm = Vmm::start(&[
+        "run",
+        "--kernel",
+        &kernel("halt"),
+        "--disk",
+        &disk,
+        "--rng",
+        "--vsock",
+        &vsock,
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    wait_for_socket(&sock);
+    vmm.wait_for("halting", Duration::from_secs(30));
+    let pid = vmm.child.id().to_string();
+    let open: Vec<String> = inheritable_fds(&pid)
+        .into_iter()
+        .filter(|(fd, _)| *fd > 2 && !inherited.iter().any(|(i, _)| i == fd))
+        .map(|(fd, target)| format!("{fd} -> {target}"))
+        .collect();
+    vmm.signal(libc::SIGTERM);
+    let (code, _, _) = vmm.wait(Duration::from_secs(10));
+    assert_eq!(code, 128 + libc::SIGTERM);
+    assert!(open.is_empty(), "inheritable fds: {open:?}");
+}
+
+/// (fd, what it is) of every fd of process `pid` without close-on-exec.
+fn inheritable_fds(pid: &str) -> Vec<(i32, String)> {
+    let mut open = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fdinfo")).unwrap() {
+        let entry = entry.unwrap();
+        let fd: i32 = entry.file_name().to_string_lossy().parse().unwrap();
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default();
+        if flags & libc::O_CLOEXEC as u32 == 0 {
+            open.push((fd, target.display().to_string()));
+        }
+    }
+    open
+}

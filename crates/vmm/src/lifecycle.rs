@@ -64,7 +64,7 @@ impl Lifecycle {
         Ok(Lifecycle {
             stopping: AtomicBool::new(false),
             reason: Mutex::new(None),
-            stop_event: EventFd::new(libc::EFD_NONBLOCK)?,
+            stop_event: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
         })
     }
 

@@ -31,7 +31,7 @@ pub fn install() -> std::io::Result<&'static EventFd> {
     if let Some(e) = EVENT.get() {
         return Ok(e);
     }
-    let event = EventFd::new(libc::EFD_NONBLOCK)?;
+    let event = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
     let event = EVENT.get_or_init(|| event);
     EVENT_FD.store(event.as_raw_fd(), Ordering::SeqCst);
     for sig in STOP_SIGNALS {

@@ -99,8 +99,8 @@ pub fn start(path: &Path, max_body: usize) -> Result<(ApiServer, ApiLink), Error
         source,
     })?;
     listener.set_nonblocking(true)?;
-    let event = EventFd::new(libc::EFD_NONBLOCK)?;
-    let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+    let event = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
+    let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
     let (req_tx, requests) = mpsc::channel();
     let (responses, resp_rx) = mpsc::channel();
     let server = Server {

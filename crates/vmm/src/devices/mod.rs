@@ -22,7 +22,9 @@ pub struct IrqLine(pub EventFd);
 
 impl IrqLine {
     pub fn new() -> std::io::Result<IrqLine> {
-        Ok(IrqLine(EventFd::new(libc::EFD_NONBLOCK)?))
+        Ok(IrqLine(EventFd::new(
+            libc::EFD_NONBLOCK | libc::EFD_CLOEXEC,
+        )?))
     }
 
     pub fn try_clone(&self) -> std::io::Result<IrqLine> {

@@ -78,7 +78,9 @@ pub struct SerialConsole {
 
 impl SerialConsole {
     pub fn new(irq: IrqLine, output: SerialOutput) -> io::Result<SerialConsole> {
-        let drained = Arc::new(InputDrained(EventFd::new(libc::EFD_NONBLOCK)?));
+        let drained = Arc::new(InputDrained(EventFd::new(
+            libc::EFD_NONBLOCK | libc::EFD_CLOEXEC,
+        )?));
         Ok(SerialConsole {
             uart: Serial::with_events(irq, drained.clone(), output.into_writer()),
             drained,

@@ -95,7 +95,7 @@ impl MmioTransport {
                 std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string())
             })?;
             queues.push(q);
-            queue_events.push(EventFd::new(libc::EFD_NONBLOCK)?);
+            queue_events.push(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
         }
         Ok(MmioTransport {
             device,

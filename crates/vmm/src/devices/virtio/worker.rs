@@ -66,7 +66,7 @@ impl DeviceThread {
                 });
             }
         }
-        let wake = EventFd::new(libc::EFD_NONBLOCK)?;
+        let wake = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         let wake_thread = wake.try_clone()?;
         let (commands, commands_rx) = mpsc::channel();
         let (acks_tx, acks) = mpsc::channel();
