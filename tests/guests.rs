@@ -356,3 +356,17 @@ fn kernel_page_faults_pass_the_syscall_repair_breakpoint_once_each() {
         assert_eq!(line.split_whitespace().last(), Some("5"), "{line}");
     }
 }
+
+/// `rep outsb` and `rep insb` on COM1 move every byte: KVM gives the VMM
+/// one exit of size × count bytes, and each byte is one UART access.
+#[test]
+fn string_port_io_moves_every_byte() {
+    let r = run_with(
+        &["run", "--kernel", &kernel("stringio")],
+        Some(b"ABCDEFG".to_vec()),
+        Duration::from_secs(30),
+    );
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("string out ok\n"), "{}", r.output());
+    assert!(r.stdout.contains("in: ABCDEFG\n"), "{}", r.output());
+}

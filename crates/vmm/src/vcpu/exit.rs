@@ -73,10 +73,23 @@ pub const HISTORY: usize = 24;
 /// history, so it is left out.
 const CONSOLE_PORTS: std::ops::Range<u64> = 0x3f8..0x400;
 
+/// The bytes of one port access in a PIO exit of `len` bytes whose
+/// accesses are `size` bytes each (1, 2 or 4; anything else: one access).
+fn pio_chunk(size: usize, len: usize) -> usize {
+    match size {
+        1 | 2 | 4 if len.is_multiple_of(size) => size,
+        _ => len.max(1),
+    }
+}
+
 /// Dispatches exits to the PIO and MMIO buses and counts them.
 pub struct ExitHandler {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
+    /// Bytes per port access of the exit being handled (`kvm_run.io.size`):
+    /// a string instruction (`rep insb`) comes as one exit of size × count
+    /// bytes, carried out as count accesses. 0: the whole buffer is one.
+    pio_size: usize,
     pub stats: ExitStats,
     history: [Option<Access>; HISTORY],
     next: usize,
@@ -90,6 +103,7 @@ impl ExitHandler {
             stats: ExitStats::default(),
             history: [None; HISTORY],
             next: 0,
+            pio_size: 0,
         }
     }
 
@@ -114,6 +128,15 @@ impl ExitHandler {
             len: data.len(),
         });
         self.next = (self.next + 1) % HISTORY;
+    }
+
+    /// Handles one exit whose port accesses are `pio_size` bytes each
+    /// (from `kvm_run.io.size`).
+    pub fn handle_io(&mut self, exit: VcpuExit<'_>, pio_size: usize) -> ExitAction {
+        self.pio_size = pio_size;
+        let action = self.handle(exit);
+        self.pio_size = 0;
+        action
     }
 
     /// Handles one exit, timing the handling.
@@ -154,12 +177,18 @@ impl ExitHandler {
         match exit {
             VcpuExit::IoIn(port, data) => {
                 let port = u64::from(port);
-                let owner = self.pio.read(port, data);
+                let mut owner = None;
+                for one in data.chunks_mut(pio_chunk(self.pio_size, data.len())) {
+                    owner = self.pio.read(port, one);
+                }
                 self.access(ExitKind::IoIn, port, owner, data)
             }
             VcpuExit::IoOut(port, data) => {
                 let port = u64::from(port);
-                let owner = self.pio.write(port, data);
+                let mut owner = None;
+                for one in data.chunks(pio_chunk(self.pio_size, data.len())) {
+                    owner = self.pio.write(port, one);
+                }
                 self.access(ExitKind::IoOut, port, owner, data)
             }
             VcpuExit::MmioRead(addr, data) => {
@@ -265,6 +294,30 @@ mod tests {
         assert_eq!(h.stats.count(ExitKind::IoOut), 1);
         assert_eq!(h.stats.count(ExitKind::IoIn), 1);
         assert_eq!(h.stats.target(Target::Pio(0)).count, 2);
+    }
+
+    #[test]
+    fn string_pio_is_one_access_per_element() {
+        let (mut h, com, _) = handler();
+        h.handle_io(VcpuExit::IoOut(0x3f8, b"abc"), 1);
+        let writes: Vec<_> = com.lock().unwrap().0.drain(..).collect();
+        assert_eq!(
+            writes,
+            vec![(0, b"a".to_vec()), (0, b"b".to_vec()), (0, b"c".to_vec())]
+        );
+        h.handle_io(VcpuExit::IoOut(0x3f8, &[1, 2, 3, 4]), 2);
+        assert_eq!(
+            com.lock().unwrap().0,
+            vec![(0, vec![1, 2]), (0, vec![3, 4])]
+        );
+        // A size that does not divide the data is taken as one access.
+        com.lock().unwrap().0.clear();
+        h.handle_io(VcpuExit::IoOut(0x3f8, &[1, 2, 3]), 2);
+        assert_eq!(com.lock().unwrap().0, vec![(0, vec![1, 2, 3])]);
+        assert_eq!(h.stats.count(ExitKind::IoOut), 3, "one exit each");
+        let mut data = [0u8; 4];
+        h.handle_io(VcpuExit::IoIn(0x3f8, &mut data), 1);
+        assert_eq!(data, [0x5a; 4]);
     }
 
     #[test]

@@ -171,8 +171,20 @@ impl Vcpu {
 
     /// One KVM_RUN and the handling of its exit.
     fn run_once(&mut self) {
+        let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         let action = match self.fd.run() {
-            Ok(exit) => self.handler.handle(exit),
+            Ok(exit) => {
+                // SAFETY: `kvm_run` is this vCPU's kvm_run mapping, alive as
+                // long as `self.fd`; KVM filled `io` before KVM_RUN returned
+                // a PIO exit, and `exit` borrows only the data area past it.
+                let size = match &exit {
+                    kvm_ioctls::VcpuExit::IoIn(..) | kvm_ioctls::VcpuExit::IoOut(..) => unsafe {
+                        usize::from((*kvm_run).__bindgen_anon_1.io.size)
+                    },
+                    _ => 0,
+                };
+                self.handler.handle_io(exit, size)
+            }
             Err(e) if e.errno() == libc::EINTR => {
                 self.fd.set_kvm_immediate_exit(0);
                 self.handler
