@@ -370,3 +370,44 @@ fn string_port_io_moves_every_byte() {
     assert!(r.stdout.contains("string out ok\n"), "{}", r.output());
     assert!(r.stdout.contains("in: ABCDEFG\n"), "{}", r.output());
 }
+
+/// Console output never blocks a vCPU: with stdout a pipe nobody reads
+/// (full after 64 KiB), SIGTERM still ends Tsubame at once.
+#[test]
+fn a_full_stdout_pipe_does_not_stop_sigterm() {
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    let mut child = Command::new(common::tsubame_bin())
+        .args(["run", "--kernel", &kernel("spew")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Long enough for the pipe and the console buffer to fill.
+    std::thread::sleep(Duration::from_secs(3));
+    let t = Instant::now();
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after SIGTERM with stdout full");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let took = t.elapsed();
+    let mut err = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(status.code(), Some(128 + libc::SIGTERM), "{err}");
+    assert!(took < Duration::from_secs(1), "SIGTERM took {took:?}");
+}

@@ -289,6 +289,10 @@ impl Machine {
         // No vCPU can notify any more; let the device thread finish.
         let mut devices = self.devices;
         devices.stop();
+        let dropped = bus::lock(&devices.com1).drain_output();
+        if dropped > 0 {
+            log::warn!("console: {dropped} output bytes dropped (stdout did not keep up)");
+        }
         let reason = self
             .lifecycle
             .reason()

@@ -1,5 +1,6 @@
 //! PC legacy devices: what a stock kernel expects at fixed ports.
 
+pub mod console_out;
 pub mod i8042;
 pub mod power;
 pub mod serial;

@@ -9,6 +9,7 @@ use vm_superio::serial::SerialEvents;
 use vm_superio::Serial;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::console_out::ConsoleOut;
 use crate::devices::{BusDevice, IrqLine};
 
 /// Where the guest's console output goes.
@@ -25,13 +26,17 @@ impl SerialOutput {
         Ok(SerialOutput::File(File::create(path)?))
     }
 
-    fn into_writer(self) -> Box<dyn Write + Send> {
-        match self {
-            SerialOutput::Stdout => Box::new(io::stdout()),
-            SerialOutput::Sink => Box::new(io::sink()),
-            SerialOutput::File(f) => Box::new(f),
-            SerialOutput::Writer(w) => w,
-        }
+    fn into_writer(self) -> io::Result<(Box<dyn Write + Send>, Option<ConsoleOut>)> {
+        Ok(match self {
+            // Never written from the vCPU thread: see `console_out`.
+            SerialOutput::Stdout => {
+                let c = ConsoleOut::spawn(io::stdout())?;
+                (Box::new(c.clone()), Some(c))
+            }
+            SerialOutput::Sink => (Box::new(io::sink()), None),
+            SerialOutput::File(f) => (Box::new(f), None),
+            SerialOutput::Writer(w) => (w, None),
+        })
     }
 }
 
@@ -74,6 +79,8 @@ pub struct SerialConsole {
     drained: Arc<InputDrained>,
     /// Output bytes the host could not take (closed pipe, full disk).
     pub lost_bytes: u64,
+    /// The stdout writer, when output goes there.
+    console: Option<ConsoleOut>,
 }
 
 impl SerialConsole {
@@ -81,11 +88,26 @@ impl SerialConsole {
         let drained = Arc::new(InputDrained(EventFd::new(
             libc::EFD_NONBLOCK | libc::EFD_CLOEXEC,
         )?));
+        let (writer, console) = output.into_writer()?;
         Ok(SerialConsole {
-            uart: Serial::with_events(irq, drained.clone(), output.into_writer()),
+            uart: Serial::with_events(irq, drained.clone(), writer),
             drained,
             lost_bytes: 0,
+            console,
         })
+    }
+
+    /// At the machine's end: lets buffered console output reach stdout
+    /// (bounded: a stdout nobody reads is not waited for), and returns
+    /// the bytes dropped because stdout did not keep up.
+    pub fn drain_output(&self) -> u64 {
+        match &self.console {
+            Some(c) => {
+                c.drain();
+                c.dropped()
+            }
+            None => 0,
+        }
     }
 
     pub fn state(&self) -> SerialState {
