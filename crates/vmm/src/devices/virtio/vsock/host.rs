@@ -25,6 +25,9 @@ pub const CONN_BUF: u32 = 256 * 1024;
 pub const MAX_PAYLOAD: usize = 64 * 1024;
 /// Connections at once; more are refused (RST, or the Unix client closed).
 pub const MAX_CONNS: usize = 1024;
+/// Control packets (RST, RESPONSE, credit updates) held for a guest that
+/// posts no receive buffers, at most; more are dropped and counted.
+pub const MAX_CONTROL: usize = 1024;
 /// Host ports for host-initiated connections start here.
 const FIRST_HOST_PORT: u32 = 1 << 30;
 const LISTENER: u64 = u64::MAX;
@@ -126,6 +129,7 @@ pub struct Host {
     by_fd: HashMap<RawFd, Key>,
     /// Header-only packets for the guest, in order.
     control: VecDeque<Header>,
+    control_dropped: u64,
     next_port: u32,
     /// Connections made, either way, and resets sent to the guest.
     opened: u64,
@@ -167,6 +171,7 @@ impl Host {
             conns: HashMap::new(),
             by_fd: HashMap::new(),
             control: VecDeque::new(),
+            control_dropped: 0,
             next_port: FIRST_HOST_PORT,
             opened: 0,
             resets: 0,
@@ -205,6 +210,11 @@ impl Host {
     }
 
     fn push(&mut self, key: Key, op: u16, flags: u32) {
+        if self.control.len() >= MAX_CONTROL {
+            // A guest that never reads cannot grow this queue.
+            self.control_dropped += 1;
+            return;
+        }
         if op == OP_RST {
             self.resets += 1;
         }
@@ -214,6 +224,11 @@ impl Host {
             c.fwd_told = c.fwd_cnt;
         }
         self.control.push_back(h);
+    }
+
+    /// Control packets waiting for receive buffers, and those dropped.
+    pub fn control_backlog(&self) -> (usize, u64) {
+        (self.control.len(), self.control_dropped)
     }
 
     fn watch(&self, fd: RawFd) -> std::io::Result<()> {

@@ -176,6 +176,7 @@ impl VirtioDevice for Vsock {
         vec![
             ("connections", self.host.connections_opened()),
             ("resets", self.host.resets_sent()),
+            ("control_dropped", self.host.control_backlog().1),
             ("malformed", self.malformed),
         ]
     }

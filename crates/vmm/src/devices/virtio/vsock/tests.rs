@@ -312,3 +312,21 @@ fn config_space_is_the_cid() {
     r.dev.read_config(0, &mut b);
     assert_eq!(u64::from_le_bytes(b), u64::from(CID));
 }
+
+#[test]
+fn a_guest_that_never_reads_cannot_grow_the_control_queue() {
+    let dir = std::env::temp_dir().join(format!("tsubame-vsock-{}-bound", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut host = host::Host::new(CID.into(), &dir.join("v.sock")).unwrap();
+    // Each packet of an unknown type earns a RST; no receive buffers.
+    let mut h = hdr(OP_REQUEST, 7000, 0);
+    h.type_ = 3;
+    for port in 0..(host::MAX_CONTROL as u32 * 4) {
+        h.src_port = port;
+        host.from_guest(&h, &[]);
+    }
+    let (held, dropped) = host.control_backlog();
+    assert_eq!(held, host::MAX_CONTROL);
+    assert_eq!(dropped, 3 * host::MAX_CONTROL as u64);
+}
