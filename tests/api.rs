@@ -582,3 +582,66 @@ fn schemathesis_finds_no_server_error() {
         report.lines().rev().take(6).collect::<Vec<_>>().join("\n")
     );
 }
+
+/// A start that fails halfway (the kernel does not load, after the vCPU
+/// and device threads exist) leaves nothing behind: no thread, and the
+/// disk image is closed again, so the process can be configured anew.
+#[test]
+fn a_failed_start_leaves_no_thread_and_no_open_disk() {
+    let dir = scratch("api-failed-start");
+    let sock = dir.join("api.sock");
+    let (kernel, disk) = (dir.join("not-a-kernel"), dir.join("disk.img"));
+    std::fs::write(&kernel, vec![0x5au8; 64 * 1024]).unwrap();
+    std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
+    let vmm = Vmm::start(&["--api-sock", sock.to_str().unwrap()]);
+    wait_for_socket(&sock);
+    ok(
+        &sock,
+        "PUT",
+        "/boot-source",
+        Some(&format!(
+            r#"{{"kernel_image_path":"{}"}}"#,
+            kernel.display()
+        )),
+    );
+    ok(
+        &sock,
+        "PUT",
+        "/drives/rootfs",
+        Some(&format!(
+            r#"{{"drive_id":"rootfs","path_on_host":"{}","is_root_device":true,"is_read_only":false}}"#,
+            disk.display()
+        )),
+    );
+    refused(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type":"InstanceStart"}"#),
+        "Start microvm error",
+    );
+    let pid = vmm.child.id();
+    let machine_threads = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .map(|c| c.trim().to_string())
+            .filter(|t| t == "virtio" || t == "console" || t.starts_with("vcpu"))
+            .collect()
+    };
+    // Threads end just after the answer: give them a moment, not more.
+    let since = Instant::now();
+    while !machine_threads().is_empty() && since.elapsed() < Duration::from_secs(2) {
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(machine_threads().is_empty(), "{:?}", machine_threads());
+    let disk_open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.unwrap().path()).ok())
+        .any(|p| p == disk);
+    assert!(!disk_open, "the disk image is still open");
+    assert_eq!(state(&sock), "Not started");
+    vmm.signal(libc::SIGTERM);
+    let (code, _, _) = vmm.wait(Duration::from_secs(10));
+    assert_eq!(code, 128 + libc::SIGTERM);
+}

@@ -23,6 +23,8 @@ struct Buffer {
     dropped: u64,
     /// The writer is writing a chunk it took.
     busy: bool,
+    /// The console is gone: the writer ends once the buffer is empty.
+    closed: bool,
 }
 
 #[derive(Default)]
@@ -51,6 +53,9 @@ impl ConsoleOut {
                     while b.bytes.is_empty() {
                         b.busy = false;
                         s.changed.notify_all();
+                        if b.closed {
+                            return;
+                        }
                         b = s.changed.wait(b).unwrap_or_else(|e| e.into_inner());
                     }
                     let n = b.bytes.len().min(64 * 1024);
@@ -63,6 +68,14 @@ impl ConsoleOut {
                 let _ = out.write_all(&chunk).and_then(|()| out.flush());
             })?;
         Ok(ConsoleOut { shared })
+    }
+
+    /// Ends the writer thread once what is buffered is written (or at
+    /// once, if stdout is stuck: the thread then ends with the process).
+    pub fn close(&self) {
+        let mut b = self.shared.buf.lock().unwrap_or_else(|e| e.into_inner());
+        b.closed = true;
+        self.shared.changed.notify_all();
     }
 
     /// Bytes dropped so far because stdout did not keep up.

@@ -179,6 +179,14 @@ impl SerialConsole {
     }
 }
 
+impl Drop for SerialConsole {
+    fn drop(&mut self) {
+        if let Some(c) = &self.console {
+            c.close();
+        }
+    }
+}
+
 impl BusDevice for SerialConsole {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);

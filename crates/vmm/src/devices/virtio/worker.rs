@@ -116,7 +116,15 @@ impl DeviceThread {
     }
 
     /// Stops the thread and waits for it.
-    pub fn stop(mut self) {
+    pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A machine whose build fails halfway drops its device thread: the thread
+/// ends with it (and lets go of the transports, their disks and sockets).
+impl Drop for DeviceThread {
+    fn drop(&mut self) {
         self.command(Command::Stop);
         if let Some(h) = self.handle.take() {
             let _ = h.join();
