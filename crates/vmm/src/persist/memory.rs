@@ -50,14 +50,14 @@ pub fn map_file(file: &File, layout: &MemoryLayout) -> std::io::Result<GuestMemo
 }
 
 /// Guest RAM as one byte slice per region, for reading.
-fn region_bytes(r: &GuestRegionMmap<AtomicBitmap>) -> &[u8] {
+fn region_bytes(r: &GuestRegionMmap<AtomicBitmap>) -> std::io::Result<&[u8]> {
     let host = r
         .get_host_address(MemoryRegionAddress(0))
-        .expect("a region's first byte is always mapped");
+        .map_err(|e| std::io::Error::other(format!("guest RAM at {:#x}: {e}", r.start_addr().0)))?;
     // SAFETY: [host, host+len) is this region's mapping, alive while `r`
     // is borrowed; the vCPUs and the device thread are paused, so nothing
     // writes it meanwhile.
-    unsafe { std::slice::from_raw_parts(host, r.len() as usize) }
+    Ok(unsafe { std::slice::from_raw_parts(host, r.len() as usize) })
 }
 
 fn is_zero(page: &[u8]) -> bool {
@@ -84,7 +84,7 @@ fn write_pages(
     };
     let mut base = 0u64;
     for (ri, r) in mem.iter().enumerate() {
-        let bytes = region_bytes(r);
+        let bytes = region_bytes(r)?;
         let pages = bytes.len().div_ceil(PAGE);
         let mut run: Option<usize> = None;
         for p in 0..=pages {
