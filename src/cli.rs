@@ -15,7 +15,8 @@ Exit status:
   0       the guest powered off or reset itself (or Ctrl-A x on the console)
   1       bad configuration or input, or Tsubame could not run the machine
   2       the guest died in a way the VMM can see (triple fault, KVM internal
-          error, failed entry); a report goes to stderr
+          error, failed entry), or one of Tsubame's threads died (a vCPU,
+          the device or the API thread); a report goes to stderr
   128+N   stopped by host signal N (130 for SIGINT, 143 for SIGTERM)";
 
 #[derive(Parser, Debug)]

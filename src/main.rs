@@ -188,6 +188,9 @@ pub(crate) fn finish(f: Finish, stats: bool) -> ExitCode {
     match &outcome.reason {
         vmm::StopReason::GuestCrash { report, .. } => eprint!("tsubame: the guest died\n{report}"),
         vmm::StopReason::VmmError(e) => eprintln!("tsubame: {e}"),
+        r @ vmm::StopReason::ThreadDied { .. } => {
+            eprintln!("tsubame: {r}; the machine was stopped")
+        }
         _ => {}
     }
     if stats {

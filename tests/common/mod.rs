@@ -79,7 +79,13 @@ fn wait(mut child: Child, deadline: Duration, what: &str) -> (i32, Duration) {
 
 /// Starts `tsubame ARGS` with `stdin` as its input (or /dev/null).
 pub fn spawn(args: &[&str], stdin: Option<Vec<u8>>) -> Child {
+    spawn_env(args, stdin, &[])
+}
+
+/// `spawn` with extra environment variables.
+pub fn spawn_env(args: &[&str], stdin: Option<Vec<u8>>, env: &[(&str, &str)]) -> Child {
     let mut cmd = Command::new(tsubame_bin());
+    cmd.envs(env.iter().copied());
     cmd.args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

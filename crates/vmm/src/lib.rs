@@ -17,6 +17,7 @@ pub mod config;
 pub mod console;
 pub mod control;
 pub mod devices;
+pub mod faults;
 pub mod kvm;
 pub mod lifecycle;
 pub mod logger;

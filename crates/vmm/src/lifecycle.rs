@@ -23,6 +23,9 @@ pub enum StopReason {
     ConsoleQuit,
     /// Tsubame itself failed while running the machine.
     VmmError(String),
+    /// One of Tsubame's threads died (a panic, or an error it cannot go
+    /// on after): the machine cannot be trusted to make progress.
+    ThreadDied { thread: String, cause: String },
 }
 
 impl StopReason {
@@ -32,7 +35,7 @@ impl StopReason {
         match self {
             StopReason::PowerOff | StopReason::Reset | StopReason::ConsoleQuit => 0,
             StopReason::VmmError(_) => 1,
-            StopReason::GuestCrash { .. } => 2,
+            StopReason::GuestCrash { .. } | StopReason::ThreadDied { .. } => 2,
             StopReason::Signal(n) => 128 + n,
         }
     }
@@ -47,6 +50,9 @@ impl fmt::Display for StopReason {
             StopReason::Signal(n) => write!(f, "stopped by host signal {n}"),
             StopReason::ConsoleQuit => write!(f, "quit from the console"),
             StopReason::VmmError(e) => write!(f, "VMM error: {e}"),
+            StopReason::ThreadDied { thread, cause } => {
+                write!(f, "thread '{thread}' died: {cause}")
+            }
         }
     }
 }
@@ -94,6 +100,42 @@ impl Lifecycle {
     }
 }
 
+/// The text of a panic's payload (`panic!` gives a `&str` or a `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "a panic without a message".into()
+    }
+}
+
+impl Lifecycle {
+    /// Runs the body of one of the machine's threads. A panic in it stops
+    /// the machine (`ThreadDied`, naming the thread and the panic) instead
+    /// of leaving the others to run on without it; `None` then.
+    pub fn supervise<T>(&self, body: impl FnOnce() -> T) -> Option<T> {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)) {
+            Ok(v) => Some(v),
+            Err(payload) => {
+                self.thread_died(panic_message(payload.as_ref()));
+                None
+            }
+        }
+    }
+
+    /// The calling thread cannot go on: stops the machine with its name.
+    pub fn thread_died(&self, cause: String) {
+        let thread = std::thread::current()
+            .name()
+            .unwrap_or("unnamed")
+            .to_string();
+        log::error!("thread '{thread}' died: {cause}");
+        self.request_stop(StopReason::ThreadDied { thread, cause });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,5 +163,31 @@ mod tests {
         assert_eq!(crash.exit_code(), 2);
         assert_eq!(StopReason::Signal(libc::SIGINT).exit_code(), 130);
         assert_eq!(StopReason::Signal(libc::SIGTERM).exit_code(), 143);
+        let died = StopReason::ThreadDied {
+            thread: "virtio".into(),
+            cause: "x".into(),
+        };
+        assert_eq!(died.exit_code(), 2);
+    }
+
+    #[test]
+    fn a_panicking_thread_stops_the_machine_with_its_name_and_cause() {
+        let l = std::sync::Arc::new(Lifecycle::new().unwrap());
+        let l2 = l.clone();
+        let out = std::thread::Builder::new()
+            .name("probe".into())
+            .spawn(move || l2.supervise(|| -> u8 { panic!("boom {}", 7) }))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(out, None);
+        assert_eq!(
+            l.reason(),
+            Some(StopReason::ThreadDied {
+                thread: "probe".into(),
+                cause: "boom 7".into()
+            })
+        );
+        assert_eq!(l.supervise(|| 5), Some(5), "no panic, the body's value");
     }
 }

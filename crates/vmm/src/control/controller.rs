@@ -12,6 +12,7 @@ use super::metrics::{self, ApiCounters, MetricsWriter};
 use super::request::{ActionType, ApiRequest, ApiResponse, VmState};
 use super::resources::{MachineConfig, VmResources};
 use crate::config::VmConfig;
+use crate::lifecycle::StopReason;
 use crate::machine::{Control, Machine, RunOutcome};
 use crate::vm::restore::LoadRequest;
 
@@ -403,6 +404,10 @@ impl MutEventSubscriber for PreBoot<'_> {
                 }
             }
             _ => {
+                if let Some(cause) = c.link.as_ref().and_then(ApiLink::died) {
+                    self.error = Some(format!("thread 'api' died: {cause}"));
+                    return;
+                }
                 let Some(req) = c.link.as_ref().and_then(ApiLink::next) else {
                     return;
                 };
@@ -441,6 +446,13 @@ impl Control for Controller {
             if let Err(e) = self.flush_metrics(Some(machine), state_name(Some(machine))) {
                 log::warn!("metrics: {e}");
             }
+            return;
+        }
+        if let Some(cause) = self.link.as_ref().and_then(ApiLink::died) {
+            machine.lifecycle().request_stop(StopReason::ThreadDied {
+                thread: "api".into(),
+                cause,
+            });
             return;
         }
         while let Some(req) = self.link.as_ref().and_then(ApiLink::next) {

@@ -10,8 +10,10 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -49,10 +51,11 @@ pub enum Error {
 
 /// The VMM thread's end: requests arrive here, answers go back.
 pub struct ApiLink {
-    /// Readable when a request is waiting.
+    /// Readable when a request is waiting (or the server thread died).
     pub event: EventFd,
     requests: Receiver<ApiRequest>,
     responses: Sender<ApiResponse>,
+    died: Arc<Mutex<Option<String>>>,
 }
 
 impl ApiLink {
@@ -68,6 +71,12 @@ impl ApiLink {
 
     pub fn fd(&self) -> RawFd {
         self.event.as_raw_fd()
+    }
+
+    /// Why the server thread ended, if it did: no request can arrive any
+    /// more, so whoever drives the VMM through it must stop.
+    pub fn died(&self) -> Option<String> {
+        crate::devices::bus::lock(&self.died).clone()
     }
 }
 
@@ -113,13 +122,21 @@ pub fn start(path: &Path, max_body: usize) -> Result<(ApiServer, ApiLink), Error
         max_body,
         sweep: TimerFd::new().map_err(io::Error::from)?,
         stopped: false,
+        failed: None,
     };
+    let died = Arc::new(Mutex::new(None));
+    let (died_thread, wake) = (died.clone(), event.try_clone()?);
     let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            if let Err(e) = server.run() {
-                log::error!("API server: {e}");
-            }
+            let cause = match std::panic::catch_unwind(AssertUnwindSafe(|| server.run())) {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(payload) => crate::lifecycle::panic_message(payload.as_ref()),
+            };
+            log::error!("thread 'api' died: {cause}");
+            *crate::devices::bus::lock(&died_thread) = Some(cause);
+            let _ = wake.write(1);
         })?;
     Ok((
         ApiServer {
@@ -131,6 +148,7 @@ pub fn start(path: &Path, max_body: usize) -> Result<(ApiServer, ApiLink), Error
             event,
             requests,
             responses,
+            died,
         },
     ))
 }
@@ -178,6 +196,8 @@ struct Server {
     /// Fires every second to close requests that take too long.
     sweep: TimerFd,
     stopped: bool,
+    /// Why the server cannot go on (its fds cannot be watched).
+    failed: Option<String>,
 }
 
 impl MutEventSubscriber for Server {
@@ -199,8 +219,7 @@ impl MutEventSubscriber for Server {
                 Ok(())
             });
         if let Err(e) = added {
-            log::error!("API server: {e}");
-            self.stopped = true;
+            self.failed = Some(e);
         }
     }
 
@@ -218,13 +237,21 @@ impl MutEventSubscriber for Server {
 }
 
 impl Server {
-    fn run(self) -> Result<(), event_manager::Error> {
-        let mut manager = EventManager::new()?;
+    /// Serves until stopped; an error means it could not go on.
+    fn run(self) -> Result<(), String> {
+        let em = |e: event_manager::Error| format!("event loop: {e}");
+        let mut manager = EventManager::new().map_err(em)?;
         let id = manager.add_subscriber(self);
-        while !manager.subscriber_mut(id)?.stopped {
-            manager.run()?;
+        loop {
+            let server = manager.subscriber_mut(id).map_err(em)?;
+            if let Some(why) = server.failed.take() {
+                return Err(why);
+            }
+            if server.stopped {
+                return Ok(());
+            }
+            manager.run().map_err(em)?;
         }
-        Ok(())
     }
 
     fn accept(&mut self, ops: &mut EventOps) {
@@ -369,6 +396,9 @@ impl Server {
             Err(resp) => resp,
             Ok(req) => {
                 log::debug!("API: {} {}", p.method, p.path);
+                if crate::faults::armed(crate::faults::API_PANIC) {
+                    panic!("injected fault {}", crate::faults::API_PANIC);
+                }
                 if self.requests.send(req).is_err() || self.vmm_event.write(1).is_err() {
                     return ApiResponse::fault(503, "The VMM is not running.");
                 }

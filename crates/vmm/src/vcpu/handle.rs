@@ -29,7 +29,7 @@ extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_v
     let run = KVM_RUN.with(Cell::get);
     if !run.is_null() {
         // SAFETY: `run` is this thread's kvm_run mapping, registered by
-        // `register_kvm_run` and valid until `unregister_kvm_run`; a u8
+        // a live `KickRegistration` and valid until it drops; a u8
         // volatile store is async-signal-safe.
         unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
     }
@@ -40,14 +40,21 @@ pub fn install_kick_handler() -> Result<(), vmm_sys_util::errno::Error> {
     register_signal_handler(kick_signal(), on_kick)
 }
 
-/// Makes kicks of this thread set `immediate_exit` in `run`. The page must
-/// stay mapped until [`unregister_kvm_run`] (the vCPU fd owns it).
-pub fn register_kvm_run(run: *mut kvm_run) {
-    KVM_RUN.with(|c| c.set(run));
+/// While alive, kicks of this thread set `immediate_exit` in its `kvm_run`
+/// page, which must stay mapped until it is dropped (the vCPU fd owns it).
+pub struct KickRegistration(());
+
+impl KickRegistration {
+    pub fn new(run: *mut kvm_run) -> KickRegistration {
+        KVM_RUN.with(|c| c.set(run));
+        KickRegistration(())
+    }
 }
 
-pub fn unregister_kvm_run() {
-    KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+impl Drop for KickRegistration {
+    fn drop(&mut self) {
+        KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
 }
 
 /// One vCPU thread, as the controller sees it.

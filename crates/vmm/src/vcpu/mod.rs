@@ -161,22 +161,28 @@ pub fn spawn(
             let Some(ready) = gate.wait() else {
                 return VcpuOutcome::default();
             };
-            if let Start::Boot(entry) = ready.start {
-                if let Err(e) = setup::configure(&fd, id, &ready, entry) {
-                    ready
-                        .lifecycle
-                        .request_stop(StopReason::VmmError(format!("vCPU {id}: {e}")));
-                    return VcpuOutcome::default();
-                }
-            }
-            let mut vcpu = run::Vcpu::new(id, fd, ready.clone(), requests, responses);
-            if let Start::Restore(states) = &ready.start {
-                // Answered to the restore, which stops the machine on error.
-                if !vcpu.restore(states.iter().find(|s| s.id == id)) {
-                    return VcpuOutcome::default();
-                }
-            }
-            vcpu.run_loop()
+            // A panic from here on stops the machine, naming this thread.
+            let lifecycle = ready.lifecycle.clone();
+            lifecycle
+                .supervise(move || {
+                    if let Start::Boot(entry) = ready.start {
+                        if let Err(e) = setup::configure(&fd, id, &ready, entry) {
+                            ready
+                                .lifecycle
+                                .request_stop(StopReason::VmmError(format!("vCPU {id}: {e}")));
+                            return VcpuOutcome::default();
+                        }
+                    }
+                    let mut vcpu = run::Vcpu::new(id, fd, ready.clone(), requests, responses);
+                    if let Start::Restore(states) = &ready.start {
+                        // Answered to the restore, which stops the machine on error.
+                        if !vcpu.restore(states.iter().find(|s| s.id == id)) {
+                            return VcpuOutcome::default();
+                        }
+                    }
+                    vcpu.run_loop()
+                })
+                .unwrap_or_default()
         })?;
     Ok(VcpuHandle::new(id, requests_tx, thread))
 }

@@ -21,6 +21,9 @@ use crate::vm::GuestMemory;
 
 pub struct Vcpu {
     id: u8,
+    /// Declared before `fd`: kicks stop writing to the kvm_run page before
+    /// it is unmapped, also when the thread unwinds from a panic.
+    _kicks: handle::KickRegistration,
     fd: VcpuFd,
     ready: Arc<MachineReady>,
     handler: ExitHandler,
@@ -40,9 +43,9 @@ impl Vcpu {
         requests: Receiver<VcpuRequest>,
         responses: Sender<(u8, VcpuResponse)>,
     ) -> Vcpu {
-        handle::register_kvm_run(fd.get_kvm_run());
         Vcpu {
             id,
+            _kicks: handle::KickRegistration::new(fd.get_kvm_run()),
             handler: ExitHandler::new(ready.pio.clone(), ready.mmio.clone()),
             repairs: ready.complete_gaps.then(EmulationRepairs::default),
             fd,
@@ -83,7 +86,6 @@ impl Vcpu {
                 VcpuState::Exiting => break,
             }
         }
-        handle::unregister_kvm_run();
         VcpuOutcome {
             stats: self.handler.stats,
             samples: self.samples,
@@ -174,6 +176,9 @@ impl Vcpu {
         let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         let action = match self.fd.run() {
             Ok(exit) => {
+                if crate::faults::armed(crate::faults::VCPU_PANIC) {
+                    panic!("injected fault {}", crate::faults::VCPU_PANIC);
+                }
                 // SAFETY: `kvm_run` is this vCPU's kvm_run mapping, alive as
                 // long as `self.fd`; KVM filled `io` before KVM_RUN returned
                 // a PIO exit, and `exit` borrows only the data area past it.

@@ -433,7 +433,8 @@ pub fn create(
         |gsi| register_irq(&vm, gsi),
     )?;
     let device_thread =
-        crate::devices::virtio::worker::DeviceThread::spawn(&transports).map_err(Error::Thread)?;
+        crate::devices::virtio::worker::DeviceThread::spawn(&transports, lifecycle.clone())
+            .map_err(Error::Thread)?;
     let supported_cpuid = hv
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)

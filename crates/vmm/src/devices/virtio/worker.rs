@@ -6,6 +6,8 @@
 //! queue once.
 
 use super::mmio::MmioTransport;
+use crate::faults;
+use crate::lifecycle::Lifecycle;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -42,9 +44,12 @@ struct Watch {
 }
 
 impl DeviceThread {
-    /// Starts the thread for `transports`. Returns `None` when there are none.
+    /// Starts the thread for `transports`. Returns `None` when there are
+    /// none. A thread that dies (a panic, a failed event loop) stops the
+    /// machine through `lifecycle`: guest I/O would hang without it.
     pub fn spawn(
         transports: &[Arc<Mutex<MmioTransport>>],
+        lifecycle: Arc<Lifecycle>,
     ) -> std::io::Result<Option<DeviceThread>> {
         if transports.is_empty() {
             return Ok(None);
@@ -78,8 +83,8 @@ impl DeviceThread {
                     commands: commands_rx,
                     acks: acks_tx,
                 };
-                if let Err(e) = run(&watches, &control) {
-                    log::error!("virtio device thread: {e}");
+                if let Some(Err(e)) = lifecycle.supervise(|| run(&watches, &control)) {
+                    lifecycle.thread_died(e);
                 }
             })?;
         Ok(Some(DeviceThread {
@@ -165,6 +170,9 @@ fn process_all(watches: &[Watch]) {
         match &w.source {
             Source::Queue(event, queue) => {
                 let _ = event.read();
+                if faults::armed(faults::VIRTIO_PANIC) {
+                    panic!("injected fault {}", faults::VIRTIO_PANIC);
+                }
                 crate::devices::bus::lock(&w.transport).process_queue(*queue);
             }
             Source::Io(_) => crate::devices::bus::lock(&w.transport).process_io(),
@@ -179,6 +187,8 @@ struct Worker<'a> {
     watches: &'a [Watch],
     control: &'a Control,
     stopped: bool,
+    /// Why the thread cannot go on (an fd it cannot watch).
+    failed: Option<String>,
 }
 
 impl Worker<'_> {
@@ -223,9 +233,10 @@ impl Worker<'_> {
 impl MutEventSubscriber for Worker<'_> {
     fn init(&mut self, ops: &mut EventOps) {
         use std::os::fd::AsRawFd;
+        let mut failed = None;
         let mut add = |fd, data, set| {
             if let Err(e) = ops.add(Events::with_data_raw(fd, data, set)) {
-                log::error!("virtio device thread: cannot watch fd {fd}: {e}");
+                failed.get_or_insert(format!("cannot watch fd {fd}: {e}"));
             }
         };
         add(
@@ -239,10 +250,15 @@ impl MutEventSubscriber for Worker<'_> {
                 Source::Io(fd) => add(*fd, i as u32, EventSet::IN | EventSet::EDGE_TRIGGERED),
             }
         }
+        self.failed = failed;
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if self.stopped {
+        if self.stopped || self.failed.is_some() {
+            return;
+        }
+        if faults::armed(faults::VIRTIO_ERROR) {
+            self.failed = Some(format!("injected fault {}", faults::VIRTIO_ERROR));
             return;
         }
         if events.data() == self.command_token() {
@@ -256,6 +272,9 @@ impl MutEventSubscriber for Worker<'_> {
                 // Drain the counter first: a notify arriving during
                 // processing then wakes us again instead of being lost.
                 let _ = event.read();
+                if faults::armed(faults::VIRTIO_PANIC) {
+                    panic!("injected fault {}", faults::VIRTIO_PANIC);
+                }
                 crate::devices::bus::lock(&w.transport).process_queue(*queue);
             }
             Source::Io(_) => crate::devices::bus::lock(&w.transport).process_io(),
@@ -263,15 +282,24 @@ impl MutEventSubscriber for Worker<'_> {
     }
 }
 
-fn run(watches: &[Watch], control: &Control) -> Result<(), event_manager::Error> {
-    let mut manager = EventManager::new()?;
+/// The thread's loop, until stopped; an error means it could not go on.
+fn run(watches: &[Watch], control: &Control) -> Result<(), String> {
+    let em = |e: event_manager::Error| format!("event loop: {e}");
+    let mut manager = EventManager::new().map_err(em)?;
     let id = manager.add_subscriber(Worker {
         watches,
         control,
         stopped: false,
+        failed: None,
     });
-    while !manager.subscriber_mut(id)?.stopped {
-        manager.run()?;
+    loop {
+        let worker = manager.subscriber_mut(id).map_err(em)?;
+        if let Some(why) = worker.failed.take() {
+            return Err(why);
+        }
+        if worker.stopped {
+            return Ok(());
+        }
+        manager.run().map_err(em)?;
     }
-    Ok(())
 }

@@ -1,0 +1,30 @@
+//! Faults a test can inject by name, to prove that Tsubame survives what
+//! no guest can make happen on purpose (a thread that panics, an event
+//! loop that fails). Compiled in only with the `test-hooks` feature, which
+//! README's test command turns on and a release build never has:
+//! `TSUBAME_TEST_FAULT=<point>` arms one point.
+
+/// A vCPU thread panics at its first exit.
+pub const VCPU_PANIC: &str = "vcpu-panic";
+/// The device thread panics at its first queue notification.
+pub const VIRTIO_PANIC: &str = "virtio-panic";
+/// The device thread's event loop returns an error at its first event.
+pub const VIRTIO_ERROR: &str = "virtio-error";
+/// The API thread panics at its first request.
+pub const API_PANIC: &str = "api-panic";
+
+/// Whether `point` is the armed fault.
+#[cfg(feature = "test-hooks")]
+pub fn armed(point: &str) -> bool {
+    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    ARMED
+        .get_or_init(|| std::env::var("TSUBAME_TEST_FAULT").ok())
+        .as_deref()
+        == Some(point)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn armed(_point: &str) -> bool {
+    false
+}

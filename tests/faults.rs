@@ -1,0 +1,96 @@
+//! A thread of Tsubame's that dies stops the machine: exit status 2 and a
+//! report naming the thread and the cause. No guest can make a thread
+//! panic on purpose, so the faults are injected (`TSUBAME_TEST_FAULT`,
+//! compiled in only with the `test-hooks` feature).
+
+mod common;
+
+use common::{finish, guest, scratch, spawn_env};
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+fn kernel(name: &str) -> String {
+    guest(name).to_string_lossy().into_owned()
+}
+
+/// Runs `args` with `fault` armed; the run must end by itself.
+fn run_with_fault(args: &[&str], fault: &str) -> common::Run {
+    let child = spawn_env(args, None, &[("TSUBAME_TEST_FAULT", fault)]);
+    finish(child, Duration::from_secs(30), fault)
+}
+
+fn assert_thread_died(r: &common::Run, thread: &str, fault: &str) {
+    assert_eq!(r.status, 2, "{}", r.output());
+    let want = format!("thread '{thread}' died: injected fault {fault}");
+    assert!(r.stderr.contains(&want), "no '{want}': {}", r.output());
+}
+
+#[test]
+fn a_vcpu_thread_that_panics_stops_a_one_vcpu_machine() {
+    // `halt` sleeps in HLT for ever once it has printed: only the panic
+    // report can end this run.
+    let r = run_with_fault(&["run", "--kernel", &kernel("halt")], "vcpu-panic");
+    assert_thread_died(&r, "vcpu 0", "vcpu-panic");
+}
+
+#[test]
+fn a_vcpu_thread_that_panics_stops_the_other_vcpus() {
+    let r = run_with_fault(
+        &["run", "--kernel", &kernel("halt"), "--cpus", "2"],
+        "vcpu-panic",
+    );
+    assert_eq!(r.status, 2, "{}", r.output());
+    assert!(
+        r.stderr.contains("died: injected fault vcpu-panic"),
+        "{}",
+        r.output()
+    );
+}
+
+#[test]
+fn a_device_thread_that_panics_stops_the_machine() {
+    // The guest waits for its rng request for ever without the device.
+    let r = run_with_fault(
+        &["run", "--kernel", &kernel("virtiorng"), "--rng"],
+        "virtio-panic",
+    );
+    assert_thread_died(&r, "virtio", "virtio-panic");
+}
+
+#[test]
+fn a_device_thread_whose_event_loop_fails_stops_the_machine() {
+    let r = run_with_fault(
+        &["run", "--kernel", &kernel("virtiorng"), "--rng"],
+        "virtio-error",
+    );
+    assert_thread_died(&r, "virtio", "virtio-error");
+}
+
+#[test]
+fn an_api_thread_that_panics_stops_the_running_machine() {
+    let sock = scratch("fault-api").join("api.sock");
+    let child = spawn_env(
+        &[
+            "run",
+            "--kernel",
+            &kernel("halt"),
+            "--api-sock",
+            sock.to_str().unwrap(),
+        ],
+        None,
+        &[("TSUBAME_TEST_FAULT", "api-panic")],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut conn = loop {
+        match UnixStream::connect(&sock) {
+            Ok(c) => break c,
+            Err(e) if Instant::now() > deadline => panic!("API socket never came up: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let r = finish(child, Duration::from_secs(30), "api-panic");
+    assert_thread_died(&r, "api", "api-panic");
+}
