@@ -264,7 +264,7 @@ impl BusDevice for I8042 {
                 self.keyboard(byte);
             }
             COMMAND => {
-                log::debug!("i8042: command {byte:#04x}");
+                crate::limited!(Debug, "i8042: command {byte:#04x}");
                 self.last_was_command = true;
                 self.pending = Pending::KeyboardCommand;
                 self.command(byte);

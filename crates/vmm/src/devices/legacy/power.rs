@@ -40,7 +40,7 @@ impl BusDevice for AcpiPower {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         let Some(&value) = data.first() else { return };
-        log::debug!("acpi-power: {value:#04x} written at +{offset}");
+        crate::limited!(Debug, "acpi-power: {value:#04x} written at +{offset}");
         match offset {
             SLEEP_CONTROL => {
                 let sleep_type = (value >> SLP_TYP_SHIFT) & SLP_TYP_MASK;

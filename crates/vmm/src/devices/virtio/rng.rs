@@ -86,7 +86,7 @@ impl VirtioDevice for Rng {
                         buf.len() as u32
                     }
                     Err(e) => {
-                        log::warn!("virtio-rng: {e}");
+                        crate::limited!(Warn, "virtio-rng: {e}");
                         0
                     }
                 }

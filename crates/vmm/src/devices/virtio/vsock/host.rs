@@ -119,6 +119,56 @@ impl Conn {
 /// (host port, guest port).
 type Key = (u32, u32);
 
+/// Connects to the Unix socket at `path` without waiting: a listener whose
+/// backlog is full refuses at once (EAGAIN) instead of holding the device
+/// thread, and every vCPU behind it, until somebody accepts. (A Unix
+/// stream connect never completes later: it is queued or refused.)
+fn connect_nonblocking(path: &std::ffi::OsStr) -> std::io::Result<UnixStream> {
+    use std::os::fd::{FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_bytes();
+    let mut addr = libc::sockaddr_un {
+        sun_family: libc::AF_UNIX as libc::sa_family_t,
+        sun_path: [0; 108],
+    };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidInput,
+            "socket path too long",
+        ));
+    }
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    // SAFETY: plain socket(2); the result is checked before use.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is the socket just made, owned by nobody else.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = std::mem::size_of::<libc::sa_family_t>() + bytes.len() + 1;
+    // SAFETY: `addr` is a valid sockaddr_un of at least `len` bytes, alive
+    // for the call.
+    let r = unsafe {
+        libc::connect(
+            fd,
+            std::ptr::addr_of!(addr).cast::<libc::sockaddr>(),
+            len as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(UnixStream::from(owned))
+}
+
 pub struct Host {
     guest_cid: u64,
     path: PathBuf,
@@ -373,7 +423,11 @@ impl Host {
             .and_then(|l| l.trim_end_matches('\r').strip_prefix("CONNECT "))
             .and_then(|n| n.trim().parse::<u32>().ok());
         let Some(port) = port else {
-            log::debug!("vsock: a client sent {:?}, not CONNECT <port>", p.line);
+            crate::limited!(
+                Debug,
+                "vsock: a client sent {:?}, not CONNECT <port>",
+                p.line
+            );
             return;
         };
         let key = (self.next_port, port);
@@ -389,7 +443,8 @@ impl Host {
     /// A packet from the guest, with its payload (RW only).
     pub fn from_guest(&mut self, h: &Header, payload: &[u8]) {
         if h.src_cid != self.guest_cid || h.dst_cid != HOST_CID {
-            log::debug!(
+            crate::limited!(
+                Debug,
                 "vsock: dropped a packet from {} to {}",
                 h.src_cid,
                 h.dst_cid
@@ -464,16 +519,15 @@ impl Host {
     fn connect_for_guest(&mut self, key: Key, h: &Header) {
         let mut target = self.path.clone().into_os_string();
         target.push(format!("_{}", key.0));
-        let ok = match UnixStream::connect(&target) {
-            Ok(s) if s.set_nonblocking(true).is_ok() => {
+        let ok = match connect_nonblocking(&target) {
+            Ok(s) => {
                 let mut c = Conn::new(s, State::Open);
                 c.peer_buf_alloc = h.buf_alloc;
                 c.peer_fwd_cnt = h.fwd_cnt;
                 self.add_conn(key, c)
             }
-            Ok(_) => false,
             Err(e) => {
-                log::debug!("vsock: guest connect to {target:?}: {e}");
+                crate::limited!(Debug, "vsock: guest connect to {target:?}: {e}");
                 false
             }
         };
@@ -535,7 +589,11 @@ impl Host {
         if data.is_empty() {
             self.control.push_front(h);
         } else {
-            log::warn!("vsock: a {} byte packet lost for want of room", data.len());
+            crate::limited!(
+                Warn,
+                "vsock: a {} byte packet lost for want of room",
+                data.len()
+            );
         }
     }
 }

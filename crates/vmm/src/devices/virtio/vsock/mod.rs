@@ -52,7 +52,7 @@ impl Vsock {
                 Some((h, payload)) => self.host.from_guest(&h, &payload),
                 _ => {
                     self.malformed += 1;
-                    log::debug!("vsock: dropped a malformed transmit chain")
+                    crate::limited!(Debug, "vsock: dropped a malformed transmit chain")
                 }
             }
             0

@@ -330,3 +330,54 @@ fn a_guest_that_never_reads_cannot_grow_the_control_queue() {
     assert_eq!(held, host::MAX_CONTROL);
     assert_eq!(dropped, 3 * host::MAX_CONTROL as u64);
 }
+
+/// A listener with a backlog of 0 (one queued connection fills it).
+fn full_listener(path: &std::path::Path) -> UnixListener {
+    let l = UnixListener::bind(path).unwrap();
+    // SAFETY: listen(2) on the socket `l` owns; only its backlog changes.
+    assert_eq!(
+        unsafe { libc::listen(std::os::fd::AsRawFd::as_raw_fd(&l), 0) },
+        0
+    );
+    l
+}
+
+#[test]
+fn a_host_listener_that_never_accepts_gets_rst_without_a_wait() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let mut r = rig("full-backlog");
+    let path = PathBuf::from(format!("{}_6000", r.path.display()));
+    let l = full_listener(&path);
+    let _queued = UnixStream::connect(&path).unwrap();
+    // If the device blocks in connect, this accepts after 3 s to let it
+    // go (and says so), so that the test fails instead of hanging.
+    let rescued = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicBool::new(false));
+    let (resc, d) = (rescued.clone(), done.clone());
+    let watchdog = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        if !d.load(Ordering::SeqCst) {
+            resc.store(true, Ordering::SeqCst);
+            let _ = l.accept();
+            let _ = l.accept();
+        }
+    });
+    r.post_rx();
+    let started = std::time::Instant::now();
+    r.send(hdr(OP_REQUEST, 6000, 0), &[], false);
+    let took = started.elapsed();
+    done.store(true, Ordering::SeqCst);
+    assert!(
+        !rescued.load(Ordering::SeqCst),
+        "connect waited {took:?} for an accept"
+    );
+    let got = r.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].0.op, OP_RST,
+        "a full backlog is a refused connection"
+    );
+    assert_eq!(r.dev.host.connections(), 0);
+    drop(watchdog);
+}
