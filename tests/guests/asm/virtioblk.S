@@ -52,6 +52,24 @@ _start:
     mov $T_FLUSH, %edi
     xor %esi, %esi
     call request
+#ifdef STALL_AT_FLUSH
+    /* The flush is posted, not waited for. Once the host says its file
+     * system holds the flush, read InterruptStatus, as a driver's
+     * interrupt handler does, and say what it was. */
+    lea posted(%rip), %rsi
+    call puts
+    mov $COM1_LSR, %dx
+6:  in %dx, %al
+    test $LSR_DR, %al
+    jz 6b
+    mov 0x60(%r15), %eax
+    lea irqst(%rip), %rsi
+    call report
+    mov $'\n', %al
+    call putc
+7:  hlt
+    jmp 7b
+#endif
     lea fl(%rip), %rsi
     call report
     mov $'\n', %al
@@ -123,7 +141,12 @@ request:
     xor %ecx, %ecx
     xor %edi, %edi
     call vio_post
+#ifdef STALL_AT_FLUSH
+    cmp $T_FLUSH, %r12d
+    je 3f
+#endif
     call vio_wait
+3:
     mov $STATUS, %rax
     movzbl (%rax), %eax
     ret
@@ -137,6 +160,10 @@ rd0:     .asciz "read0 "
 wr1:     .asciz "write1 "
 fl:      .asciz "flush "
 rd1:     .asciz "read1 "
+#ifdef STALL_AT_FLUSH
+posted:  .asciz "flush posted\n"
+irqst:   .asciz "interrupt status "
+#endif
     .bss
     .balign 16
     .skip 4096

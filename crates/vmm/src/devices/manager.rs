@@ -100,7 +100,7 @@ impl DeviceManager {
         self.virtio
             .iter()
             .map(|t| {
-                let t = bus::lock(t);
+                let mut t = bus::lock(t);
                 let n = seen.iter().filter(|s| **s == t.name()).count();
                 seen.push(t.name());
                 (format!("{}{n}", t.name()), t.counters())

@@ -6,14 +6,20 @@
 //! an exit when the eventfd is registered as an ioeventfd), and the device
 //! thread does the work.
 
+mod backend;
 mod state;
+#[cfg(test)]
+mod tests;
 
+pub use backend::{Backend, Interrupt};
 pub use state::{SavedQueue, TransportState};
 
-use super::{Used, VirtioDevice, VIRTIO_F_VERSION_1};
+use super::{VirtioDevice, VIRTIO_F_VERSION_1};
 use crate::devices::{BusDevice, IrqLine};
 use crate::vm::GuestMemory;
+use std::sync::{Arc, Mutex};
 use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Size of one device's window: registers, then configuration at 0x100.
@@ -66,19 +72,25 @@ pub const INT_CONFIG: u32 = 2;
 pub const RING_EVENT_IDX: u64 = 1 << 29;
 
 pub struct MmioTransport {
-    device: Box<dyn VirtioDevice>,
-    mem: GuestMemory,
-    queues: Vec<Queue>,
+    /// The device thread's half; see `backend.rs` for what needs its lock.
+    backend: Arc<Mutex<Backend>>,
+    interrupt: Arc<Interrupt>,
     /// One per queue; the device thread waits on them.
-    queue_events: Vec<EventFd>,
-    irq: IrqLine,
+    queue_events: Arc<[EventFd]>,
+    // Fixed for the device's life: read without the backend's lock.
+    name: &'static str,
+    device_type: u32,
+    device_features: u64,
+    queue_max_sizes: Vec<u16>,
     status: u32,
     device_features_sel: u32,
     driver_features_sel: u32,
     driver_features: u64,
     queue_sel: u32,
-    interrupt_status: u32,
     config_generation: u32,
+    /// The device's counters as last read: the figures metrics report
+    /// while the device thread holds the backend (a stalled disk).
+    last_counters: Vec<(&'static str, u64)>,
 }
 
 impl MmioTransport {
@@ -97,37 +109,60 @@ impl MmioTransport {
             queues.push(q);
             queue_events.push(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?);
         }
+        let queue_events: Arc<[EventFd]> = queue_events.into();
+        let interrupt = Arc::new(Interrupt::new(irq));
+        let (name, device_type, device_features) =
+            (device.name(), device.device_type(), device.features());
+        let queue_max_sizes = device.queue_max_sizes().to_vec();
+        let last_counters = device.counters();
+        let backend = Backend::new(device, queues, mem, queue_events.clone(), interrupt.clone());
         Ok(MmioTransport {
-            device,
-            mem,
-            queues,
+            backend: Arc::new(Mutex::new(backend)),
+            interrupt,
             queue_events,
-            irq,
+            name,
+            device_type,
+            device_features,
+            queue_max_sizes,
             status: 0,
             device_features_sel: 0,
             driver_features_sel: 0,
             driver_features: 0,
             queue_sel: 0,
-            interrupt_status: 0,
             config_generation: 0,
+            last_counters,
         })
     }
 
     pub fn name(&self) -> &'static str {
-        self.device.name()
+        self.name
     }
 
     pub fn device_type(&self) -> u32 {
-        self.device.device_type()
+        self.device_type
     }
 
-    pub fn counters(&self) -> Vec<(&'static str, u64)> {
-        self.device.counters()
+    /// The device's counters; the last ones read while the device thread
+    /// is busy in the device, so that a stuck device stops no caller.
+    pub fn counters(&mut self) -> Vec<(&'static str, u64)> {
+        if let Ok(b) = self.backend.try_lock() {
+            self.last_counters = b.device.counters();
+        }
+        self.last_counters.clone()
     }
 
     /// The queue eventfds, for ioeventfd registration and the device thread.
     pub fn queue_events(&self) -> &[EventFd] {
         &self.queue_events
+    }
+
+    /// What the device thread works on.
+    pub fn backend(&self) -> Arc<Mutex<Backend>> {
+        self.backend.clone()
+    }
+
+    fn lock_backend(&self) -> std::sync::MutexGuard<'_, Backend> {
+        crate::devices::bus::lock(&self.backend)
     }
 
     pub fn is_active(&self) -> bool {
@@ -138,87 +173,56 @@ impl MmioTransport {
         self.status
     }
 
-    /// Device thread: the driver notified queue `index`.
-    pub fn process_queue(&mut self, index: usize) {
-        if !self.is_active() {
-            return;
-        }
-        if !self.queues.get(index).is_some_and(|q| q.ready()) {
-            return;
-        }
-        let used = self
-            .device
-            .process_queue(index, &mut self.queues, &self.mem);
-        self.interrupt_for(used);
-    }
-
-    /// The device's host-side source (`VirtioDevice::io_source`).
-    pub fn io_source(&self) -> Option<std::os::fd::RawFd> {
-        self.device.io_source()
-    }
-
-    /// Device thread: the device's host-side source is ready.
-    pub fn process_io(&mut self) {
-        if !self.is_active() {
-            return;
-        }
-        let used = self.device.process_io(&mut self.queues, &self.mem);
-        self.interrupt_for(used);
-    }
-
-    /// One interrupt for the queues that got used buffers, unless with
-    /// EVENT_IDX the driver asked not to be told yet; queues the device
-    /// left at its budget are woken again.
-    fn interrupt_for(&mut self, used: Used) {
-        for (i, e) in self.queue_events.iter().enumerate() {
-            if used.needs_again(i) {
-                let _ = e.write(1);
-            }
-        }
-        let mem = &self.mem;
-        let notify = self.queues.iter_mut().enumerate().any(|(i, q)| {
-            used.contains(i) && q.ready() && q.needs_notification(mem).unwrap_or(true)
-        });
-        if notify {
-            self.signal(INT_USED_RING);
-        }
-    }
-
-    fn signal(&mut self, bit: u32) {
-        self.interrupt_status |= bit;
-        if let Err(e) = self.irq.0.write(1) {
-            log::warn!("{}: cannot raise interrupt: {e}", self.name());
-        }
-    }
-
-    fn selected_queue(&mut self) -> Option<&mut Queue> {
-        // Queue layout is frozen once the driver is running.
+    /// Applies `f` to the selected queue while the driver may still set
+    /// it up (the layout is frozen once the driver is running).
+    fn with_selected_queue(&self, f: impl FnOnce(&mut Queue)) {
         if self.status & STATUS_DRIVER_OK != 0 {
-            return None;
+            return;
         }
-        self.queues.get_mut(self.queue_sel as usize)
+        if let Some(q) = self.lock_backend().queues.get_mut(self.queue_sel as usize) {
+            f(q);
+        }
     }
 
     /// The six ring address registers: low halves at 8-aligned offsets,
     /// high halves 4 bytes above.
-    fn set_queue_address(&mut self, offset: u64, v: u32) {
+    fn set_queue_address(&self, offset: u64, v: u32) {
         let (low, high) = if offset & 4 == 0 {
             (Some(v), None)
         } else {
             (None, Some(v))
         };
-        let Some(q) = self.selected_queue() else {
-            return;
-        };
-        match offset & !4 {
-            QUEUE_DESC_LOW => q.set_desc_table_address(low, high),
-            QUEUE_DRIVER_LOW => q.set_avail_ring_address(low, high),
-            _ => q.set_used_ring_address(low, high),
-        }
+        let name = self.name;
+        self.with_selected_queue(|q| {
+            let merge = |old: u64| {
+                let low = low.map_or(old & 0xffff_ffff, u64::from);
+                let high = high.map_or(old >> 32, u64::from);
+                GuestAddress(high << 32 | low)
+            };
+            // virtio-queue's try_ setters: its plain ones log every
+            // misaligned write, which a guest can repeat at will.
+            let (what, ok) = match offset & !4 {
+                QUEUE_DESC_LOW => (
+                    "descriptor table",
+                    q.try_set_desc_table_address(merge(q.desc_table())),
+                ),
+                QUEUE_DRIVER_LOW => (
+                    "driver ring",
+                    q.try_set_avail_ring_address(merge(q.avail_ring())),
+                ),
+                _ => (
+                    "device ring",
+                    q.try_set_used_ring_address(merge(q.used_ring())),
+                ),
+            };
+            if let Err(e) = ok {
+                crate::limited!(Warn, "{name}: {what} address refused: {e}");
+            }
+        });
     }
 
     fn device_features_word(&self) -> u32 {
-        let f = self.device.features();
+        let f = self.device_features;
         match self.device_features_sel {
             0 => f as u32,
             1 => (f >> 32) as u32,
@@ -227,16 +231,20 @@ impl MmioTransport {
     }
 
     fn reset(&mut self) {
-        self.device.reset();
-        for q in &mut self.queues {
-            q.reset();
+        {
+            let mut b = self.lock_backend();
+            b.device.reset();
+            for q in &mut b.queues {
+                q.reset();
+            }
+            b.active = false;
         }
         self.status = 0;
         self.driver_features = 0;
         self.device_features_sel = 0;
         self.driver_features_sel = 0;
         self.queue_sel = 0;
-        self.interrupt_status = 0;
+        self.interrupt.set(0);
     }
 
     fn write_status(&mut self, value: u32) {
@@ -247,11 +255,12 @@ impl MmioTransport {
         let mut value = value;
         let newly = value & !self.status;
         if newly & STATUS_FEATURES_OK != 0 {
-            let offered = self.device.features();
+            let offered = self.device_features;
             let ok = self.driver_features & !offered == 0
                 && self.driver_features & VIRTIO_F_VERSION_1 != 0;
             if !ok {
-                log::warn!(
+                crate::limited!(
+                    Warn,
                     "{}: driver features {:#x} refused (offered {:#x}, VERSION_1 required)",
                     self.name(),
                     self.driver_features,
@@ -264,10 +273,10 @@ impl MmioTransport {
             if self.status & STATUS_FEATURES_OK == 0 && value & STATUS_FEATURES_OK == 0 {
                 value &= !STATUS_DRIVER_OK;
             } else if let Err(why) = self.activate() {
-                log::warn!("{}: cannot start: {why}", self.name());
+                crate::limited!(Warn, "{}: cannot start: {why}", self.name());
                 value |= STATUS_NEEDS_RESET;
                 self.status = value;
-                self.signal(INT_CONFIG);
+                self.interrupt.raise(INT_CONFIG, self.name);
                 return;
             }
         }
@@ -276,11 +285,13 @@ impl MmioTransport {
 
     fn activate(&mut self) -> Result<(), String> {
         let event_idx = self.driver_features & RING_EVENT_IDX != 0;
-        for (i, q) in self.queues.iter_mut().enumerate() {
+        let mut b = self.lock_backend();
+        let b = &mut *b;
+        for (i, q) in b.queues.iter_mut().enumerate() {
             if !q.ready() {
                 continue;
             }
-            if !q.is_valid(&self.mem) {
+            if !q.is_valid(&b.mem) {
                 return Err(format!(
                     "queue {i}: size {} or rings at {:#x}/{:#x}/{:#x} invalid",
                     q.size(),
@@ -291,11 +302,12 @@ impl MmioTransport {
             }
             q.set_event_idx(event_idx);
         }
-        self.device.activate(self.driver_features);
+        b.device.activate(self.driver_features);
+        b.active = true;
         // Host-side input may have arrived before the driver was ready (a
         // frame on a tap); the edge is gone, so wake the device thread.
-        if self.device.io_source().is_some() {
-            for e in &self.queue_events {
+        if b.device.io_source().is_some() {
+            for e in self.queue_events.iter() {
                 let _ = e.write(1);
             }
         }
@@ -314,7 +326,9 @@ fn set_half(word: &mut u64, high: bool, value: u32) {
 impl BusDevice for MmioTransport {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         if offset >= CONFIG {
-            self.device.read_config(offset - CONFIG, data);
+            self.lock_backend()
+                .device
+                .read_config(offset - CONFIG, data);
             return;
         }
         // Registers are 32-bit; anything else reads as zero.
@@ -326,12 +340,16 @@ impl BusDevice for MmioTransport {
         let value = match offset {
             MAGIC_VALUE => MAGIC,
             VERSION_REG => VERSION,
-            DEVICE_ID => self.device.device_type(),
+            DEVICE_ID => self.device_type,
             VENDOR_ID_REG => VENDOR_ID,
             DEVICE_FEATURES => self.device_features_word(),
-            QUEUE_NUM_MAX => self.queues.get(sel).map_or(0, |q| q.max_size().into()),
-            QUEUE_READY => self.queues.get(sel).map_or(0, |q| q.ready().into()),
-            INTERRUPT_STATUS => self.interrupt_status,
+            QUEUE_NUM_MAX => self.queue_max_sizes.get(sel).map_or(0, |&m| m.into()),
+            QUEUE_READY => self
+                .lock_backend()
+                .queues
+                .get(sel)
+                .map_or(0, |q| q.ready().into()),
+            INTERRUPT_STATUS => self.interrupt.status(),
             STATUS => self.status,
             CONFIG_GENERATION => self.config_generation,
             _ => 0,
@@ -341,7 +359,9 @@ impl BusDevice for MmioTransport {
 
     fn write(&mut self, offset: u64, data: &[u8]) {
         if offset >= CONFIG {
-            self.device.write_config(offset - CONFIG, data);
+            self.lock_backend()
+                .device
+                .write_config(offset - CONFIG, data);
             return;
         }
         let Ok(bytes) = <[u8; 4]>::try_from(data) else {
@@ -363,227 +383,29 @@ impl BusDevice for MmioTransport {
             }
             QUEUE_SEL => self.queue_sel = v,
             QUEUE_NUM => {
-                if let (Some(q), Ok(size)) = (self.selected_queue(), u16::try_from(v)) {
-                    q.set_size(size);
-                }
+                let name = self.name;
+                self.with_selected_queue(|q| {
+                    let max = q.max_size();
+                    let set = u16::try_from(v).map(|size| q.try_set_size(size));
+                    if !matches!(set, Ok(Ok(()))) {
+                        crate::limited!(
+                            Warn,
+                            "{name}: QueueNum {v} refused (a power of two up to {max})"
+                        );
+                    }
+                });
             }
-            QUEUE_READY => {
-                if let Some(q) = self.selected_queue() {
-                    q.set_ready(v == 1);
-                }
-            }
+            QUEUE_READY => self.with_selected_queue(|q| q.set_ready(v == 1)),
             QUEUE_NOTIFY => {
                 if let Some(e) = self.queue_events.get(v as usize) {
                     let _ = e.write(1);
                 }
             }
-            INTERRUPT_ACK => self.interrupt_status &= !v,
+            INTERRUPT_ACK => self.interrupt.acknowledge(v),
             STATUS => self.write_status(v),
             QUEUE_DESC_LOW | QUEUE_DESC_HIGH | QUEUE_DRIVER_LOW | QUEUE_DRIVER_HIGH
             | QUEUE_DEVICE_LOW | QUEUE_DEVICE_HIGH => self.set_queue_address(offset, v),
             _ => {}
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::{Arc, Mutex};
-    use vm_memory::GuestAddress;
-
-    /// A device that counts what the transport asks of it.
-    #[derive(Default)]
-    struct Probe {
-        processed: Arc<Mutex<Vec<usize>>>,
-        activated: Arc<Mutex<Option<u64>>>,
-    }
-
-    impl VirtioDevice for Probe {
-        fn name(&self) -> &'static str {
-            "probe"
-        }
-        fn device_type(&self) -> u32 {
-            super::super::TYPE_RNG
-        }
-        fn features(&self) -> u64 {
-            VIRTIO_F_VERSION_1 | RING_EVENT_IDX | 0b101
-        }
-        fn queue_max_sizes(&self) -> &[u16] {
-            &[16, 8]
-        }
-        fn read_config(&self, offset: u64, data: &mut [u8]) {
-            super::super::read_config_bytes(&[0x11, 0x22, 0x33], offset, data);
-        }
-        fn activate(&mut self, features: u64) {
-            *self.activated.lock().unwrap() = Some(features);
-        }
-        fn save(&mut self) -> Result<crate::devices::virtio::DeviceState, String> {
-            Ok(crate::devices::virtio::DeviceState::Rng)
-        }
-        fn restore(&mut self, _s: &crate::devices::virtio::DeviceState) -> Result<(), String> {
-            Ok(())
-        }
-        fn process_queue(&mut self, index: usize, _q: &mut [Queue], _m: &GuestMemory) -> Used {
-            self.processed.lock().unwrap().push(index);
-            Used::queue(index)
-        }
-    }
-
-    type Log<T> = Arc<Mutex<T>>;
-
-    fn transport() -> (MmioTransport, Log<Vec<usize>>, Log<Option<u64>>) {
-        let probe = Probe::default();
-        let (p, a) = (probe.processed.clone(), probe.activated.clone());
-        let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10_0000)]).unwrap();
-        let t = MmioTransport::new(Box::new(probe), mem, IrqLine::new().unwrap()).unwrap();
-        (t, p, a)
-    }
-
-    fn r(t: &mut MmioTransport, off: u64) -> u32 {
-        let mut b = [0u8; 4];
-        t.read(off, &mut b);
-        u32::from_le_bytes(b)
-    }
-
-    fn w(t: &mut MmioTransport, off: u64, v: u32) {
-        t.write(off, &v.to_le_bytes());
-    }
-
-    /// Walks the driver's side of initialisation (virtio 1.2, 3.1.1).
-    fn bring_up(t: &mut MmioTransport, features: u64) -> u32 {
-        w(t, STATUS, STATUS_ACKNOWLEDGE);
-        w(t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        w(t, DRIVER_FEATURES_SEL, 0);
-        w(t, DRIVER_FEATURES, features as u32);
-        w(t, DRIVER_FEATURES_SEL, 1);
-        w(t, DRIVER_FEATURES, (features >> 32) as u32);
-        w(
-            t,
-            STATUS,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-        );
-        let s = r(t, STATUS);
-        if s & STATUS_FEATURES_OK == 0 {
-            return s;
-        }
-        for (q, base) in [(0u32, 0x1000u32), (1, 0x4000)] {
-            w(t, QUEUE_SEL, q);
-            w(t, QUEUE_NUM, 8);
-            w(t, QUEUE_DESC_LOW, base);
-            w(t, QUEUE_DESC_HIGH, 0);
-            w(t, QUEUE_DRIVER_LOW, base + 0x800);
-            w(t, QUEUE_DEVICE_LOW, base + 0x1000);
-            w(t, QUEUE_READY, 1);
-        }
-        w(t, STATUS, s | STATUS_DRIVER_OK);
-        r(t, STATUS)
-    }
-
-    #[test]
-    fn identity_registers() {
-        let (mut t, _, _) = transport();
-        assert_eq!(r(&mut t, MAGIC_VALUE), 0x7472_6976);
-        assert_eq!(r(&mut t, VERSION_REG), 2);
-        assert_eq!(r(&mut t, DEVICE_ID), super::super::TYPE_RNG);
-        assert_eq!(r(&mut t, VENDOR_ID_REG), VENDOR_ID);
-        w(&mut t, DEVICE_FEATURES_SEL, 1);
-        assert_eq!(r(&mut t, DEVICE_FEATURES), 1, "VERSION_1 is bit 32");
-        w(&mut t, DEVICE_FEATURES_SEL, 0);
-        assert_eq!(r(&mut t, DEVICE_FEATURES), (1 << 29) | 0b101);
-        w(&mut t, DEVICE_FEATURES_SEL, 7);
-        assert_eq!(r(&mut t, DEVICE_FEATURES), 0);
-        w(&mut t, QUEUE_SEL, 1);
-        assert_eq!(r(&mut t, QUEUE_NUM_MAX), 8);
-        w(&mut t, QUEUE_SEL, 2);
-        assert_eq!(r(&mut t, QUEUE_NUM_MAX), 0, "no such queue");
-        let mut cfg = [0u8; 4];
-        t.read(CONFIG + 1, &mut cfg);
-        assert_eq!(cfg, [0x22, 0x33, 0, 0]);
-    }
-
-    #[test]
-    fn odd_sized_or_unaligned_register_accesses_are_ignored() {
-        let (mut t, _, _) = transport();
-        let mut b = [0xffu8; 2];
-        t.read(MAGIC_VALUE, &mut b);
-        assert_eq!(b, [0, 0]);
-        t.write(STATUS, &[1, 0]);
-        t.write(STATUS + 1, &1u32.to_le_bytes());
-        assert_eq!(r(&mut t, STATUS), 0);
-    }
-
-    #[test]
-    fn full_bring_up_activates_and_notifies_through_the_eventfd() {
-        let (mut t, processed, activated) = transport();
-        // Without EVENT_IDX every used buffer interrupts.
-        let features = VIRTIO_F_VERSION_1 | 0b100;
-        let s = bring_up(&mut t, features);
-        assert_eq!(s & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
-        assert!(t.is_active());
-        assert_eq!(*activated.lock().unwrap(), Some(features));
-        // A notify from the vCPU only signals the eventfd...
-        w(&mut t, QUEUE_NOTIFY, 1);
-        assert!(processed.lock().unwrap().is_empty());
-        assert_eq!(t.queue_events()[1].read().unwrap(), 1);
-        // ...and the device thread's processing raises the interrupt.
-        t.process_queue(1);
-        assert_eq!(*processed.lock().unwrap(), vec![1]);
-        assert_eq!(r(&mut t, INTERRUPT_STATUS) & INT_USED_RING, INT_USED_RING);
-        w(&mut t, INTERRUPT_ACK, INT_USED_RING);
-        assert_eq!(r(&mut t, INTERRUPT_STATUS), 0);
-        // Out-of-range notifies and queues are ignored.
-        w(&mut t, QUEUE_NOTIFY, 9);
-        t.process_queue(9);
-    }
-
-    #[test]
-    fn features_without_version_1_or_not_offered_are_refused() {
-        let (mut t, _, activated) = transport();
-        let s = bring_up(&mut t, 0b1);
-        assert_eq!(s & STATUS_FEATURES_OK, 0, "legacy driver refused");
-        let (mut t, _, _) = transport();
-        let s = bring_up(&mut t, VIRTIO_F_VERSION_1 | (1 << 40));
-        assert_eq!(s & STATUS_FEATURES_OK, 0, "unoffered feature refused");
-        assert!(activated.lock().unwrap().is_none());
-    }
-
-    #[test]
-    fn bad_queue_addresses_need_reset_instead_of_activation() {
-        let (mut t, processed, activated) = transport();
-        w(&mut t, STATUS, STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-        w(&mut t, DRIVER_FEATURES_SEL, 1);
-        w(&mut t, DRIVER_FEATURES, 1);
-        w(
-            &mut t,
-            STATUS,
-            STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK,
-        );
-        w(&mut t, QUEUE_SEL, 0);
-        w(&mut t, QUEUE_NUM, 8);
-        w(&mut t, QUEUE_DESC_LOW, 0xffff_f000); // outside guest memory
-        w(&mut t, QUEUE_DRIVER_LOW, 0x2000);
-        w(&mut t, QUEUE_DEVICE_LOW, 0x3000);
-        w(&mut t, QUEUE_READY, 1);
-        w(&mut t, STATUS, 0xf);
-        let s = r(&mut t, STATUS);
-        assert_eq!(s & STATUS_NEEDS_RESET, STATUS_NEEDS_RESET);
-        assert!(!t.is_active());
-        assert!(activated.lock().unwrap().is_none());
-        t.process_queue(0);
-        assert!(processed.lock().unwrap().is_empty());
-        // Writing 0 resets everything.
-        w(&mut t, STATUS, 0);
-        assert_eq!(r(&mut t, STATUS), 0);
-        assert_eq!(r(&mut t, QUEUE_READY), 0);
-    }
-
-    #[test]
-    fn queue_layout_is_frozen_once_running() {
-        let (mut t, _, _) = transport();
-        bring_up(&mut t, VIRTIO_F_VERSION_1);
-        w(&mut t, QUEUE_SEL, 0);
-        w(&mut t, QUEUE_READY, 0);
-        assert_eq!(r(&mut t, QUEUE_READY), 1);
     }
 }

@@ -5,7 +5,7 @@
 //! their eventfds, host input waits in its socket, and resuming runs every
 //! queue once.
 
-use super::mmio::MmioTransport;
+use super::mmio::{Backend, MmioTransport};
 use crate::faults;
 use crate::lifecycle::Lifecycle;
 use event_manager::{EventManager, EventOps, EventSet, Events, MutEventSubscriber, SubscriberOps};
@@ -29,8 +29,15 @@ pub struct DeviceThread {
     commands: Sender<Command>,
     /// The thread acknowledges Pause and Resume here.
     acks: Receiver<Command>,
+    /// Disconnected when the thread ends, however it ends.
+    ended: Receiver<()>,
     handle: Option<JoinHandle<()>>,
 }
+
+/// How long a stop waits for a thread that is inside a device (a write or
+/// `fdatasync` on a stalled file system): the process ends without it
+/// rather than hang.
+const STOP_WAIT: Duration = Duration::from_millis(400);
 
 /// What the thread watches: a queue's eventfd, or a device's host source.
 enum Source {
@@ -40,7 +47,9 @@ enum Source {
 
 struct Watch {
     source: Source,
-    transport: Arc<Mutex<MmioTransport>>,
+    /// Only the device's half: the transport's registers stay free for
+    /// the vCPUs while the device works (or is stuck in I/O).
+    backend: Arc<Mutex<Backend>>,
 }
 
 impl DeviceThread {
@@ -57,17 +66,19 @@ impl DeviceThread {
         let mut watches = Vec::new();
         for t in transports {
             let guard = crate::devices::bus::lock(t);
+            let backend = guard.backend();
             for (queue, e) in guard.queue_events().iter().enumerate() {
                 watches.push(Watch {
                     source: Source::Queue(e.try_clone()?, queue),
-                    transport: t.clone(),
+                    backend: backend.clone(),
                 });
             }
             // The device owns the fd and outlives the thread (stopped first).
-            if let Some(fd) = guard.io_source() {
+            let io = crate::devices::bus::lock(&backend).io_source();
+            if let Some(fd) = io {
                 watches.push(Watch {
                     source: Source::Io(fd),
-                    transport: t.clone(),
+                    backend: backend.clone(),
                 });
             }
         }
@@ -75,9 +86,11 @@ impl DeviceThread {
         let wake_thread = wake.try_clone()?;
         let (commands, commands_rx) = mpsc::channel();
         let (acks_tx, acks) = mpsc::channel();
+        let (ended_tx, ended) = mpsc::channel::<()>();
         let handle = std::thread::Builder::new()
             .name("virtio".into())
             .spawn(move || {
+                let _ended = ended_tx;
                 let control = Control {
                     wake: wake_thread,
                     commands: commands_rx,
@@ -91,6 +104,7 @@ impl DeviceThread {
             wake,
             commands,
             acks,
+            ended,
             handle: Some(handle),
         }))
     }
@@ -131,6 +145,12 @@ impl DeviceThread {
 impl Drop for DeviceThread {
     fn drop(&mut self) {
         self.command(Command::Stop);
+        if self.ended.recv_timeout(STOP_WAIT) == Err(mpsc::RecvTimeoutError::Timeout) {
+            log::warn!(
+                "virtio device thread still inside a device after {STOP_WAIT:?}: not waited for"
+            );
+            return;
+        }
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
@@ -173,9 +193,9 @@ fn process_all(watches: &[Watch]) {
                 if faults::armed(faults::VIRTIO_PANIC) {
                     panic!("injected fault {}", faults::VIRTIO_PANIC);
                 }
-                crate::devices::bus::lock(&w.transport).process_queue(*queue);
+                crate::devices::bus::lock(&w.backend).process_queue(*queue);
             }
-            Source::Io(_) => crate::devices::bus::lock(&w.transport).process_io(),
+            Source::Io(_) => crate::devices::bus::lock(&w.backend).process_io(),
         }
     }
 }
@@ -275,9 +295,9 @@ impl MutEventSubscriber for Worker<'_> {
                 if faults::armed(faults::VIRTIO_PANIC) {
                     panic!("injected fault {}", faults::VIRTIO_PANIC);
                 }
-                crate::devices::bus::lock(&w.transport).process_queue(*queue);
+                crate::devices::bus::lock(&w.backend).process_queue(*queue);
             }
-            Source::Io(_) => crate::devices::bus::lock(&w.transport).process_io(),
+            Source::Io(_) => crate::devices::bus::lock(&w.backend).process_io(),
         }
     }
 }

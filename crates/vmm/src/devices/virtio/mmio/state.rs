@@ -38,7 +38,8 @@ pub struct TransportState {
 impl MmioTransport {
     /// Saved with the device thread paused: no queue is being worked on.
     pub fn save(&mut self) -> Result<TransportState, String> {
-        let queues = self
+        let mut b = self.lock_backend();
+        let queues = b
             .queues
             .iter()
             .map(|q| {
@@ -57,16 +58,16 @@ impl MmioTransport {
             })
             .collect();
         Ok(TransportState {
-            device_type: self.device.device_type(),
+            device_type: self.device_type,
             status: self.status,
             device_features_sel: self.device_features_sel,
             driver_features_sel: self.driver_features_sel,
             driver_features: self.driver_features,
             queue_sel: self.queue_sel,
-            interrupt_status: self.interrupt_status,
+            interrupt_status: self.interrupt.status(),
             config_generation: self.config_generation,
             queues,
-            device: self.device.save()?,
+            device: b.device.save()?,
         })
     }
 
@@ -75,20 +76,22 @@ impl MmioTransport {
     /// device activated again, as it was.
     pub fn restore(&mut self, s: &TransportState) -> Result<(), String> {
         let name = self.name();
-        if s.device_type != self.device.device_type() {
+        if s.device_type != self.device_type {
             return Err(format!(
                 "{name}: the snapshot has device type {} here",
                 s.device_type
             ));
         }
-        if s.queues.len() != self.queues.len() {
+        let mut guard = self.lock_backend();
+        let b = &mut *guard;
+        if s.queues.len() != b.queues.len() {
             return Err(format!(
                 "{name}: {} queues saved, the device has {}",
                 s.queues.len(),
-                self.queues.len()
+                b.queues.len()
             ));
         }
-        let offered = self.device.features();
+        let offered = self.device_features;
         if s.driver_features & !offered != 0 {
             return Err(format!(
                 "{name}: saved driver features {:#x} were never offered ({offered:#x})",
@@ -96,7 +99,7 @@ impl MmioTransport {
             ));
         }
         let mut queues = Vec::with_capacity(s.queues.len());
-        for (i, (q, saved)) in self.queues.iter().zip(&s.queues).enumerate() {
+        for (i, (q, saved)) in b.queues.iter().zip(&s.queues).enumerate() {
             let state = QueueState {
                 max_size: q.max_size(),
                 next_avail: saved.next_avail,
@@ -110,25 +113,31 @@ impl MmioTransport {
                 used_ring: saved.used_ring,
             };
             let q = Queue::try_from(state).map_err(|e| format!("{name}: queue {i}: {e}"))?;
-            if s.status & STATUS_DRIVER_OK != 0 && q.ready() && !q.is_valid(&self.mem) {
+            if s.status & STATUS_DRIVER_OK != 0 && q.ready() && !q.is_valid(&b.mem) {
                 return Err(format!("{name}: queue {i}: rings outside guest memory"));
             }
             queues.push(q);
         }
-        self.device.restore(&s.device)?;
-        self.queues = queues;
+        b.device.restore(&s.device)?;
+        b.queues = queues;
+        drop(guard);
         self.status = s.status;
         self.device_features_sel = s.device_features_sel;
         self.driver_features_sel = s.driver_features_sel;
         self.driver_features = s.driver_features;
         self.queue_sel = s.queue_sel;
-        self.interrupt_status = s.interrupt_status;
+        self.interrupt.set(s.interrupt_status);
         self.config_generation = s.config_generation;
-        if self.is_active() {
-            self.device.activate(self.driver_features);
-            let used = self.device.restored(&mut self.queues, &self.mem);
+        let active = self.is_active();
+        let mut guard = self.lock_backend();
+        let b = &mut *guard;
+        b.active = active;
+        if active {
+            b.device.activate(self.driver_features);
+            let used = b.device.restored(&mut b.queues, &b.mem);
             if used.any() {
-                self.interrupt_status |= super::INT_USED_RING;
+                self.interrupt
+                    .set(s.interrupt_status | super::INT_USED_RING);
             }
         }
         Ok(())
@@ -138,8 +147,8 @@ impl MmioTransport {
     /// interrupt the driver had not acknowledged is raised again (an edge
     /// in flight at snapshot time may not have reached the saved chips).
     pub fn raise_pending(&mut self) {
-        if self.interrupt_status != 0 {
-            let _ = self.irq.0.write(1);
+        if self.interrupt.status() != 0 {
+            self.interrupt.pulse(self.name);
         }
     }
 }
