@@ -420,3 +420,96 @@ fn inheritable_fds(pid: &str) -> Vec<(i32, String)> {
     }
     open
 }
+
+/// Starts `args` and waits until its stdout says `marker`; the VMM keeps
+/// running.
+fn start_until(args: &[&str], marker: &str) -> std::process::Child {
+    use std::io::Read;
+    let mut child = spawn(args, None);
+    let mut out = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let mut buf = [0u8; 512];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            all.extend_from_slice(&buf[..n]);
+            let _ = tx.send(String::from_utf8_lossy(&all).into_owned());
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(s) if s.contains(marker) => return child,
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no '{marker}' from {args:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn two_vmms_cannot_write_one_image_but_readers_share_it() {
+    let img = disk_image("virtio-blk-lock");
+    let rw = format!("path={}", img.display());
+    let ro = format!("path={},readonly=on", img.display());
+    let (hang, once) = (kernel("virtioblk_hang"), kernel("virtioblk"));
+    let mut writer = start_until(
+        &["run", "--kernel", &hang, "--disk", &rw],
+        "flush 0000000000000000",
+    );
+    for disk in [&rw, &ro] {
+        let r = run(&["run", "--kernel", &once, "--disk", disk]);
+        assert_eq!(r.status, 1, "{disk}: {}", r.output());
+        assert!(
+            r.stderr.contains("in use by another process"),
+            "{disk}: {}",
+            r.output()
+        );
+    }
+    let _ = writer.kill();
+    let _ = writer.wait();
+    // The lock went with the process: readers now, side by side.
+    let mut reader = start_until(&["run", "--kernel", &hang, "--disk", &ro], "flush ");
+    let r = run(&["run", "--kernel", &once, "--disk", &ro]);
+    assert_eq!(r.status, 0, "a second reader: {}", r.output());
+    let w = run(&["run", "--kernel", &once, "--disk", &rw]);
+    assert_eq!(w.status, 1, "a writer beside a reader: {}", w.output());
+    let _ = reader.kill();
+    let _ = reader.wait();
+}
+
+#[test]
+fn a_block_device_is_a_disk_of_its_own_size() {
+    let img = disk_image("virtio-blk-loop");
+    let out = std::process::Command::new("losetup")
+        .args(["--find", "--show"])
+        .arg(&img)
+        .output()
+        .expect("losetup (util-linux) runs");
+    assert!(
+        out.status.success(),
+        "losetup: {} (the loop-device test needs root, as in CI)",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let disk = format!("path={dev}");
+    let r = run(&["run", "--kernel", &kernel("virtioblk"), "--disk", &disk]);
+    let _ = std::process::Command::new("losetup")
+        .args(["--detach", &dev])
+        .status();
+    assert_eq!(r.status, 0, "{}", r.output());
+    let marker = hex(u64::from_le_bytes(*b"HOSTDISK"));
+    assert!(
+        r.stdout.contains(&format!("read0 {} {marker}", hex(0))),
+        "sector 0 of {dev} not read: {}",
+        r.output()
+    );
+    let data = std::fs::read(&img).unwrap();
+    assert!(data[512..1024].chunks(8).all(|c| c == b"TSUBAME!"));
+}

@@ -69,11 +69,8 @@ unsafe impl ByteValued for Segment {}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("disk image {path}: {source}")]
-    Open {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Image(#[from] super::image::Error),
     #[error("disk image {path}: size {size} is not a multiple of 512 bytes")]
     Size { path: String, size: u64 },
 }
@@ -125,21 +122,7 @@ pub struct Block {
 impl Block {
     pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, Error> {
         let name = path.display().to_string();
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(!read_only)
-            .open(path)
-            .map_err(|source| Error::Open {
-                path: name.clone(),
-                source,
-            })?;
-        let size = file
-            .metadata()
-            .map_err(|source| Error::Open {
-                path: name.clone(),
-                source,
-            })?
-            .len();
+        let super::image::Image { file, size } = super::image::open(path, read_only)?;
         if size % SECTOR_SIZE != 0 {
             return Err(Error::Size { path: name, size });
         }

@@ -5,6 +5,7 @@
 //! ([`worker::DeviceThread`]), never on a vCPU thread.
 
 pub mod block;
+pub mod image;
 pub mod iov;
 pub mod mmio;
 pub mod net;
