@@ -1,7 +1,8 @@
-//! A disk on a file system that stops answering: the device thread is
-//! stuck in the flush, and still the vCPU reads the transport's registers
-//! and SIGTERM ends Tsubame at once. The file system is a FUSE one in this
-//! process that holds every fsync until told to let go.
+//! Disks on a host file system that Tsubame does not control: a FUSE file
+//! system in this process, `ImageFs`, holding one image. It models stable
+//! storage honestly (what a write puts in is lost at a power cut unless an
+//! fsync came after it, as dm-flakey's drop_writes shows on a device), and
+//! it can stall: an fsync that never returns.
 
 mod common;
 
@@ -14,17 +15,47 @@ use std::ffi::OsStr;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 const IMAGE_INO: u64 = 2;
 const TTL: Duration = Duration::from_secs(1);
 
-/// One file, `disk.img`, kept in memory; fsync reports on `synced` and
-/// then waits on `release`.
-struct StallFs {
+/// One file, `disk.img`: `data` is what reads see (the host's cache),
+/// `durable` what a power cut leaves (updated by fsync only). Each fsync
+/// is reported on `synced`; with `stall`, it then waits there.
+struct ImageFs {
     data: Vec<u8>,
+    durable: Arc<Mutex<Vec<u8>>>,
     synced: Sender<()>,
-    release: Receiver<()>,
+    stall: Option<Receiver<()>>,
+}
+
+/// Mounts an `ImageFs` holding `data` at `dir`/mnt.
+fn mount(
+    dir: &std::path::Path,
+    data: Vec<u8>,
+    stall: Option<Receiver<()>>,
+) -> (fuser::BackgroundSession, Arc<Mutex<Vec<u8>>>, Receiver<()>) {
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let (synced, synced_rx) = mpsc::channel();
+    let durable = Arc::new(Mutex::new(data.clone()));
+    let fs = ImageFs {
+        data,
+        durable: durable.clone(),
+        synced,
+        stall,
+    };
+    let session = fuser::spawn_mount2(fs, &mnt, &[MountOption::FSName("imagefs".into())])
+        .expect("mount the FUSE file system (needs /dev/fuse and root)");
+    (session, durable, synced_rx)
+}
+
+fn image_data() -> Vec<u8> {
+    let mut data = vec![0u8; 8 * 512];
+    data[..8].copy_from_slice(b"HOSTDISK");
+    data
 }
 
 fn attr(ino: u64, size: u64) -> FileAttr {
@@ -52,7 +83,7 @@ fn attr(ino: u64, size: u64) -> FileAttr {
     }
 }
 
-impl Filesystem for StallFs {
+impl Filesystem for ImageFs {
     fn lookup(&mut self, _r: &Request<'_>, parent: u64, name: &OsStr, reply: ReplyEntry) {
         if parent == fuser::FUSE_ROOT_ID && name == "disk.img" {
             reply.entry(&TTL, &attr(IMAGE_INO, self.data.len() as u64), 0);
@@ -115,9 +146,12 @@ impl Filesystem for StallFs {
     }
 
     fn fsync(&mut self, _r: &Request<'_>, _ino: u64, _fh: u64, _ds: bool, reply: ReplyEmpty) {
+        self.durable.lock().unwrap().clone_from(&self.data);
         let _ = self.synced.send(());
-        // Stalled: nothing answers until the test lets go (or a minute).
-        let _ = self.release.recv_timeout(Duration::from_secs(60));
+        if let Some(release) = &self.stall {
+            // Stalled: nothing answers until the test lets go (or a minute).
+            let _ = release.recv_timeout(Duration::from_secs(60));
+        }
         reply.ok();
     }
 }
@@ -125,20 +159,9 @@ impl Filesystem for StallFs {
 #[test]
 fn a_disk_stuck_in_fsync_stops_neither_the_vcpu_nor_sigterm() {
     let dir = scratch("stalled-disk");
-    let mnt = dir.join("mnt");
-    std::fs::create_dir_all(&mnt).unwrap();
-    let (synced_tx, synced) = mpsc::channel();
     let (release, release_rx) = mpsc::channel();
-    let mut data = vec![0u8; 8 * 512];
-    data[..8].copy_from_slice(b"HOSTDISK");
-    let fs = StallFs {
-        data,
-        synced: synced_tx,
-        release: release_rx,
-    };
-    let session = fuser::spawn_mount2(fs, &mnt, &[MountOption::FSName("stallfs".into())])
-        .expect("mount the stalling FUSE file system (needs /dev/fuse and root)");
-    let img = mnt.join("disk.img");
+    let (session, _, synced) = mount(&dir, image_data(), Some(release_rx));
+    let img = dir.join("mnt/disk.img");
     let disk = format!("path={}", img.display());
     let kernel = guest("virtioblk_stall");
     let mut child = Command::new(tsubame_bin())
@@ -248,4 +271,28 @@ fn a_disk_stuck_in_fsync_stops_neither_the_vcpu_nor_sigterm() {
     );
     let status = status.expect("not reaped once the file system answered");
     assert_eq!(status.code(), Some(143), "{stderr}");
+}
+
+#[test]
+fn a_flushed_write_is_on_stable_storage_when_the_vmm_is_killed() {
+    let dir = scratch("durable-disk");
+    let (session, durable, synced) = mount(&dir, image_data(), None);
+    let disk = format!("path={}", dir.join("mnt/disk.img").display());
+    let kernel = guest("virtioblk_hang");
+    // The guest writes sector 1, flushes, says so, then waits to be killed.
+    let r = common::run_and_signal(
+        &["run", "--kernel", kernel.to_str().unwrap(), "--disk", &disk],
+        None,
+        "flush 0000000000000000",
+        libc::SIGKILL,
+    );
+    drop(session);
+    let flushes = synced.try_iter().count();
+    let stable = durable.lock().unwrap().clone();
+    assert!(
+        stable[512..1024].chunks(8).all(|c| c == b"TSUBAME!"),
+        "the guest's flushed sector is not on stable storage ({flushes} fsyncs reached it): {}",
+        r.output()
+    );
+    assert_eq!(&stable[..8], b"HOSTDISK");
 }
