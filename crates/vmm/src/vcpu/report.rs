@@ -268,7 +268,9 @@ fn read_at_rip(
     let linear = sregs.cs.base.wrapping_add(regs.rip);
     let mut out = Vec::with_capacity(INSN_MAX);
     while out.len() < INSN_MAX {
-        let va = linear + out.len() as u64;
+        let Some(va) = linear.checked_add(out.len() as u64) else {
+            break; // RIP at the very top of the address space
+        };
         let t = fd.translate_gva(va).ok()?;
         if t.valid == 0 {
             break;

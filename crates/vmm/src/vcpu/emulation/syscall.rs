@@ -99,7 +99,9 @@ pub fn syscall_entry(
     regs.rsp = frame.rsp;
     regs.rflags = frame.rflags & !RFLAGS_RF;
     sregs.cs = flat_segment(kernel_cs, true);
-    sregs.ss = flat_segment(kernel_cs + 8, false);
+    // SS = STAR[47:32] + 8, in 16 bits as the CPU computes it: the guest
+    // chooses STAR, so 0xfffc is as possible as 0x10.
+    sregs.ss = flat_segment(kernel_cs.wrapping_add(8), false);
     (regs, sregs)
 }
 
@@ -158,7 +160,9 @@ pub(crate) fn read_virt<const N: usize>(
     let mut out = [0u8; N];
     let mut done = 0;
     while done < N {
-        let at = gva + done as u64;
+        // The guest's RSP (or any address it gave) may sit at the top of
+        // the address space: no wrap to page 0, no overflow.
+        let at = gva.checked_add(done as u64)?;
         let t = fd.translate_gva(at).ok()?;
         if t.valid == 0 {
             return None;
@@ -434,5 +438,20 @@ mod tests {
             (s.ss.selector, s.ss.dpl, s.ss.db, s.ss.type_),
             (0x18, 0, 1, 0x3)
         );
+    }
+
+    #[test]
+    fn a_guest_star_at_the_top_of_the_selector_space_wraps_as_the_cpu_does() {
+        // STAR[47:32] = 0xfffc: SS = 0xfffc + 8 in 16 bits (an overflow
+        // panic in a build with overflow checks before).
+        let star = 0xfffc_u64 << 32;
+        let (_, s) = syscall_entry(
+            &broken(),
+            star,
+            LSTAR,
+            kvm_regs::default(),
+            kvm_sregs::default(),
+        );
+        assert_eq!((s.cs.selector, s.ss.selector), (0xfffc, 0x0004));
     }
 }
