@@ -489,3 +489,71 @@ fn taps_are_opened_again_by_name_or_override() {
     .join()
     .unwrap();
 }
+
+#[test]
+fn sigterm_during_a_long_snapshot_ends_at_once_and_leaves_no_file() {
+    use std::os::unix::fs::MetadataExt;
+    use std::time::Instant;
+    let dir = scratch("snapshot-sigterm");
+    let sock = dir.join("api.sock");
+    let (st, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
+    let kernel = guest("touch");
+    let vmm = Vmm::start(&[
+        "run",
+        "--kernel",
+        s(&kernel),
+        "--memory",
+        "2048",
+        "--api-sock",
+        s(&sock),
+    ]);
+    wait_for_socket(&sock);
+    // 1.5 GiB of pages to write: seconds of I/O.
+    vmm.wait_for("touched", Duration::from_secs(180));
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    let body = format!(
+        r#"{{"snapshot_type":"Full","snapshot_path":"{}","mem_file_path":"{}"}}"#,
+        s(&st),
+        s(&mem)
+    );
+    let api = sock.clone();
+    let request =
+        std::thread::spawn(move || common::api::curl(&api, "PUT", "/snapshot/create", Some(&body)));
+    // Once 64 MiB of the memory file are written, the write is under way.
+    let written = || -> u64 {
+        std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("vm.mem"))
+            .map(|e| e.metadata().map_or(0, |m| m.blocks() * 512))
+            .sum()
+    };
+    let start = Instant::now();
+    while written() < 64 << 20 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the snapshot never started writing"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let sent = Instant::now();
+    vmm.signal(libc::SIGTERM);
+    let (code, _, err) = vmm.wait(LIMIT);
+    let took = sent.elapsed();
+    let _ = request.join();
+    assert_eq!(code, 143, "{err}");
+    assert!(
+        took < Duration::from_secs(1),
+        "SIGTERM took {took:?} during the snapshot: {err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vm."))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "a snapshot given up leaves nothing: {left:?}"
+    );
+}

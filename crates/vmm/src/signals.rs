@@ -47,3 +47,10 @@ pub fn take() -> Option<i32> {
         n => Some(n),
     }
 }
+
+/// Whether a stop signal is waiting for the main loop (left for `take`):
+/// long work on the main thread (a snapshot's memory write) checks it and
+/// gives up, so that a signal still ends Tsubame within a second.
+pub fn pending() -> bool {
+    LAST.load(Ordering::SeqCst) != 0
+}

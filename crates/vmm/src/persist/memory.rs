@@ -60,6 +60,9 @@ fn region_bytes(r: &GuestRegionMmap<AtomicBitmap>) -> std::io::Result<&[u8]> {
     Ok(unsafe { std::slice::from_raw_parts(host, r.len() as usize) })
 }
 
+/// How much is written between looks for a stop signal (~10 ms of I/O).
+const SIGNAL_CHECK_BYTES: usize = 16 << 20;
+
 fn is_zero(page: &[u8]) -> bool {
     let (pre, words, post) = {
         // SAFETY: u64 has no invalid bit patterns; align_to splits exactly.
@@ -95,9 +98,21 @@ fn write_pages(
             match (take, run) {
                 (true, None) => run = Some(p),
                 (false, Some(start)) => {
-                    let chunk = &bytes[start * PAGE..(p * PAGE).min(bytes.len())];
-                    file.write_all_at(chunk, base + (start * PAGE) as u64)?;
-                    out.bytes += chunk.len() as u64;
+                    let run_bytes = &bytes[start * PAGE..(p * PAGE).min(bytes.len())];
+                    let mut at = base + (start * PAGE) as u64;
+                    // In slices, each after a look for a stop signal: a
+                    // multi-GiB write must not keep SIGTERM waiting.
+                    for chunk in run_bytes.chunks(SIGNAL_CHECK_BYTES) {
+                        if crate::signals::pending() {
+                            return Err(std::io::Error::new(
+                                std::io::ErrorKind::Interrupted,
+                                "given up for a stop signal",
+                            ));
+                        }
+                        file.write_all_at(chunk, at)?;
+                        at += chunk.len() as u64;
+                        out.bytes += chunk.len() as u64;
+                    }
                     run = None;
                 }
                 _ => {}
