@@ -1,3 +1,4 @@
+#![allow(dead_code)] // each target uses what it needs
 //! Shared by the targets: guest memory filled from the input, and a small
 //! disk image.
 

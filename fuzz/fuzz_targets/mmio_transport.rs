@@ -46,7 +46,11 @@ fuzz_target!(|data: &[u8]| {
                     t.read(offset, &mut b[..len]);
                 }
             }
-            _ => t.process_queue(usize::from(op[3] % 4)),
+            _ => t
+                .backend()
+                .lock()
+                .unwrap()
+                .process_queue(usize::from(op[3] % 4)),
         }
     }
 });

@@ -43,6 +43,6 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut transport = MmioTransport::new(device, mem.clone(), irq()).unwrap();
         let _ = transport.restore(t);
-        transport.process_queue(0);
+        transport.backend().lock().unwrap().process_queue(0);
     }
 });
