@@ -8,7 +8,7 @@ mod common;
 use common::{finish, guest, scratch, spawn_env};
 use std::io::Write;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn kernel(name: &str) -> String {
     guest(name).to_string_lossy().into_owned()
@@ -81,14 +81,8 @@ fn an_api_thread_that_panics_stops_the_running_machine() {
         None,
         &[("TSUBAME_TEST_FAULT", "api-panic")],
     );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut conn = loop {
-        match UnixStream::connect(&sock) {
-            Ok(c) => break c,
-            Err(e) if Instant::now() > deadline => panic!("API socket never came up: {e}"),
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
+    common::api::wait_for_socket(&sock);
+    let mut conn = UnixStream::connect(&sock).expect("the API socket accepts");
     conn.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     let r = finish(child, Duration::from_secs(30), "api-panic");

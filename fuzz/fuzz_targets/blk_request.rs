@@ -7,7 +7,6 @@
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use virtio_queue::{Queue, QueueT};
 use vmm::devices::virtio::block::Block;
 use vmm::devices::virtio::VirtioDevice;
 
@@ -16,11 +15,6 @@ fuzz_target!(|data: &[u8]| {
     let (file, sectors) = common::disk();
     let read_only = data.first().is_some_and(|b| b & 1 != 0);
     let mut blk = Block::with_file(file, sectors, read_only, "fuzz");
-    let mut q = Queue::new(16).unwrap();
-    q.set_size(16);
-    q.set_desc_table_address(Some(0), Some(0));
-    q.set_avail_ring_address(Some(0x100), Some(0));
-    q.set_used_ring_address(Some(0x200), Some(0));
-    q.set_ready(true);
+    let mut q = common::queue(0);
     blk.process_queue(0, std::slice::from_mut(&mut q), &mem);
 });

@@ -3,6 +3,7 @@
 //! disk image.
 
 use std::fs::File;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::vm::GuestMemory;
 
@@ -36,4 +37,16 @@ fn make_disk() -> File {
     f.set_len(0x1_0000).unwrap();
     let _ = std::fs::remove_file(&path);
     f
+}
+
+/// A ready 16-entry queue: descriptors at `base`, the driver ring 0x100
+/// above, the device ring 0x200 above.
+pub fn queue(base: u64) -> Queue {
+    let mut q = Queue::new(16).unwrap();
+    q.set_size(16);
+    q.set_desc_table_address(Some(base as u32), Some(0));
+    q.set_avail_ring_address(Some(base as u32 + 0x100), Some(0));
+    q.set_used_ring_address(Some(base as u32 + 0x200), Some(0));
+    q.set_ready(true);
+    q
 }

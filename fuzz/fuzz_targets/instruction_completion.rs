@@ -50,7 +50,12 @@ impl GuestCpu for FakeCpu {
         self.mem[r].copy_from_slice(data);
         Ok(())
     }
-    fn cmpxchg16(&mut self, gva: u64, expected: u128, new: u128) -> Result<Result<(), u128>, MemFault> {
+    fn cmpxchg16(
+        &mut self,
+        gva: u64,
+        expected: u128,
+        new: u128,
+    ) -> Result<Result<(), u128>, MemFault> {
         let r = self.range(gva, 16, true)?;
         let cur = u128::from_le_bytes(self.mem[r.clone()].try_into().unwrap());
         if cur != expected {
@@ -97,7 +102,13 @@ fuzz_target!(|data: &[u8]| {
     let w = |i| u64_at(state, i);
     // Registers often point into the window, so that memory operands land.
     let base = w(1) & !0xfff;
-    let near = |v: u64| if v & 1 != 0 { base.wrapping_add(v & 0xfff0) } else { v };
+    let near = |v: u64| {
+        if v & 1 != 0 {
+            base.wrapping_add(v & 0xfff0)
+        } else {
+            v
+        }
+    };
     let regs = kvm_regs {
         rax: w(2),
         rbx: near(w(3)),

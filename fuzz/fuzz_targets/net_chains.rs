@@ -10,19 +10,8 @@ mod common;
 
 use libfuzzer_sys::fuzz_target;
 use std::io::Write;
-use virtio_queue::{Queue, QueueT};
 use vmm::devices::virtio::net::{tap::Tap, Net, RX, TX};
 use vmm::devices::virtio::VirtioDevice;
-
-fn queue(base: u64) -> Queue {
-    let mut q = Queue::new(16).unwrap();
-    q.set_size(16);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some(base as u32 + 0x100), Some(0));
-    q.set_used_ring_address(Some(base as u32 + 0x200), Some(0));
-    q.set_ready(true);
-    q
-}
 
 fuzz_target!(|data: &[u8]| {
     let mem = common::memory(data);
@@ -37,7 +26,7 @@ fuzz_target!(|data: &[u8]| {
     for frame in tail.split(|&b| b == 0xff).take(8) {
         let _ = wire.write(frame);
     }
-    let mut queues = vec![queue(0), queue(0x400)];
+    let mut queues = vec![common::queue(0), common::queue(0x400)];
     net.process_queue(TX, &mut queues, &mem);
     net.process_io(&mut queues, &mem);
     net.process_queue(RX, &mut queues, &mem);

@@ -11,19 +11,8 @@ mod common;
 use libfuzzer_sys::fuzz_target;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
-use virtio_queue::{Queue, QueueT};
 use vmm::devices::virtio::vsock::{Vsock, EVENT, RX, TX};
 use vmm::devices::virtio::VirtioDevice;
-
-fn queue(base: u64) -> Queue {
-    let mut q = Queue::new(16).unwrap();
-    q.set_size(16);
-    q.set_desc_table_address(Some(base as u32), Some(0));
-    q.set_avail_ring_address(Some(base as u32 + 0x100), Some(0));
-    q.set_used_ring_address(Some(base as u32 + 0x200), Some(0));
-    q.set_ready(true);
-    q
-}
 
 /// The device's socket path, and a listener at `<path>_5000` kept for the
 /// process's life.
@@ -31,7 +20,8 @@ fn path() -> &'static PathBuf {
     static PATH: std::sync::OnceLock<(PathBuf, UnixListener)> = std::sync::OnceLock::new();
     &PATH
         .get_or_init(|| {
-            let dir = std::env::temp_dir().join(format!("tsubame-fuzz-vsock-{}", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("tsubame-fuzz-vsock-{}", std::process::id()));
             let _ = std::fs::create_dir_all(&dir);
             let path = dir.join("v.sock");
             let _ = std::fs::remove_file(dir.join("v.sock_5000"));
@@ -47,7 +37,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     dev.activate(dev.features());
-    let mut queues = vec![queue(0), queue(0x400), queue(0x800)];
+    let mut queues = vec![common::queue(0), common::queue(0x400), common::queue(0x800)];
     for round in 0..3 {
         dev.process_queue(TX, &mut queues, &mem);
         dev.process_io(&mut queues, &mem);
