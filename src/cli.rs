@@ -17,7 +17,9 @@ Exit status:
   2       the guest died in a way the VMM can see (triple fault, KVM internal
           error, failed entry), or one of Tsubame's threads died (a vCPU,
           the device or the API thread); a report goes to stderr
-  128+N   stopped by host signal N (130 for SIGINT, 143 for SIGTERM)";
+  128+N   stopped by host signal N (130 for SIGINT, 143 for SIGTERM)
+  159     a thread made a system call its seccomp filter forbids (the line
+          on stderr names the thread and the call)";
 
 #[derive(Parser, Debug)]
 #[command(name = "tsubame", version, about = "A virtual machine monitor for Linux KVM", after_help = EXIT_STATUS_HELP,
@@ -26,6 +28,11 @@ pub struct Cli {
     /// Log level: error, warn, info, debug or trace.
     #[arg(long, global = true, value_enum, default_value = "info")]
     pub log_level: LogLevel,
+    /// System-call filters on every thread: kill (a forbidden call ends
+    /// Tsubame with status 159 and a line naming the thread and the call),
+    /// log (allowed, logged by the kernel's audit) or off.
+    #[arg(long, global = true, value_name = "MODE", default_value = "kill")]
+    pub seccomp: vmm::confine::SeccompMode,
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(subcommand)]
@@ -59,7 +66,7 @@ pub struct ApiArgs {
     /// Largest API request body, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = vmm::control::http::DEFAULT_MAX_BODY)]
     pub http_api_max_payload_size: usize,
-    /// Accepted for Firecracker's clients: Tsubame installs no seccomp filter yet.
+    /// As Firecracker's: no system-call filters (`--seccomp off`).
     #[arg(long)]
     pub no_seccomp: bool,
     /// Process start time, as Firecracker's jailer passes it (logged).

@@ -25,6 +25,14 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     vmm::logger::init(cli.log_level.filter());
+    let seccomp = if cli.api.no_seccomp {
+        vmm::confine::SeccompMode::Off
+    } else {
+        cli.seccomp
+    };
+    if let Err(e) = vmm::confine::set_mode(seccomp) {
+        return fail(e);
+    }
     match cli.command {
         Some(cli::Command::Run(args)) => run(args),
         Some(cli::Command::Bench(args)) => bench::main(args),

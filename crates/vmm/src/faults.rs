@@ -13,6 +13,30 @@ pub const VIRTIO_ERROR: &str = "virtio-error";
 /// The API thread panics at its first request.
 pub const API_PANIC: &str = "api-panic";
 
+/// A thread of the named kind makes a system call no filter allows
+/// (`getppid`): `seccomp-vcpu`, `seccomp-virtio`, `seccomp-api`,
+/// `seccomp-vmm`, `seccomp-console`.
+pub fn forbidden_call(kind: &str) {
+    if armed_prefix("seccomp-", kind) {
+        // SAFETY: getppid has no arguments and no effect.
+        unsafe { libc::syscall(libc::SYS_getppid) };
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+fn armed_prefix(prefix: &str, kind: &str) -> bool {
+    std::env::var("TSUBAME_TEST_FAULT")
+        .ok()
+        .and_then(|v| v.strip_prefix(prefix).map(|k| k == kind))
+        .unwrap_or(false)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+fn armed_prefix(_prefix: &str, _kind: &str) -> bool {
+    false
+}
+
 /// Whether `point` is the armed fault.
 #[cfg(feature = "test-hooks")]
 pub fn armed(point: &str) -> bool {

@@ -14,6 +14,7 @@
 
 pub mod boot;
 pub mod config;
+pub mod confine;
 pub mod console;
 pub mod control;
 pub mod devices;

@@ -219,6 +219,9 @@ impl Machine {
 
     fn event_loop(&self, control: Option<&mut dyn Control>) -> std::io::Result<()> {
         let signal_event = signals::install()?;
+        // Every thread of the machine exists now; the main thread is
+        // filtered before it handles anything the guest sends.
+        crate::confine::install(crate::confine::ThreadKind::Vmm).map_err(std::io::Error::other)?;
         // The guest owns the terminal only when its console is on stdio.
         let _raw = match &self.devices.serial {
             Some(_) => RawMode::enable(libc::STDIN_FILENO)?,
@@ -243,6 +246,7 @@ impl Machine {
             self.lifecycle.request_stop(StopReason::Signal(sig));
         }
         while !self.lifecycle.is_stopping() {
+            crate::faults::forbidden_call("vmm");
             let n = manager
                 .run_with_timeout(self.sample_period_ms)
                 .map_err(em_error)?;

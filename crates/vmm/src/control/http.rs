@@ -129,7 +129,13 @@ pub fn start(path: &Path, max_body: usize) -> Result<(ApiServer, ApiLink), Error
     let thread = std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            let cause = match std::panic::catch_unwind(AssertUnwindSafe(|| server.run())) {
+            // Filtered before its first request.
+            let run = || {
+                crate::confine::install(crate::confine::ThreadKind::Api)
+                    .map_err(|e| e.to_string())?;
+                server.run()
+            };
+            let cause = match std::panic::catch_unwind(AssertUnwindSafe(run)) {
                 Ok(Ok(())) => return,
                 Ok(Err(e)) => e,
                 Err(payload) => crate::lifecycle::panic_message(payload.as_ref()),
@@ -396,6 +402,7 @@ impl Server {
             Err(resp) => resp,
             Ok(req) => {
                 log::debug!("API: {} {}", p.method, p.path);
+                crate::faults::forbidden_call("api");
                 if crate::faults::armed(crate::faults::API_PANIC) {
                     panic!("injected fault {}", crate::faults::API_PANIC);
                 }

@@ -131,6 +131,8 @@ pub enum Error {
     Registers(kvm_ioctls::Error),
     #[error("cannot build the MSR list: {0:?}")]
     MsrList(vmm_sys_util::fam::Error),
+    #[error("{0}")]
+    Seccomp(crate::confine::seccomp::Error),
 }
 
 /// Spawns the thread for vCPU `id`: it creates the vCPU, reports on
@@ -148,10 +150,17 @@ pub fn spawn(
         .name(format!("vcpu {id}"))
         .spawn(move || {
             let fd = match vm.create_vcpu(u64::from(id)) {
-                Ok(fd) => {
-                    let _ = created.send((id, Ok(())));
-                    fd
-                }
+                // Filtered before its first KVM_RUN (and before the gate).
+                Ok(fd) => match crate::confine::install(crate::confine::ThreadKind::Vcpu) {
+                    Ok(()) => {
+                        let _ = created.send((id, Ok(())));
+                        fd
+                    }
+                    Err(e) => {
+                        let _ = created.send((id, Err(Error::Seccomp(e))));
+                        return VcpuOutcome::default();
+                    }
+                },
                 Err(e) => {
                     let _ = created.send((id, Err(Error::Create(e))));
                     return VcpuOutcome::default();

@@ -176,6 +176,7 @@ impl Vcpu {
         let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
         let action = match self.fd.run() {
             Ok(exit) => {
+                crate::faults::forbidden_call("vcpu");
                 if crate::faults::armed(crate::faults::VCPU_PANIC) {
                     panic!("injected fault {}", crate::faults::VCPU_PANIC);
                 }

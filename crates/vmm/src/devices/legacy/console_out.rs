@@ -47,25 +47,34 @@ impl ConsoleOut {
         let s = shared.clone();
         std::thread::Builder::new()
             .name("console".into())
-            .spawn(move || loop {
-                let chunk: Vec<u8> = {
-                    let mut b = s.buf.lock().unwrap_or_else(|e| e.into_inner());
-                    while b.bytes.is_empty() {
-                        b.busy = false;
-                        s.changed.notify_all();
-                        if b.closed {
-                            return;
+            .spawn(move || {
+                if let Err(e) = crate::confine::install(crate::confine::ThreadKind::Console) {
+                    // The vCPUs never wait for this thread: output is dropped.
+                    log::error!("console: {e}; console output is dropped");
+                    s.buf.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+                    return;
+                }
+                loop {
+                    let chunk: Vec<u8> = {
+                        let mut b = s.buf.lock().unwrap_or_else(|e| e.into_inner());
+                        while b.bytes.is_empty() {
+                            b.busy = false;
+                            s.changed.notify_all();
+                            if b.closed {
+                                return;
+                            }
+                            b = s.changed.wait(b).unwrap_or_else(|e| e.into_inner());
                         }
-                        b = s.changed.wait(b).unwrap_or_else(|e| e.into_inner());
-                    }
-                    let n = b.bytes.len().min(64 * 1024);
-                    b.taken += n as u64;
-                    b.busy = true;
-                    s.changed.notify_all();
-                    b.bytes.drain(..n).collect()
-                };
-                // Blocks only this thread. A closed stdout drops output.
-                let _ = out.write_all(&chunk).and_then(|()| out.flush());
+                        let n = b.bytes.len().min(64 * 1024);
+                        b.taken += n as u64;
+                        b.busy = true;
+                        s.changed.notify_all();
+                        b.bytes.drain(..n).collect()
+                    };
+                    crate::faults::forbidden_call("console");
+                    // Blocks only this thread. A closed stdout drops output.
+                    let _ = out.write_all(&chunk).and_then(|()| out.flush());
+                }
             })?;
         Ok(ConsoleOut { shared })
     }

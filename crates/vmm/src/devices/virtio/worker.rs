@@ -91,6 +91,10 @@ impl DeviceThread {
             .name("virtio".into())
             .spawn(move || {
                 let _ended = ended_tx;
+                // Filtered before it touches a queue.
+                if let Err(e) = crate::confine::install(crate::confine::ThreadKind::Device) {
+                    return lifecycle.thread_died(e.to_string());
+                }
                 let control = Control {
                     wake: wake_thread,
                     commands: commands_rx,
@@ -190,6 +194,7 @@ fn process_all(watches: &[Watch]) {
         match &w.source {
             Source::Queue(event, queue) => {
                 let _ = event.read();
+                faults::forbidden_call("virtio");
                 if faults::armed(faults::VIRTIO_PANIC) {
                     panic!("injected fault {}", faults::VIRTIO_PANIC);
                 }
@@ -292,6 +297,7 @@ impl MutEventSubscriber for Worker<'_> {
                 // Drain the counter first: a notify arriving during
                 // processing then wakes us again instead of being lost.
                 let _ = event.read();
+                faults::forbidden_call("virtio");
                 if faults::armed(faults::VIRTIO_PANIC) {
                     panic!("injected fault {}", faults::VIRTIO_PANIC);
                 }
