@@ -207,8 +207,8 @@ fn restore(b: &Booted, name: &str, extra: &[&str]) -> Restored {
         s(&vsock),
     ];
     args.extend_from_slice(extra);
-    let (vmm, input) = Vmm::start_with_input(&args);
-    wait_for_socket(&sock);
+    let (mut vmm, input) = Vmm::start_with_input(&args);
+    vmm.wait_for_api(&sock);
     Restored {
         vmm,
         input,
@@ -230,18 +230,18 @@ impl Restored {
         let start = Instant::now();
         loop {
             let out = self.vmm.out();
+            // The answer counts once its line is whole: the console's
+            // output can arrive cut anywhere, even just after the marker.
             if let Some(i) = out[self.mark..].find(marker) {
                 let rest = &out[self.mark + i + marker.len()..];
-                return rest
-                    .lines()
-                    .next()
-                    .unwrap_or("")
-                    .trim_end_matches('\r')
-                    .to_string();
+                if let Some((line, _)) = rest.split_once('\n') {
+                    return line.trim_end_matches('\r').to_string();
+                }
             }
             assert!(
                 start.elapsed() < STEP_LIMIT,
-                "no {marker:?} after {line:?}:\n{out}"
+                "no {marker:?} after {line:?}:\n{out}\n{}",
+                self.vmm.err()
             );
             std::thread::sleep(Duration::from_millis(50));
         }

@@ -118,6 +118,24 @@ impl Vmm {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// What Tsubame has logged so far.
+    pub fn err(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// As `wait_for_socket`, saying what the child logged (and whether it
+    /// has exited) when the socket never comes.
+    pub fn wait_for_api(&mut self, sock: &Path) {
+        let start = Instant::now();
+        while UnixStream::connect(sock).is_err() {
+            if start.elapsed() > Duration::from_secs(10) {
+                let exited = self.child.try_wait().ok().flatten();
+                panic!("no API socket (exit: {exited:?}): {}", self.err());
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub fn wait_for(&self, needle: &str, limit: Duration) {
         let start = Instant::now();
         while !self.out().contains(needle) {
@@ -148,6 +166,21 @@ impl Vmm {
                 panic!("still running after {limit:?}: {}", self.out());
             }
             thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// A test that fails part-way must not leave its VMM running: it would
+/// hold its disk's lock and its sockets against the next test.
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        // Bounded: a process inside a stalled file system's call is only
+        // reaped once that call returns.
+        let start = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) && start.elapsed() < Duration::from_secs(5)
+        {
+            thread::sleep(Duration::from_millis(10));
         }
     }
 }
