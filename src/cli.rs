@@ -33,6 +33,14 @@ pub struct Cli {
     /// log (allowed, logged by the kernel's audit) or off.
     #[arg(long, global = true, value_name = "MODE", default_value = "kill")]
     pub seccomp: vmm::confine::SeccompMode,
+    /// Landlock (when the kernel has it): once set up, Tsubame may open only
+    /// the files it was configured with; on or off.
+    #[arg(long, global = true, value_name = "MODE", default_value = "on")]
+    pub landlock: vmm::confine::LandlockMode,
+    /// One more path Tsubame may open under Landlock, e.g. the directory
+    /// snapshots are written to: path=P,access=r|rw (repeatable).
+    #[arg(long, global = true, value_name = "RULE")]
+    pub landlock_rule: Vec<vmm::confine::landlock::Rule>,
     #[command(flatten)]
     pub api: ApiArgs,
     #[command(subcommand)]
@@ -94,6 +102,9 @@ pub enum Command {
     Restore(crate::snapshot::RestoreArgs),
     /// Edit snapshot files (merge a Diff onto its base).
     SnapshotEditor(crate::snapshot::EditorArgs),
+    /// Start the VMM jailed, as Firecracker's jailer does: chroot, cgroup,
+    /// namespaces, resource limits, an unprivileged user (run as root).
+    Jail(crate::jail::JailArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

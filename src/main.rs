@@ -9,6 +9,7 @@
 mod bench;
 mod cli;
 mod ctl;
+mod jail;
 mod snapshot;
 
 use std::path::Path;
@@ -33,12 +34,17 @@ fn main() -> ExitCode {
     if let Err(e) = vmm::confine::set_mode(seccomp) {
         return fail(e);
     }
+    vmm::confine::landlock::set_mode(cli.landlock);
+    for rule in &cli.landlock_rule {
+        vmm::confine::landlock::grant(&rule.path, rule.grant);
+    }
     match cli.command {
         Some(cli::Command::Run(args)) => run(args),
         Some(cli::Command::Bench(args)) => bench::main(args),
         Some(cli::Command::Ctl(args)) => ctl::main(args),
         Some(cli::Command::Restore(args)) => snapshot::restore(args),
         Some(cli::Command::SnapshotEditor(args)) => snapshot::editor(args),
+        Some(cli::Command::Jail(args)) => jail::main(args),
         None => firecracker_style(cli.api),
     }
 }

@@ -129,6 +129,8 @@ fn boot_and_snapshot() -> Booted {
         &vsock,
         "--api-sock",
         s(&sock),
+        "--landlock-rule",
+        &format!("path={},access=rw", s(&dir)),
     ]);
     wait_for_socket(&sock);
     vmm.wait_for("TSUBAME-INIT: ready", BOOT_LIMIT);

@@ -31,6 +31,11 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// Landlock lets a VMM write snapshots only where a rule says so.
+fn write_rule(dir: &Path) -> String {
+    format!("path={},access=rw", s(dir))
+}
+
 /// Boots `persist` with an API socket, waits until it has printed `lapic
 /// <at>`, pauses and snapshots it (Full), then SIGKILLs it. Returns its
 /// console output.
@@ -38,7 +43,9 @@ fn snapshot_mid_run(dir: &Path, extra: &[&str], at: u64) -> (PathBuf, PathBuf, S
     let sock = dir.join("src.sock");
     let (st, mem) = (dir.join("vm.snap"), dir.join("vm.mem"));
     let kernel = guest("persist");
+    let rule = write_rule(dir);
     let mut args = vec!["run", "--kernel", s(&kernel), "--api-sock", s(&sock)];
+    args.extend_from_slice(&["--landlock-rule", &rule]);
     args.extend_from_slice(extra);
     let vmm = Vmm::start(&args);
     wait_for_socket(&sock);
@@ -193,6 +200,8 @@ fn full_then_diff_then_rebase_then_restore() {
         "--api-sock",
         s(&sock),
         "--track-dirty-pages",
+        "--landlock-rule",
+        &write_rule(&dir),
     ]);
     wait_for_socket(&sock);
     let snap = |kind: &str, st: &Path, mem: &Path| {
@@ -285,7 +294,16 @@ fn snapshot_and_load_refuse_what_they_cannot_do() {
     let dir = scratch("snap-refuse");
     let sock = dir.join("src.sock");
     let kernel = guest("ticks");
-    let vmm = Vmm::start(&["run", "--kernel", s(&kernel), "--api-sock", s(&sock)]);
+    let rule = write_rule(&dir);
+    let vmm = Vmm::start(&[
+        "run",
+        "--kernel",
+        s(&kernel),
+        "--api-sock",
+        s(&sock),
+        "--landlock-rule",
+        &rule,
+    ]);
     wait_for_socket(&sock);
     let body = |kind: &str| {
         format!(
@@ -506,6 +524,8 @@ fn sigterm_during_a_long_snapshot_ends_at_once_and_leaves_no_file() {
         "2048",
         "--api-sock",
         s(&sock),
+        "--landlock-rule",
+        &write_rule(&dir),
     ]);
     wait_for_socket(&sock);
     // 1.5 GiB of pages to write: seconds of I/O.

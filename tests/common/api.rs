@@ -92,13 +92,18 @@ impl Vmm {
     }
 
     fn spawn(args: &[&str], stdin: Stdio) -> Vmm {
-        let mut child = Command::new(tsubame_bin())
+        let child = Command::new(tsubame_bin())
             .args(args)
             .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn tsubame");
+        Self::adopt(child)
+    }
+
+    /// Takes over a child spawned with piped stdout and stderr.
+    pub fn adopt(mut child: Child) -> Vmm {
         let (stdout, out_reader) = collect(child.stdout.take().unwrap());
         let (stderr, err_reader) = collect(child.stderr.take().unwrap());
         Vmm {

@@ -23,6 +23,33 @@ pub fn forbidden_call(kind: &str) {
     }
 }
 
+/// The main thread tries to open a path read-only and says on stderr
+/// whether it could (`open-vmm:PATH`): what Landlock leaves it.
+pub fn try_open() {
+    if let Some(path) = armed_value("open-vmm:") {
+        match std::fs::File::open(&path) {
+            Ok(_) => eprintln!("test open {path}: opened"),
+            Err(e) => eprintln!("test open {path}: {e}"),
+        }
+    }
+}
+
+#[cfg(feature = "test-hooks")]
+fn armed_value(prefix: &str) -> Option<String> {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    let v = std::env::var("TSUBAME_TEST_FAULT").ok()?;
+    let value = v.strip_prefix(prefix)?.to_string();
+    let mut first = false;
+    DONE.call_once(|| first = true);
+    first.then_some(value)
+}
+
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+fn armed_value(_prefix: &str) -> Option<String> {
+    None
+}
+
 #[cfg(feature = "test-hooks")]
 fn armed_prefix(prefix: &str, kind: &str) -> bool {
     std::env::var("TSUBAME_TEST_FAULT")

@@ -222,6 +222,7 @@ impl Machine {
         // Every thread of the machine exists now; the main thread is
         // filtered before it handles anything the guest sends.
         crate::confine::install(crate::confine::ThreadKind::Vmm).map_err(std::io::Error::other)?;
+        crate::faults::try_open();
         // The guest owns the terminal only when its console is on stdio.
         let _raw = match &self.devices.serial {
             Some(_) => RawMode::enable(libc::STDIN_FILENO)?,

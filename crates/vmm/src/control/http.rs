@@ -107,6 +107,7 @@ pub fn start(path: &Path, max_body: usize) -> Result<(ApiServer, ApiLink), Error
         path: path.to_path_buf(),
         source,
     })?;
+    crate::confine::landlock::grant_socket_removal(path);
     listener.set_nonblocking(true)?;
     let event = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
     let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?;

@@ -74,7 +74,10 @@ fn open_memory_file(m: &Machine, path: &Path) -> Result<File, String> {
         .create(true)
         .truncate(true)
         .open(partial(path))
-        .map_err(|e| format!("memory file {}: {e}", path.display()))
+        .map_err(|e| {
+            let hint = crate::confine::landlock::hint(&e);
+            format!("memory file {}: {e}{hint}", path.display())
+        })
 }
 
 impl Machine {

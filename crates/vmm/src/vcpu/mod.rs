@@ -132,7 +132,7 @@ pub enum Error {
     #[error("cannot build the MSR list: {0:?}")]
     MsrList(vmm_sys_util::fam::Error),
     #[error("{0}")]
-    Seccomp(crate::confine::seccomp::Error),
+    Confine(crate::confine::Error),
 }
 
 /// Spawns the thread for vCPU `id`: it creates the vCPU, reports on
@@ -157,7 +157,7 @@ pub fn spawn(
                         fd
                     }
                     Err(e) => {
-                        let _ = created.send((id, Err(Error::Seccomp(e))));
+                        let _ = created.send((id, Err(Error::Confine(e))));
                         return VcpuOutcome::default();
                     }
                 },

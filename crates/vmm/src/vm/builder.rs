@@ -352,6 +352,7 @@ pub fn create(
     memory: crate::vm::GuestMemory,
 ) -> Result<CreatedMachine, Error> {
     let virtio_plan = super::virtio::plan(cfg)?;
+    crate::confine::landlock::grant_config(cfg);
 
     // 1. KVM.
     let hv = Hypervisor::open(&cfg.kvm_device)?;

@@ -128,6 +128,9 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
     let start = Instant::now();
     let mut phases = Phases::new();
     let snap = file::read(&req.state_path)?;
+    for path in [&req.state_path, &req.mem_path] {
+        crate::confine::landlock::grant(path, crate::confine::landlock::Grant::Read);
+    }
     phases.mark("state file");
     let cfg = plan(base, &snap, req)?;
     let layout =

@@ -203,6 +203,7 @@ impl Host {
             let _ = std::fs::remove_file(path);
         }
         let listener = UnixListener::bind(path).map_err(listen_err)?;
+        crate::confine::landlock::grant_socket_removal(path);
         listener.set_nonblocking(true).map_err(listen_err)?;
         let epoll = Epoll::new().map_err(Error::Epoll)?;
         epoll
