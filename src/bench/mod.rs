@@ -8,6 +8,7 @@
 //! runs made side by side in one process.
 
 mod api;
+mod confine;
 mod snapshot;
 mod virtio;
 
@@ -52,6 +53,8 @@ pub enum Which {
     Api,
     /// Snapshot create, restore and Diff costs against guest memory.
     Snapshot,
+    /// Start-up and RSS with seccomp, Landlock and the jailer, against none.
+    Confine,
 }
 
 #[derive(clap::Args, Debug)]
@@ -134,15 +137,32 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn write_guest(dir: &Path, name: &str, code: &[u8]) -> std::io::Result<PathBuf> {
+pub(crate) fn write_guest(dir: &Path, name: &str, code: &[u8]) -> std::io::Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, elf_image::elf64(code, LOAD_ADDR, None))?;
     Ok(path)
 }
 
+/// Runs `f` on a thread of its own: a running machine confines the thread
+/// that runs it (Landlock, seccomp), and the bench's main thread must stay
+/// free to write guests and start children.
+pub(crate) fn on_own_thread<T: Send>(
+    f: impl FnOnce() -> Result<T, String> + Send,
+) -> Result<T, String> {
+    std::thread::scope(|s| {
+        s.spawn(f)
+            .join()
+            .unwrap_or_else(|p| Err(vmm::lifecycle::panic_message(p.as_ref())))
+    })
+}
+
 /// µs per exit through `tsubame run`'s whole machine: builder, vCPU
 /// thread, ExitHandler, buses, stats.
 fn tsubame_loop(kernel: &Path, expected: u32) -> Result<f64, String> {
+    on_own_thread(|| tsubame_loop_here(kernel, expected))
+}
+
+fn tsubame_loop_here(kernel: &Path, expected: u32) -> Result<f64, String> {
     let mut cfg = VmConfig::new(kernel);
     cfg.serial = SerialConfig::None;
     cfg.memory_mib = 16;
@@ -230,13 +250,51 @@ fn bench_exits(args: &BenchArgs, dir: &Path) -> Result<(), String> {
             kind.name(),
             o / b
         );
+        if kind == ExitType::Pio {
+            confinement_cost(args, &path)?;
+        }
     }
+    Ok(())
+}
+
+/// The same loop with every thread confined (seccomp kill, Landlock)
+/// against none, runs interleaved.
+fn confinement_cost(args: &BenchArgs, kernel: &Path) -> Result<(), String> {
+    use vmm::confine::{landlock, LandlockMode, SeccompMode};
+    let was = (vmm::confine::seccomp::mode(), landlock::is_on());
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    let run = |seccomp, ll| -> Result<f64, String> {
+        vmm::confine::set_mode(seccomp).map_err(|e| e.to_string())?;
+        landlock::set_mode(ll);
+        tsubame_loop(kernel, args.exits)
+    };
+    let result = (|| {
+        for _ in 0..args.runs {
+            off.push(run(SeccompMode::Off, LandlockMode::Off)?);
+            on.push(run(SeccompMode::Kill, LandlockMode::On)?);
+        }
+        Ok::<(), String>(())
+    })();
+    // Back to what the command line asked for.
+    vmm::confine::set_mode(was.0).map_err(|e| e.to_string())?;
+    landlock::set_mode(if was.1 {
+        LandlockMode::On
+    } else {
+        LandlockMode::Off
+    });
+    result?;
+    let (a, b) = (median(on), median(off));
+    println!(
+        "  {:<34} confined {a:7.2} µs/exit   unconfined {b:7.2} µs/exit   ratio {:.3} (goal <= 1.01)",
+        "PIO, seccomp + Landlock on vs off",
+        a / b
+    );
     Ok(())
 }
 
 /// Runs `tsubame run ARGS` as a child; returns (time to first stdout byte,
 /// stderr, wall time).
-fn child_run(args: &[&str]) -> Result<(Option<Duration>, String, Duration), String> {
+pub(crate) fn child_run(args: &[&str]) -> Result<(Option<Duration>, String, Duration), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let start = Instant::now();
     let mut child = Command::new(exe)
@@ -272,7 +330,7 @@ fn child_run(args: &[&str]) -> Result<(Option<Duration>, String, Duration), Stri
     Ok((first, err, wall))
 }
 
-fn number_after(text: &str, marker: &str) -> Option<f64> {
+pub(crate) fn number_after(text: &str, marker: &str) -> Option<f64> {
     let rest = &text[text.find(marker)? + marker.len()..];
     let num: String = rest
         .trim_start()
@@ -423,6 +481,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         if matches!(args.which, Which::All | Which::Snapshot) {
             snapshot::bench_snapshot(&args, &dir)?;
+        }
+        if matches!(args.which, Which::All | Which::Confine) {
+            confine::bench_confine(&args, &dir)?;
         }
         if args.which == Which::Net {
             virtio::bench_net(&args)?;

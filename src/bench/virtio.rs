@@ -450,6 +450,10 @@ fn notify_loop_code(count: u32) -> super::AsmResult<Vec<u8>> {
 
 /// µs per notify for a guest with a virtio-rng device.
 fn notify_run(kernel: &Path, count: u32, ioeventfd: bool) -> Result<f64, String> {
+    super::on_own_thread(|| notify_run_here(kernel, count, ioeventfd))
+}
+
+fn notify_run_here(kernel: &Path, count: u32, ioeventfd: bool) -> Result<f64, String> {
     let mut cfg = vmm::VmConfig::new(kernel);
     cfg.serial = vmm::config::SerialConfig::None;
     cfg.memory_mib = 16;
