@@ -134,7 +134,8 @@ fn firecracker_load_in_a_fresh_process_then_resume() {
     let dir = scratch("snap-load");
     let (st, mem, before) = snapshot_mid_run(&dir, &[], 0x1e);
     let sock = dir.join("other.sock");
-    let vmm = Vmm::start(&["--api-sock", s(&sock)]);
+    let rule = write_rule(&dir);
+    let vmm = Vmm::start(&["--api-sock", s(&sock), "--landlock-rule", &rule]);
     wait_for_socket(&sock);
     let load = format!(
         r#"{{"snapshot_path":"{}","mem_backend":{{"backend_type":"File","backend_path":"{}"}},"resume_vm":false}}"#,
