@@ -7,6 +7,23 @@ use std::path::Path;
 
 use super::{child_run, hello_code, median, number_after, write_guest, BenchArgs};
 
+/// One way of starting the guest, and its (wall ms, peak RSS KiB) runs.
+struct Variant<'a> {
+    name: &'static str,
+    args: &'a [&'a str],
+    samples: Vec<(f64, f64)>,
+}
+
+impl<'a> Variant<'a> {
+    fn new(name: &'static str, args: &'a [&'a str]) -> Self {
+        Variant {
+            name,
+            args,
+            samples: Vec::new(),
+        }
+    }
+}
+
 /// (wall ms, peak RSS KiB) of one run.
 fn one(args: &[&str]) -> Result<(f64, f64), String> {
     let (_, err, wall) = child_run(args)?;
@@ -60,27 +77,27 @@ pub fn bench_confine(args: &BenchArgs, dir: &Path) -> Result<(), String> {
         "--log-level",
         "warn",
     ];
-    let mut runs: Vec<(&str, &[&str], Vec<(f64, f64)>)> = vec![
-        ("none", &plain, Vec::new()),
-        ("seccomp + Landlock", &confined, Vec::new()),
+    let mut variants = vec![
+        Variant::new("none", &plain),
+        Variant::new("seccomp + Landlock", &confined),
     ];
     if root {
-        runs.push(("seccomp + Landlock + jail", &jailed, Vec::new()));
+        variants.push(Variant::new("seccomp + Landlock + jail", &jailed));
     }
     for _ in 0..args.runs.max(3) {
-        for (_, a, out) in runs.iter_mut() {
-            out.push(one(a)?);
+        for v in variants.iter_mut() {
+            v.samples.push(one(v.args)?);
         }
     }
     println!(
         "confinement, tiny guest, spawn to exit (median of {} runs):",
         args.runs.max(3)
     );
-    let figures: Vec<(&str, f64, f64)> = runs
+    let figures: Vec<(&str, f64, f64)> = variants
         .into_iter()
-        .map(|(name, _, v)| {
-            let (w, r): (Vec<f64>, Vec<f64>) = v.into_iter().unzip();
-            (name, median(w), median(r))
+        .map(|v| {
+            let (w, r): (Vec<f64>, Vec<f64>) = v.samples.into_iter().unzip();
+            (v.name, median(w), median(r))
         })
         .collect();
     let (w0, r0) = (figures[0].1, figures[0].2);
