@@ -382,12 +382,15 @@ pub fn create(
     let cpus = cfg.cpus as u8;
 
     // 2. The VM: memory, irqchip, PIT.
-    let vm = Vm::create(&hv, layout.clone(), memory, cfg.track_dirty_pages)?;
-    log::debug!("guest memory: {:?}", layout.ram);
     let complete_gaps = profile.emulated && cfg.complete_gaps;
-    if complete_gaps {
-        vm.trap_lstar_writes()?;
-    }
+    let vm = Vm::create(
+        &hv,
+        layout.clone(),
+        memory,
+        cfg.track_dirty_pages,
+        complete_gaps,
+    )?;
+    log::debug!("guest memory: {:?}", layout.ram);
 
     // 3. vCPU threads: each creates its vCPU, then waits at the gate.
     vcpu::install_kick_handler().map_err(|e| Error::Thread(e.into()))?;

@@ -77,8 +77,16 @@ impl Vm {
         layout: MemoryLayout,
         memory: GuestMemory,
         dirty_log: bool,
+        trap_lstar: bool,
     ) -> Result<Vm, Error> {
         let fd = hv.kvm.create_vm().map_err(Error::CreateVm)?;
+        // First, while the VM's SRCU has never had a grace period: the
+        // filter's synchronize_srcu then takes the expedited path (tens of
+        // µs) instead of waiting a whole grace period (~15 ms here) as it
+        // does once memory slots have been set.
+        if trap_lstar {
+            trap_lstar_writes(&fd)?;
+        }
         for (slot, region) in memory.iter().enumerate() {
             let slot = slot as u32;
             let host = region
@@ -129,28 +137,27 @@ impl Vm {
             .map(|(slot, r)| self.fd.get_dirty_log(slot as u32, r.len() as usize))
             .collect()
     }
+}
 
-    /// Makes guest writes of LSTAR exit to user space (the `syscall`
-    /// repair arms itself there on emulation-only hosts). Every other MSR
-    /// access stays in the kernel.
-    pub fn trap_lstar_writes(&self) -> Result<(), Error> {
-        let cap = kvm_enable_cap {
-            cap: KVM_CAP_X86_USER_SPACE_MSR,
-            args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
-            ..Default::default()
-        };
-        self.fd.enable_cap(&cap).map_err(Error::MsrFilter)?;
-        let deny = [0u8];
-        self.fd
-            .set_msr_filter(
-                MsrFilterDefaultAction::ALLOW,
-                &[MsrFilterRange {
-                    flags: MsrFilterRangeFlags::WRITE,
-                    base: crate::vcpu::emulation::syscall::MSR_LSTAR,
-                    msr_count: 1,
-                    bitmap: &deny,
-                }],
-            )
-            .map_err(Error::MsrFilter)
-    }
+/// Makes guest writes of LSTAR exit to user space (the `syscall`
+/// repair arms itself there on emulation-only hosts). Every other MSR
+/// access stays in the kernel.
+fn trap_lstar_writes(fd: &VmFd) -> Result<(), Error> {
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+        ..Default::default()
+    };
+    fd.enable_cap(&cap).map_err(Error::MsrFilter)?;
+    let deny = [0u8];
+    fd.set_msr_filter(
+        MsrFilterDefaultAction::ALLOW,
+        &[MsrFilterRange {
+            flags: MsrFilterRangeFlags::WRITE,
+            base: crate::vcpu::emulation::syscall::MSR_LSTAR,
+            msr_count: 1,
+            bitmap: &deny,
+        }],
+    )
+    .map_err(Error::MsrFilter)
 }
