@@ -25,10 +25,12 @@ fn mount(
     flags: libc::c_ulong,
     data: Option<&str>,
 ) -> Result<(), String> {
+    let text =
+        |t: &str| CString::new(t).map_err(|_| format!("mount {}: a NUL in {t:?}", dst.display()));
     let src_c = src.map(c).transpose()?;
     let dst_c = c(dst)?;
-    let fs_c = fstype.map(|t| CString::new(t).unwrap_or_default());
-    let data_c = data.map(|d| CString::new(d).unwrap_or_default());
+    let fs_c = fstype.map(text).transpose()?;
+    let data_c = data.map(text).transpose()?;
     let ptr = |o: &Option<CString>| o.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
     // SAFETY: every pointer is null or a NUL-terminated string that lives
     // across the call; mount(2) does not keep them.

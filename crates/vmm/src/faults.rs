@@ -36,12 +36,8 @@ pub fn try_open() {
 
 #[cfg(feature = "test-hooks")]
 fn armed_value(prefix: &str) -> Option<String> {
-    static DONE: std::sync::Once = std::sync::Once::new();
     let v = std::env::var("TSUBAME_TEST_FAULT").ok()?;
-    let value = v.strip_prefix(prefix)?.to_string();
-    let mut first = false;
-    DONE.call_once(|| first = true);
-    first.then_some(value)
+    v.strip_prefix(prefix).map(str::to_string)
 }
 
 #[cfg(not(feature = "test-hooks"))]
