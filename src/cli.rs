@@ -190,6 +190,10 @@ pub struct RunArgs {
     /// Sample guest RIPs every 10 ms and print the most frequent at exit.
     #[arg(long)]
     pub sample_rip: bool,
+    /// Where the interrupt controllers and the PIT live: `kernel` (KVM's),
+    /// or `userspace` (Tsubame's 8259A pair and 8254, one vCPU).
+    #[arg(long, value_name = "kernel|userspace", default_value = "kernel")]
+    pub irqchip: vmm::irqchip::IrqchipMode,
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     pub kvm_device: PathBuf,
@@ -236,6 +240,7 @@ impl RunArgs {
         cfg.nets = self.net;
         cfg.vsock = self.vsock;
         cfg.track_dirty_pages = self.track_dirty_pages;
+        cfg.irqchip = self.irqchip;
         cfg.complete_gaps = self.emulator_gaps == GapsArg::Complete;
         cfg.boot_path = match self.boot_path {
             BootPathArg::HostDecompress => BootPath::HostDecompress,

@@ -187,7 +187,15 @@ fn bare_loop(kernel_image: &[u8], expected: u32) -> Result<f64, String> {
     let hv = Hypervisor::open(Path::new("/dev/kvm")).map_err(|x| e(&x))?;
     let layout = MemoryLayout::new(16).map_err(|x| e(&x))?;
     let memory = Vm::anonymous_memory(&layout).map_err(|x| e(&x))?;
-    let vm = Vm::create(&hv, layout.clone(), memory, false, false).map_err(|x| e(&x))?;
+    let vm = Vm::create(
+        &hv,
+        layout.clone(),
+        memory,
+        false,
+        false,
+        vmm::irqchip::IrqchipMode::Kernel,
+    )
+    .map_err(|x| e(&x))?;
     let mut vcpu = vm.fd.create_vcpu(0).map_err(|x| e(&x))?;
     let setup = boot::setup(
         &vm.memory,
@@ -199,6 +207,7 @@ fn bare_loop(kernel_image: &[u8], expected: u32) -> Result<f64, String> {
             cmdline: "",
             boot_path: BootPath::default(),
             acpi: AcpiConfig {
+                apic: true,
                 cpus: 1,
                 devices: vec![],
             },

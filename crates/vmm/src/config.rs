@@ -209,6 +209,8 @@ pub struct VmConfig {
     pub ioeventfd: bool,
     /// KVM's dirty log on guest RAM, so Diff snapshots can be taken.
     pub track_dirty_pages: bool,
+    /// Where the interrupt controllers and the PIT live.
+    pub irqchip: crate::irqchip::IrqchipMode,
 }
 
 impl VmConfig {
@@ -232,6 +234,7 @@ impl VmConfig {
             vsock: None,
             ioeventfd: true,
             track_dirty_pages: false,
+            irqchip: crate::irqchip::IrqchipMode::Kernel,
         }
     }
 

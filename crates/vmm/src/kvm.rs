@@ -231,3 +231,32 @@ mod tests {
         assert!(err.contains("/nonexistent/kvm"), "{err}");
     }
 }
+
+vmm_sys_util::ioctl_iow_nr!(
+    KVM_INTERRUPT,
+    kvm_bindings::KVMIO,
+    0x86,
+    kvm_bindings::kvm_interrupt
+);
+
+/// KVM_INTERRUPT: queues external interrupt `vector` for injection at the
+/// next KVM_RUN (only without an in-kernel irqchip, or for the PIC in
+/// split mode); kvm-ioctls has no wrapper for it.
+pub fn inject_interrupt(
+    fd: &kvm_ioctls::VcpuFd,
+    vector: u8,
+) -> Result<(), vmm_sys_util::errno::Error> {
+    use std::os::fd::AsRawFd;
+    let irq = kvm_bindings::kvm_interrupt {
+        irq: u32::from(vector),
+    };
+    // SAFETY: KVM_INTERRUPT reads one `kvm_interrupt` that lives for the
+    // call, from a vCPU fd owned by `fd`.
+    let ret =
+        unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&fd.as_raw_fd(), KVM_INTERRUPT(), &irq) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(vmm_sys_util::errno::Error::last())
+    }
+}

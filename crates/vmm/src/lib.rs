@@ -19,6 +19,7 @@ pub mod console;
 pub mod control;
 pub mod devices;
 pub mod faults;
+pub mod irqchip;
 pub mod kvm;
 pub mod lifecycle;
 pub mod logger;

@@ -132,9 +132,13 @@ impl Machine {
         let start = Instant::now();
         self.ask_vcpus(VcpuRequest::Pause)?;
         self.devices.pause(ACK_TIMEOUT)?;
-        match self.vm.fd.get_pit2() {
-            Ok(pit) => self.paused_pit.set(Some(pit)),
-            Err(e) => log::warn!("KVM_GET_PIT2 at pause: {e}"),
+        // Tsubame's own PIT counts host time (a paused guest then sees
+        // one coalesced tick); KVM's is frozen.
+        if self.vm.irqchip.in_kernel() {
+            match self.vm.fd.get_pit2() {
+                Ok(pit) => self.paused_pit.set(Some(pit)),
+                Err(e) => log::warn!("KVM_GET_PIT2 at pause: {e}"),
+            }
         }
         self.paused.set(true);
         log::info!("paused in {:.3} ms", start.elapsed().as_secs_f64() * 1e3);

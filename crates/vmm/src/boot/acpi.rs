@@ -72,6 +72,9 @@ pub struct DeviceDescription {
 #[derive(Clone, Debug)]
 pub struct AcpiConfig {
     pub cpus: u8,
+    /// LAPICs and an IOAPIC exist (the MADT describes them); false with
+    /// Tsubame's PIC, and then there is no MADT.
+    pub apic: bool,
     pub devices: Vec<DeviceDescription>,
 }
 
@@ -235,10 +238,12 @@ pub fn write_tables(mem: &GuestMemory, cfg: &AcpiConfig) -> Result<AcpiAddresses
     };
     let dsdt_addr = place(&dsdt(cfg))?;
     let fadt_addr = place(&fadt(dsdt_addr))?;
-    let madt_addr = place(&madt(cfg.cpus))?;
+    let madt_addr = if cfg.apic { place(&madt(cfg.cpus))? } else { 0 };
     let mut xsdt = XSDT::new(OEM_ID, OEM_TABLE_ID, OEM_REVISION);
     xsdt.add_entry(fadt_addr);
-    xsdt.add_entry(madt_addr);
+    if cfg.apic {
+        xsdt.add_entry(madt_addr);
+    }
     let xsdt_addr = place(&aml_bytes(&xsdt))?;
     let rsdp = aml_bytes(&Rsdp::new(OEM_ID, xsdt_addr));
     mem.write_slice(&rsdp, GuestAddress(RSDP_ADDR))?;
@@ -287,6 +292,7 @@ mod tests {
     fn config(cpus: u8) -> AcpiConfig {
         AcpiConfig {
             cpus,
+            apic: true,
             devices: vec![
                 com1(),
                 DeviceDescription {

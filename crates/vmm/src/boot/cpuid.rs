@@ -9,6 +9,8 @@ use crate::kvm::HostKind;
 const LEAF1_ECX_CX16: u32 = 1 << 13;
 const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
+const LEAF1_EDX_APIC: u32 = 1 << 9;
+const LEAF1_ECX_X2APIC: u32 = 1 << 21;
 
 /// Host-dependent choices about the CPU the guest sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -16,12 +18,16 @@ pub struct CpuProfile {
     /// Guest kernel code runs in KVM's instruction emulator: hide what it
     /// cannot run and CPUID can hide (CMPXCHG16B).
     pub emulated: bool,
+    /// The vCPU has a local APIC (an in-kernel irqchip); without one the
+    /// CPUID APIC and x2APIC bits are cleared.
+    pub apic: bool,
 }
 
 impl CpuProfile {
     pub fn for_host(host: HostKind) -> CpuProfile {
         CpuProfile {
             emulated: host.is_emulated(),
+            apic: true,
         }
     }
 }
@@ -55,6 +61,10 @@ pub fn shape(supported: &CpuId, id: u32, count: u32, profile: CpuProfile) -> Cpu
                 e.ecx |= LEAF1_ECX_HYPERVISOR;
                 if profile.emulated {
                     e.ecx &= !LEAF1_ECX_CX16;
+                }
+                if !profile.apic {
+                    e.edx &= !LEAF1_EDX_APIC;
+                    e.ecx &= !LEAF1_ECX_X2APIC;
                 }
                 if count > 1 {
                     e.edx |= LEAF1_EDX_HTT;
@@ -133,7 +143,16 @@ mod tests {
         let genu = u32::from_le_bytes(*b"Genu");
         CpuId::from_entries(&[
             entry(0, 0, [0xd, genu, 0, 0]),
-            entry(1, 0, [0x806f8, 0x0001_0800, LEAF1_ECX_CX16, 0]),
+            entry(
+                1,
+                0,
+                [
+                    0x806f8,
+                    0x0001_0800,
+                    LEAF1_ECX_CX16 | LEAF1_ECX_X2APIC,
+                    LEAF1_EDX_APIC,
+                ],
+            ),
             entry(4, 0, [0x121, 0, 0, 0]),
             entry(4, 3, [0x163, 0, 0, 0]),
             entry(0xb, 0, [1, 2, 0x100, 7]),
@@ -145,8 +164,36 @@ mod tests {
     }
 
     #[test]
+    fn without_an_apic_leaf1_says_so() {
+        let leaf1 = |apic| {
+            let c = shape(
+                &intel(),
+                0,
+                1,
+                CpuProfile {
+                    emulated: false,
+                    apic,
+                },
+            );
+            *c.as_slice().iter().find(|e| e.function == 1).unwrap()
+        };
+        assert_ne!(leaf1(true).edx & LEAF1_EDX_APIC, 0, "KVM offers an APIC");
+        let e = leaf1(false);
+        assert_eq!(e.edx & LEAF1_EDX_APIC, 0);
+        assert_eq!(e.ecx & LEAF1_ECX_X2APIC, 0);
+    }
+
+    #[test]
     fn leaf1_carries_apic_id_count_and_hypervisor_bit() {
-        let c = shape(&intel(), 3, 4, CpuProfile { emulated: false });
+        let c = shape(
+            &intel(),
+            3,
+            4,
+            CpuProfile {
+                emulated: false,
+                apic: true,
+            },
+        );
         let l1 = find(&c, 1, 0);
         assert_eq!(l1.ebx >> 24, 3);
         assert_eq!((l1.ebx >> 16) & 0xff, 4);
@@ -166,7 +213,15 @@ mod tests {
 
     #[test]
     fn topology_leaves_describe_one_socket() {
-        let c = shape(&intel(), 2, 3, CpuProfile { emulated: false });
+        let c = shape(
+            &intel(),
+            2,
+            3,
+            CpuProfile {
+                emulated: false,
+                apic: true,
+            },
+        );
         let smt = find(&c, 0xb, 0);
         let core = find(&c, 0xb, 1);
         assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (0, 1, 0x100, 2));
@@ -179,7 +234,15 @@ mod tests {
 
     #[test]
     fn kvm_signature_leaves_pass_through() {
-        let c = shape(&intel(), 1, 2, CpuProfile { emulated: true });
+        let c = shape(
+            &intel(),
+            1,
+            2,
+            CpuProfile {
+                emulated: true,
+                apic: true,
+            },
+        );
         assert_eq!(find(&c, 0x4000_0000, 0), find(&intel(), 0x4000_0000, 0));
     }
 
@@ -192,7 +255,15 @@ mod tests {
             entry(0x8000_0008, 0, [0x3030, 0, 0, 0]),
         ])
         .unwrap();
-        let c = shape(&amd, 1, 4, CpuProfile { emulated: false });
+        let c = shape(
+            &amd,
+            1,
+            4,
+            CpuProfile {
+                emulated: false,
+                apic: true,
+            },
+        );
         let l = find(&c, 0x8000_0008, 0);
         assert_eq!(l.ecx & 0xff, 3);
         assert_eq!((l.ecx >> 12) & 0xf, 2);

@@ -128,7 +128,10 @@ pub fn setup(
     let cmdline_len = write_cmdline(mem, cfg.cmdline, &kernel)?;
     let e820 = e820::build(layout);
     let acpi = acpi::write_tables(mem, &cfg.acpi)?;
-    mptable::write(mem, cfg.acpi.cpus)?;
+    // The MP table describes APICs: none without them.
+    if cfg.acpi.apic {
+        mptable::write(mem, cfg.acpi.cpus)?;
+    }
     mem.write_slice(&reset_vector(), GuestAddress(layout::RESET_VECTOR_ADDR))?;
 
     let info = params::BootInfo {
@@ -259,6 +262,7 @@ mod tests {
             boot_path: BootPath::default(),
             acpi: acpi::AcpiConfig {
                 cpus: 1,
+                apic: true,
                 devices: vec![],
             },
         }

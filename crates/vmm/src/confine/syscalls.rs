@@ -190,6 +190,7 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Vcpu => (VCPU, vec![ioctl_type(KVMIO)?, ioctl_type(TUNIO)?]),
         ThreadKind::Device => (DEVICE, vec![ioctl_exact(FIONBIO)?, ioctl_type(TUNIO)?]),
         ThreadKind::Console => (CONSOLE, Vec::new()),
+        ThreadKind::Timer => (&[], Vec::new()),
     };
     for &nr in COMMON.iter().chain(own) {
         rules.insert(nr, Vec::new());

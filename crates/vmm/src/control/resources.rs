@@ -33,6 +33,9 @@ pub struct MachineConfig {
     pub cpu_template: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub huge_pages: Option<String>,
+    /// Tsubame's addition: `kernel` (default) or `userspace`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub irqchip: Option<crate::irqchip::IrqchipMode>,
 }
 
 impl Default for MachineConfig {
@@ -44,6 +47,7 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             cpu_template: None,
             huge_pages: None,
+            irqchip: None,
         }
     }
 }
@@ -58,6 +62,7 @@ pub struct MachineConfigUpdate {
     pub track_dirty_pages: Option<bool>,
     pub cpu_template: Option<String>,
     pub huge_pages: Option<String>,
+    pub irqchip: Option<crate::irqchip::IrqchipMode>,
 }
 
 impl MachineConfig {
@@ -69,6 +74,7 @@ impl MachineConfig {
             track_dirty_pages: u.track_dirty_pages.unwrap_or(self.track_dirty_pages),
             cpu_template: u.cpu_template.or_else(|| self.cpu_template.clone()),
             huge_pages: u.huge_pages.or_else(|| self.huge_pages.clone()),
+            irqchip: u.irqchip.or(self.irqchip),
         }
     }
 
@@ -430,6 +436,7 @@ impl VmResources {
                 vcpu_count: cfg.cpus as u64,
                 mem_size_mib: cfg.memory_mib,
                 track_dirty_pages: cfg.track_dirty_pages,
+                irqchip: (!cfg.irqchip.in_kernel()).then_some(cfg.irqchip),
                 ..MachineConfig::default()
             },
             drives: cfg
@@ -484,6 +491,7 @@ impl VmResources {
         cfg.cpus = self.machine.vcpu_count as usize;
         cfg.memory_mib = self.machine.mem_size_mib;
         cfg.track_dirty_pages = self.machine.track_dirty_pages;
+        cfg.irqchip = self.machine.irqchip.unwrap_or(base.irqchip);
         let mut drives: Vec<&Drive> = self.drives.iter().collect();
         drives.sort_by_key(|d| !d.is_root_device);
         let mut cmdline = boot

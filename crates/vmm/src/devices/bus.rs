@@ -14,6 +14,26 @@ pub trait BusDevice: Send {
 
 pub type SharedDevice = Arc<Mutex<dyn BusDevice>>;
 
+/// One device behind a second range: an access at `offset` reaches it at
+/// `offset + shift` (the i8042's ports 0x60 and 0x64, with 0x61 between
+/// them belonging to someone else).
+pub struct Shifted {
+    pub device: SharedDevice,
+    pub shift: u64,
+}
+
+impl BusDevice for Shifted {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        let mut d = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        d.read(offset + self.shift, data);
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        let mut d = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        d.write(offset + self.shift, data);
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
     #[error("{name}: empty range at {base:#x}")]

@@ -65,6 +65,8 @@ pub struct DeviceManager {
     pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
     /// Runs the virtio queues; `None` without virtio devices.
     pub thread: Option<DeviceThread>,
+    /// The user-space PIT's interrupts (`--irqchip userspace`).
+    pub pit_timer: Option<crate::irqchip::timer::PitTimer>,
 }
 
 impl DeviceManager {

@@ -106,6 +106,12 @@ impl Machine {
         if !self.is_paused() {
             return Err(NOT_PAUSED.into());
         }
+        if !self.vm.irqchip.in_kernel() {
+            return Err(format!(
+                "Snapshots of a machine with --irqchip {} are not supported yet (its PIC and PIT state is not saved).",
+                self.vm.irqchip.name()
+            ));
+        }
         if req.kind == SnapshotKind::Diff && !self.vm.dirty_log {
             return Err(DIFF_NEEDS_TRACKING.into());
         }

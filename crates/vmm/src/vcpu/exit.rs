@@ -46,6 +46,8 @@ impl std::fmt::Display for Fatal {
 pub enum ExitAction {
     /// Back into KVM_RUN.
     Continue,
+    /// The guest executed HLT (KVM has no irqchip to wait in).
+    Halt,
     /// The guest ended the machine itself.
     Stop(StopReason),
     /// The guest died; report and stop.
@@ -199,11 +201,10 @@ impl ExitHandler {
                 let owner = self.mmio.write(addr, data);
                 self.access(ExitKind::MmioWrite, addr, owner, data)
             }
-            // With the irqchip in the kernel, HLT waits there; an HLT exit
-            // means "no interrupt pending", and re-entering is a legal
-            // spurious wake-up.
-            VcpuExit::Hlt => (ExitKind::Hlt, None, Continue),
-            // Interrupt windows matter only to a user-space irqchip.
+            // Only without an in-kernel irqchip does HLT reach us: the vCPU
+            // loop then keeps the vCPU halted until an interrupt is pending.
+            VcpuExit::Hlt => (ExitKind::Hlt, None, Halt),
+            // The window the loop asked for: it injects before re-entering.
             VcpuExit::IrqWindowOpen => (ExitKind::IrqWindowOpen, None, Continue),
             VcpuExit::Intr => (ExitKind::Intr, None, Continue),
             VcpuExit::Shutdown => (ExitKind::Shutdown, None, Fatal(self::Fatal::Shutdown)),
@@ -416,9 +417,11 @@ mod tests {
     #[test]
     fn benign_exits_continue() {
         let (mut h, _, _) = handler();
-        for exit in [VcpuExit::Hlt, VcpuExit::IrqWindowOpen, VcpuExit::Intr] {
+        for exit in [VcpuExit::IrqWindowOpen, VcpuExit::Intr] {
             assert_eq!(h.handle(exit), ExitAction::Continue);
         }
+        assert_eq!(h.handle(VcpuExit::Hlt), ExitAction::Halt);
         assert_eq!(h.stats.total_exits(), 3);
+        assert_eq!(h.stats.count(ExitKind::Hlt), 1);
     }
 }

@@ -7,6 +7,7 @@
 
 use std::cell::Cell;
 use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_bindings::kvm_run;
@@ -57,18 +58,100 @@ impl Drop for KickRegistration {
     }
 }
 
+/// How anyone reaches one vCPU thread: wakes it when it waits in user
+/// space (halted, with the irqchip in Tsubame) and kicks it out of
+/// KVM_RUN when it is in the guest. Neither is ever lost: the wake is a
+/// flag the waiter consumes, the kick sets `immediate_exit`.
+#[derive(Default)]
+pub struct Wakeup {
+    woken: Mutex<Woken>,
+    changed: Condvar,
+    /// The vCPU thread while it runs its loop.
+    thread: Mutex<Option<libc::pthread_t>>,
+}
+
+impl Wakeup {
+    /// Wakes a waiter and kicks the registered thread out of KVM_RUN.
+    pub fn wake(&self) {
+        if self.notify() {
+            return;
+        }
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = *thread {
+            // SAFETY: pthread_self has no preconditions; `t` is a live
+            // thread: it clears this entry (under this lock) before it
+            // ends. The vCPU itself (an EOI it wrote) needs no kick: it
+            // looks before its next KVM_RUN.
+            unsafe {
+                if libc::pthread_equal(t, libc::pthread_self()) == 0 {
+                    libc::pthread_kill(t, kick_signal());
+                }
+            }
+        }
+    }
+
+    /// Wakes a waiter only; true if the thread was waiting.
+    pub fn notify(&self) -> bool {
+        let mut w = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+        w.pending = true;
+        self.changed.notify_one();
+        w.waiting
+    }
+
+    /// Waits for the next `wake` (at once if one came since the last).
+    pub fn wait(&self) {
+        let mut w = self.woken.lock().unwrap_or_else(|e| e.into_inner());
+        w.waiting = true;
+        while !w.pending {
+            w = self.changed.wait(w).unwrap_or_else(|e| e.into_inner());
+        }
+        w.pending = false;
+        w.waiting = false;
+    }
+
+    /// Makes the calling thread the one kicked, until the guard drops.
+    pub fn register(self: &Arc<Self>) -> WakeupRegistration {
+        // SAFETY: pthread_self has no preconditions.
+        let me = unsafe { libc::pthread_self() };
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+        WakeupRegistration(self.clone())
+    }
+}
+
+pub struct WakeupRegistration(Arc<Wakeup>);
+
+impl Drop for WakeupRegistration {
+    fn drop(&mut self) {
+        *self.0.thread.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+#[derive(Default)]
+struct Woken {
+    pending: bool,
+    /// The thread waits in `wait` (not in KVM_RUN): no kick needed.
+    waiting: bool,
+}
+
 /// One vCPU thread, as the controller sees it.
 pub struct VcpuHandle {
     pub id: u8,
     requests: Sender<VcpuRequest>,
+    wakeup: Arc<Wakeup>,
     thread: JoinHandle<VcpuOutcome>,
 }
 
 impl VcpuHandle {
-    pub fn new(id: u8, requests: Sender<VcpuRequest>, thread: JoinHandle<VcpuOutcome>) -> Self {
+    pub fn new(
+        id: u8,
+        requests: Sender<VcpuRequest>,
+        wakeup: Arc<Wakeup>,
+        thread: JoinHandle<VcpuOutcome>,
+    ) -> Self {
         VcpuHandle {
             id,
             requests,
+            wakeup,
             thread,
         }
     }
@@ -79,8 +162,10 @@ impl VcpuHandle {
         self.kick();
     }
 
-    /// Interrupts KVM_RUN once (the loop goes on).
+    /// Interrupts KVM_RUN once, or a wait in user space (the loop goes
+    /// on).
     pub fn kick(&self) {
+        let _ = self.wakeup.notify();
         let _ = self.thread.kill(kick_signal());
     }
 

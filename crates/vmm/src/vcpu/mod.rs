@@ -49,6 +49,8 @@ pub struct MachineReady {
     /// The MSRs a snapshot saves, and the size of the XSAVE area.
     pub state_msrs: Vec<u32>,
     pub xsave_bytes: usize,
+    /// Tsubame's PIC and PIT, when KVM has no irqchip (vCPU 0 injects).
+    pub irqchip: Option<Arc<crate::irqchip::UserChip>>,
 }
 
 /// How a vCPU begins: at the kernel's entry, or where a snapshot left it.
@@ -140,12 +142,14 @@ pub enum Error {
 /// `responses`.
 pub fn spawn(
     id: u8,
+    wakeup: Arc<handle::Wakeup>,
     vm: Arc<VmFd>,
     gate: Arc<StartGate>,
     created: Sender<(u8, Result<(), Error>)>,
     responses: Sender<(u8, VcpuResponse)>,
 ) -> std::io::Result<VcpuHandle> {
     let (requests_tx, requests) = mpsc::channel();
+    let vcpu_wakeup = wakeup.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu {id}"))
         .spawn(move || {
@@ -182,7 +186,8 @@ pub fn spawn(
                             return VcpuOutcome::default();
                         }
                     }
-                    let mut vcpu = run::Vcpu::new(id, fd, ready.clone(), requests, responses);
+                    let mut vcpu =
+                        run::Vcpu::new(id, fd, ready.clone(), vcpu_wakeup, requests, responses);
                     if let Start::Restore(states) = &ready.start {
                         // Answered to the restore, which stops the machine on error.
                         if !vcpu.restore(states.iter().find(|s| s.id == id)) {
@@ -193,7 +198,7 @@ pub fn spawn(
                 })
                 .unwrap_or_default()
         })?;
-    Ok(VcpuHandle::new(id, requests_tx, thread))
+    Ok(VcpuHandle::new(id, requests_tx, wakeup, thread))
 }
 
 #[cfg(test)]

@@ -12,9 +12,11 @@ use kvm_ioctls::VcpuFd;
 use super::emulation::{syscall, EmulationRepairs};
 use super::exit::{ExitAction, ExitHandler, Fatal};
 use super::handle;
+use super::handle::Wakeup;
 use super::state::{VcpuRequest, VcpuResponse, VcpuState};
 use super::stats::ExitKind;
 use super::{report, MachineReady, VcpuOutcome};
+use crate::irqchip::inject::{BeforeRun, Injector};
 use crate::lifecycle::StopReason;
 use crate::persist;
 use crate::vm::GuestMemory;
@@ -29,6 +31,8 @@ pub struct Vcpu {
     handler: ExitHandler,
     /// Present only on emulation-only hosts that complete emulator gaps.
     repairs: Option<EmulationRepairs>,
+    /// vCPU 0 with Tsubame's PIC: injection and the halted state.
+    injector: Option<Injector>,
     requests: Receiver<VcpuRequest>,
     responses: Sender<(u8, VcpuResponse)>,
     state: VcpuState,
@@ -40,10 +44,16 @@ impl Vcpu {
         id: u8,
         mut fd: VcpuFd,
         ready: Arc<MachineReady>,
+        wakeup: Arc<Wakeup>,
         requests: Receiver<VcpuRequest>,
         responses: Sender<(u8, VcpuResponse)>,
     ) -> Vcpu {
+        let injector = match (&ready.irqchip, id) {
+            (Some(chip), 0) => Some(Injector::new(chip.clone(), wakeup)),
+            _ => None,
+        };
         Vcpu {
+            injector,
             id,
             _kicks: handle::KickRegistration::new(fd.get_kvm_run()),
             handler: ExitHandler::new(ready.pio.clone(), ready.mmio.clone()),
@@ -74,7 +84,9 @@ impl Vcpu {
                     if self.ready.lifecycle.is_stopping() {
                         self.state = VcpuState::Exiting;
                     }
-                    if self.state == VcpuState::Running {
+                    // The seed's loop: without an in-kernel irqchip, process
+                    // its events first and stay halted while halted.
+                    if self.state == VcpuState::Running && self.interrupts() {
                         self.run_once();
                     }
                 }
@@ -171,6 +183,31 @@ impl Vcpu {
         }
     }
 
+    /// Before KVM_RUN, with Tsubame's PIC: inject what is pending if the
+    /// guest can take it, else ask for the interrupt window; while halted,
+    /// wait for an interrupt or a request. False: do not run now.
+    fn interrupts(&mut self) -> bool {
+        let Some(injector) = &mut self.injector else {
+            return true;
+        };
+        let run = self.fd.get_kvm_run();
+        let (ready, if_flag) = (run.ready_for_interrupt_injection != 0, run.if_flag != 0);
+        let BeforeRun::Run { vector, window } = injector.before_run(ready, if_flag) else {
+            return false;
+        };
+        self.fd.get_kvm_run().request_interrupt_window = u8::from(window);
+        if let Some(vector) = vector {
+            if let Err(e) = crate::kvm::inject_interrupt(&self.fd, vector) {
+                self.crash(Fatal::Unexpected(format!(
+                    "KVM_INTERRUPT of vector {vector:#x} failed: {e}"
+                )));
+                return false;
+            }
+            self.handler.stats.injections += 1;
+        }
+        true
+    }
+
     /// One KVM_RUN and the handling of its exit.
     fn run_once(&mut self) {
         let kvm_run: *const kvm_bindings::kvm_run = self.fd.get_kvm_run();
@@ -215,6 +252,13 @@ impl Vcpu {
         };
         match action {
             ExitAction::Continue => {}
+            // With an in-kernel irqchip HLT waits in KVM, and this exit is
+            // a spurious wake-up: re-entering is legal.
+            ExitAction::Halt => {
+                if let Some(injector) = &mut self.injector {
+                    injector.halted = true;
+                }
+            }
             ExitAction::Stop(reason) => {
                 self.ready.lifecycle.request_stop(reason);
                 self.state = VcpuState::Exiting;

@@ -29,6 +29,25 @@ fn set_delivery_mode(reg: u32, mode: u32) -> u32 {
     (reg & !0x700) | (mode << 8)
 }
 
+/// LINT0 takes the PIC's ExtINT, LINT1 NMIs, as on a PC.
+fn configure_lapic(fd: &VcpuFd) -> Result<(), Error> {
+    let mut lapic = fd.get_lapic().map_err(Error::Lapic)?;
+    let lint0 = lapic_reg(&lapic, APIC_LVT_LINT0);
+    set_lapic_reg(
+        &mut lapic,
+        APIC_LVT_LINT0,
+        set_delivery_mode(lint0, APIC_MODE_EXTINT),
+    );
+    let lint1 = lapic_reg(&lapic, APIC_LVT_LINT1);
+    set_lapic_reg(
+        &mut lapic,
+        APIC_LVT_LINT1,
+        set_delivery_mode(lint1, APIC_MODE_NMI),
+    );
+    fd.set_lapic(&lapic).map_err(Error::Lapic)?;
+    Ok(())
+}
+
 pub fn configure(fd: &VcpuFd, id: u8, ready: &MachineReady, entry: Entry) -> Result<(), Error> {
     let cpuid = cpuid::shape(
         &ready.supported_cpuid,
@@ -44,20 +63,9 @@ pub fn configure(fd: &VcpuFd, id: u8, ready: &MachineReady, entry: Entry) -> Res
         return Err(Error::MsrRefused(refused.index));
     }
 
-    let mut lapic = fd.get_lapic().map_err(Error::Lapic)?;
-    let lint0 = lapic_reg(&lapic, APIC_LVT_LINT0);
-    set_lapic_reg(
-        &mut lapic,
-        APIC_LVT_LINT0,
-        set_delivery_mode(lint0, APIC_MODE_EXTINT),
-    );
-    let lint1 = lapic_reg(&lapic, APIC_LVT_LINT1);
-    set_lapic_reg(
-        &mut lapic,
-        APIC_LVT_LINT1,
-        set_delivery_mode(lint1, APIC_MODE_NMI),
-    );
-    fd.set_lapic(&lapic).map_err(Error::Lapic)?;
+    if ready.cpu_profile.apic {
+        configure_lapic(fd)?;
+    }
 
     if id == 0 {
         let sregs = fd.get_sregs().map_err(Error::Registers)?;

@@ -140,6 +140,8 @@ pub struct ExitStats {
     /// instructions completed or turned into exceptions (by mnemonic),
     /// repaired syscalls, page faults let through the breakpoint.
     pub completed: BTreeMap<String, u64>,
+    /// Interrupts this vCPU injected with KVM_INTERRUPT (a user-space PIC).
+    pub injections: u64,
 }
 
 fn slot(v: &mut Vec<Timing>, i: DeviceIndex) -> &mut Timing {
@@ -201,6 +203,7 @@ impl ExitStats {
             self.unowned.entry(*k).or_default().merge(t);
         }
         self.unowned_overflow += o.unowned_overflow;
+        self.injections += o.injections;
     }
 
     pub fn total_exits(&self) -> u64 {
@@ -292,6 +295,13 @@ impl ExitStats {
             for (what, n) in &self.completed {
                 let _ = writeln!(s, "  {what:<34} {n:>10}");
             }
+        }
+        if self.injections > 0 {
+            let _ = writeln!(
+                s,
+                "  {:<34} {:>10}",
+                "interrupts injected (KVM_INTERRUPT)", self.injections
+            );
         }
         if self.unowned_overflow > 0 {
             let _ = writeln!(

@@ -19,6 +19,7 @@ use crate::devices::legacy::{
 };
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::{bus, Bus, DeviceManager, IrqLine};
+use crate::irqchip::{timer::PitTimer, UserChip};
 use crate::kvm::{self, HostKind, Hypervisor};
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::machine::Machine;
@@ -68,6 +69,10 @@ pub enum Error {
     DeviceIo(#[from] std::io::Error),
     #[error("irqfd for GSI {gsi}: {source}")]
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
+    #[error("--irqchip userspace: the PIC has 16 inputs, a device needs GSI {gsi} (fewer virtio devices)")]
+    PicInputs { gsi: u32 },
+    #[error("--irqchip userspace --cpus {0}: Tsubame's PIC reaches vCPU 0 only (there is no user-space LAPIC); use one vCPU or --irqchip kernel")]
+    UserspaceSmp(usize),
     #[error(transparent)]
     Boot(#[from] boot::Error),
     #[error("KVM_GET_SUPPORTED_CPUID: {0}")]
@@ -114,6 +119,9 @@ impl Drop for PendingVcpus {
 fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
     if cfg.cpus == 0 {
         return Err(Error::NoCpus(cfg.cpus));
+    }
+    if !cfg.irqchip.in_kernel() && cfg.cpus > 1 {
+        return Err(Error::UserspaceSmp(cfg.cpus));
     }
     if cfg.cpus > config::MAX_VCPUS {
         return Err(Error::TooManyCpus {
@@ -181,6 +189,11 @@ pub const EMULATION_PARAMS: &[&str] = &[
 ///   has. (The reset vector ends the machine too, as a fallback.)
 pub const MACHINE_PARAMS: &[&str] = &["reboot=acpi"];
 
+/// With Tsubame's PIC (`--irqchip userspace`): the CPUID APIC bit is clear
+/// and no table names an APIC, and `nolapic` says so once more to kernels
+/// that would probe for one anyway.
+pub const NO_APIC_PARAMS: &[&str] = &["nolapic"];
+
 /// The profile the guest gets, and the kernel parameters it implies.
 fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static str>) {
     let emulated = match cfg.profile {
@@ -188,25 +201,42 @@ fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static s
         ProfileChoice::Native => false,
         ProfileChoice::Emulated => true,
     };
-    let profile = CpuProfile { emulated };
+    let profile = CpuProfile {
+        emulated,
+        apic: cfg.irqchip.in_kernel(),
+    };
     let mut params = MACHINE_PARAMS.to_vec();
+    if !profile.apic {
+        params.extend_from_slice(NO_APIC_PARAMS);
+    }
     if emulated {
         params.extend_from_slice(EMULATION_PARAMS);
     }
     (profile, params)
 }
 
-fn register_irq(vm: &Vm, gsi: u32) -> Result<IrqLine, Error> {
+/// The line for `gsi`: an irqfd with KVM's irqchip, else an input of
+/// Tsubame's PIC (which has 16).
+fn register_irq(vm: &Vm, chip: Option<&Arc<UserChip>>, gsi: u32) -> Result<IrqLine, Error> {
+    if let Some(chip) = chip {
+        if gsi >= 16 {
+            return Err(Error::PicInputs { gsi });
+        }
+        return Ok(IrqLine::Sink(chip.clone(), gsi));
+    }
     let line = IrqLine::new()?;
-    vm.fd
-        .register_irqfd(&line.0, gsi)
-        .map_err(|source| Error::Irqfd { gsi, source })?;
+    if let IrqLine::Irqfd(fd) = &line {
+        vm.fd
+            .register_irqfd(fd, gsi)
+            .map_err(|source| Error::Irqfd { gsi, source })?;
+    }
     Ok(line)
 }
 
 /// COM1, the i8042, the ACPI power registers, and the quiet sinks.
 fn attach_devices(
     vm: &Vm,
+    chip: Option<&Arc<UserChip>>,
     lifecycle: &Arc<Lifecycle>,
     serial: &SerialConfig,
 ) -> Result<Devices, Error> {
@@ -229,16 +259,27 @@ fn attach_devices(
         }
     };
     let com1 = Arc::new(Mutex::new(SerialConsole::new(
-        register_irq(vm, legacy::COM1_IRQ)?,
+        register_irq(vm, chip, legacy::COM1_IRQ)?,
         output,
     )?));
     pio.insert("com1", legacy::COM1_PORT.into(), 8, com1.clone())?;
 
     let i8042 = Arc::new(Mutex::new(I8042::new(
-        register_irq(vm, legacy::I8042_IRQ)?,
+        register_irq(vm, chip, legacy::I8042_IRQ)?,
         stop(StopReason::Reset),
     )));
-    pio.insert("i8042", legacy::I8042_DATA_PORT.into(), 5, i8042.clone())?;
+    // Data on 0x60, status and command on 0x64; 0x61 is port B (the
+    // PIT's, in KVM or in Tsubame).
+    pio.insert("i8042", legacy::I8042_DATA_PORT.into(), 1, i8042.clone())?;
+    pio.insert(
+        "i8042",
+        legacy::I8042_CMD_PORT.into(),
+        1,
+        Arc::new(Mutex::new(bus::Shifted {
+            device: i8042.clone(),
+            shift: u64::from(legacy::I8042_CMD_PORT - legacy::I8042_DATA_PORT),
+        })),
+    )?;
     pio.insert(
         "acpi-power",
         legacy::ACPI_POWER_PORT.into(),
@@ -323,6 +364,8 @@ pub struct CreatedMachine {
     devices: Devices,
     device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
+    chip: Option<Arc<UserChip>>,
+    pit_timer: Option<PitTimer>,
     profile: CpuProfile,
     complete_gaps: bool,
     supported_cpuid: kvm_bindings::CpuId,
@@ -389,7 +432,17 @@ pub fn create(
         memory,
         cfg.track_dirty_pages,
         complete_gaps,
+        cfg.irqchip,
     )?;
+    if cfg.irqchip.in_kernel() {
+        log::info!("irqchip: kernel (KVM's PIC, IOAPIC, LAPICs and PIT)");
+    } else {
+        log::info!(
+            "irqchip: {} (Tsubame's 8259A pair and 8254 on vCPU 0; CPUID APIC bit cleared, no MADT or MP table, kernel gets {})",
+            cfg.irqchip.name(),
+            NO_APIC_PARAMS.join(" ")
+        );
+    }
     log::debug!("guest memory: {:?}", layout.ram);
 
     // 3. vCPU threads: each creates its vCPU, then waits at the gate.
@@ -402,9 +455,11 @@ pub fn create(
         gate: gate.clone(),
         threads: Vec::new(),
     };
-    for id in 0..cpus {
+    let wakeups: Vec<Arc<vcpu::handle::Wakeup>> = (0..cpus).map(|_| Arc::default()).collect();
+    for (id, wakeup) in (0..cpus).zip(&wakeups) {
         let t = vcpu::spawn(
             id,
+            wakeup.clone(),
             vm.fd.clone(),
             gate.clone(),
             created_tx.clone(),
@@ -423,8 +478,16 @@ pub fn create(
     }
     log::debug!("{cpus} vCPU(s) created, waiting for machine init");
 
-    // 4. Devices.
-    let mut devices = attach_devices(&vm, &lifecycle, &cfg.serial)?;
+    // 4. Devices, and Tsubame's PIC and PIT when KVM has none.
+    let chip = (!cfg.irqchip.in_kernel()).then(|| UserChip::new(wakeups[0].clone()));
+    let mut devices = attach_devices(&vm, chip.as_ref(), &lifecycle, &cfg.serial)?;
+    let pit_timer = match &chip {
+        Some(c) => {
+            crate::irqchip::ports::attach(c, &mut devices.pio)?;
+            Some(PitTimer::spawn(c.clone()).map_err(Error::Thread)?)
+        }
+        None => None,
+    };
     devices
         .acpi
         .extend(super::virtio::acpi_descriptions(&virtio_plan));
@@ -434,7 +497,7 @@ pub fn create(
         &mut devices.mmio,
         virtio_plan,
         cfg.ioeventfd,
-        |gsi| register_irq(&vm, gsi),
+        |gsi| register_irq(&vm, chip.as_ref(), gsi),
     )?;
     let device_thread =
         crate::devices::virtio::worker::DeviceThread::spawn(&transports, lifecycle.clone())
@@ -465,6 +528,8 @@ pub fn create(
         devices,
         device_thread,
         virtio: transports,
+        chip,
+        pit_timer,
         profile,
         complete_gaps,
         supported_cpuid,
@@ -491,6 +556,7 @@ pub fn boot(mut c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Resul
             boot_path: cfg.boot_path,
             acpi: AcpiConfig {
                 cpus: c.cpus,
+                apic: c.profile.apic,
                 devices: std::mem::take(&mut c.devices.acpi),
             },
         },
@@ -545,6 +611,7 @@ impl CreatedMachine {
             sample_rip,
             state_msrs: self.state_msrs,
             xsave_bytes: self.xsave_bytes,
+            irqchip: self.chip,
         }));
         let vcpus = self.pending.release();
         Machine {
@@ -560,6 +627,7 @@ impl CreatedMachine {
                 i8042: self.devices.i8042,
                 virtio: self.virtio,
                 thread: self.device_thread,
+                pit_timer: self.pit_timer,
             },
             paused: std::cell::Cell::new(restoring),
             paused_pit: std::cell::Cell::new(None),

@@ -17,6 +17,7 @@ use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, Vm
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
+use crate::irqchip::IrqchipMode;
 use crate::kvm::Hypervisor;
 pub use layout::MemoryLayout;
 
@@ -57,6 +58,7 @@ pub struct Vm {
     pub layout: MemoryLayout,
     /// KVM keeps a dirty log of guest RAM (Diff snapshots).
     pub dirty_log: bool,
+    pub irqchip: IrqchipMode,
 }
 
 impl Vm {
@@ -69,15 +71,16 @@ impl Vm {
     }
 
     /// Creates the VM, registers `memory` (laid out as `layout`; with
-    /// KVM's dirty log when `dirty_log`), and creates the in-kernel PIC,
-    /// IOAPIC, LAPICs and PIT (in that order: KVM wants the irqchip before
-    /// any vCPU exists).
+    /// KVM's dirty log when `dirty_log`), and, with the `kernel` irqchip,
+    /// creates the in-kernel PIC, IOAPIC, LAPICs and PIT (in that order:
+    /// KVM wants the irqchip before any vCPU exists).
     pub fn create(
         hv: &Hypervisor,
         layout: MemoryLayout,
         memory: GuestMemory,
         dirty_log: bool,
         trap_lstar: bool,
+        irqchip: IrqchipMode,
     ) -> Result<Vm, Error> {
         let fd = hv.kvm.create_vm().map_err(Error::CreateVm)?;
         // First, while the VM's SRCU has never had a grace period: the
@@ -114,17 +117,20 @@ impl Vm {
             .map_err(Error::IdentityMap)?;
         fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(Error::TssAddr)?;
-        fd.create_irq_chip().map_err(Error::Irqchip)?;
-        let pit = kvm_pit_config {
-            flags: KVM_PIT_SPEAKER_DUMMY,
-            ..Default::default()
-        };
-        fd.create_pit2(pit).map_err(Error::Pit)?;
+        if irqchip.in_kernel() {
+            fd.create_irq_chip().map_err(Error::Irqchip)?;
+            let pit = kvm_pit_config {
+                flags: KVM_PIT_SPEAKER_DUMMY,
+                ..Default::default()
+            };
+            fd.create_pit2(pit).map_err(Error::Pit)?;
+        }
         Ok(Vm {
             fd: Arc::new(fd),
             memory,
             layout,
             dirty_log,
+            irqchip,
         })
     }
 

@@ -8,8 +8,6 @@
 
 use std::collections::VecDeque;
 
-use vm_superio::Trigger;
-
 use crate::devices::{BusDevice, IrqLine};
 
 /// Offsets from the device's base (it is placed at 0x60 with length 5, so
@@ -333,7 +331,7 @@ mod tests {
     fn keyboard_identifies_and_acks_with_interrupts() {
         let (mut d, _, irq) = device();
         d.write(DATA, &[0xf2]);
-        assert!(irq.0.read().unwrap() >= 1);
+        assert!(irq.eventfd().unwrap().read().unwrap() >= 1);
         assert_eq!(rd(&mut d, DATA), 0xfa);
         assert_eq!(rd(&mut d, DATA), 0xab);
         assert_eq!(rd(&mut d, DATA), 0x41);
@@ -363,7 +361,7 @@ mod tests {
     fn ctrl_alt_del_is_pressed_then_released_in_the_translated_set() {
         let (mut d, _, irq) = device();
         d.trigger_ctrl_alt_del();
-        assert!(irq.0.read().unwrap() >= 1);
+        assert!(irq.eventfd().unwrap().read().unwrap() >= 1);
         let got: Vec<u8> = (0..8).map(|_| rd(&mut d, DATA)).collect();
         assert_eq!(got, [0x1d, 0x38, 0xe0, 0x53, 0xe0, 0xd3, 0xb8, 0x9d]);
         assert_eq!(rd(&mut d, COMMAND) & STS_OBF, 0);

@@ -231,7 +231,7 @@ mod tests {
     fn output_reaches_the_writer_and_raises_thre_interrupt() {
         let out = Shared::default();
         let irq = IrqLine::new().unwrap();
-        let probe = irq.0.try_clone().unwrap();
+        let probe = irq.eventfd().unwrap().try_clone().unwrap();
         let mut s = SerialConsole::new(irq, SerialOutput::Writer(Box::new(out.clone()))).unwrap();
         s.write(IER, &[0x02]); // THR-empty interrupt on
         assert_eq!(probe.read().unwrap(), 1, "enabling fires at once");

@@ -17,8 +17,8 @@ use crate::devices::virtio::{Used, VirtioDevice};
 use crate::devices::IrqLine;
 use crate::vm::GuestMemory;
 
-/// The device's interrupt: the InterruptStatus bits and the line (an irqfd)
-/// that tells the guest to look at them. Shared by both halves.
+/// The device's interrupt: the InterruptStatus bits and the line that
+/// tells the guest to look at them. Shared by both halves.
 pub struct Interrupt {
     status: AtomicU32,
     line: IrqLine,
@@ -40,7 +40,7 @@ impl Interrupt {
 
     /// Raises the line again for bits already set.
     pub fn pulse(&self, device: &str) {
-        if let Err(e) = self.line.0.write(1) {
+        if let Err(e) = self.line.trigger() {
             log::warn!("{device}: cannot raise interrupt: {e}");
         }
     }

@@ -1,0 +1,137 @@
+//! `--irqchip`: the same tiny guests with KVM's interrupt controllers and
+//! with Tsubame's own PIC and PIT (`userspace`), where HLT and the
+//! interrupt window are the VMM's.
+
+mod common;
+
+use common::{guest, run, run_and_signal};
+
+fn kernel(name: &str) -> String {
+    guest(name).to_string_lossy().into_owned()
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:016x}")
+}
+
+/// The figure on the line of `--stats` output that starts with `label`.
+fn stat(stderr: &str, label: &str) -> u64 {
+    stderr
+        .lines()
+        .find_map(|l| {
+            let rest = l.trim_start().strip_prefix(label)?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn the_pit_ticks_through_the_pic_in_every_mode() {
+    for mode in ["kernel", "userspace"] {
+        let r = run(&[
+            "run",
+            "--kernel",
+            &kernel("pitticks"),
+            "--irqchip",
+            mode,
+            "--stats",
+        ]);
+        assert_eq!(r.status, 0, "{mode}: {}", r.output());
+        for want in [
+            "pic and pit programmed".to_string(),
+            "window taken".to_string(),
+            format!("latch {}", hex(0)),
+            format!("done {}", hex(50)),
+        ] {
+            assert!(
+                r.stdout.contains(&want),
+                "{mode}: missing {want}: {}",
+                r.output()
+            );
+        }
+        assert!(
+            r.stderr.contains(&format!("irqchip: {mode}")),
+            "{}",
+            r.output()
+        );
+        let (hlt, window, injected) = (
+            stat(&r.stderr, "hlt"),
+            stat(&r.stderr, "irq-window"),
+            stat(&r.stderr, "interrupts injected (KVM_INTERRUPT)"),
+        );
+        if mode == "userspace" {
+            assert!(hlt >= 40, "{mode}: {hlt} HLT exits: {}", r.stderr);
+            assert!(
+                window >= 1,
+                "{mode}: no interrupt-window exit: {}",
+                r.stderr
+            );
+            assert!(
+                injected >= 50,
+                "{mode}: {injected} injections: {}",
+                r.stderr
+            );
+        } else {
+            assert_eq!((hlt, window, injected), (0, 0, 0), "{}", r.stderr);
+        }
+    }
+}
+
+#[test]
+fn a_halted_vcpu_with_the_userspace_irqchip_still_stops_on_sigterm() {
+    // cli; hlt with no interrupt source: the vCPU waits in Tsubame.
+    let r = run_and_signal(
+        &["run", "--kernel", &kernel("halt"), "--irqchip", "userspace"],
+        None,
+        "halting",
+        libc::SIGTERM,
+    );
+    assert_eq!(r.status, 128 + libc::SIGTERM, "{}", r.output());
+}
+
+#[test]
+fn virtio_blk_works_with_the_userspace_irqchip() {
+    let img = common::scratch("irqchip-virtio-blk").join("disk.img");
+    let mut data = vec![0u8; 8 * 512];
+    data[..8].copy_from_slice(b"HOSTDISK");
+    std::fs::write(&img, &data).unwrap();
+    let disk = format!("path={}", img.display());
+    let r = run(&[
+        "run",
+        "--kernel",
+        &kernel("virtioblk"),
+        "--disk",
+        &disk,
+        "--irqchip",
+        "userspace",
+    ]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    let pattern = hex(u64::from_le_bytes(*b"TSUBAME!"));
+    assert!(
+        r.stdout.contains(&format!("read1 {} {pattern}", hex(0))),
+        "{}",
+        r.output()
+    );
+}
+
+#[test]
+fn bad_irqchip_choices_are_refused_with_the_reason() {
+    let r = run(&[
+        "run",
+        "--kernel",
+        &kernel("hello64"),
+        "--irqchip",
+        "userspace",
+        "--cpus",
+        "2",
+    ]);
+    assert_eq!(r.status, 1, "{}", r.output());
+    assert!(r.stderr.contains("vCPU 0 only"), "{}", r.output());
+    let r = run(&["run", "--kernel", &kernel("hello64"), "--irqchip", "pic"]);
+    assert_ne!(r.status, 0, "{}", r.output());
+    assert!(
+        r.stderr.contains("unknown irqchip mode 'pic'"),
+        "{}",
+        r.output()
+    );
+}
