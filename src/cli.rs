@@ -191,8 +191,9 @@ pub struct RunArgs {
     #[arg(long)]
     pub sample_rip: bool,
     /// Where the interrupt controllers and the PIT live: `kernel` (KVM's),
-    /// or `userspace` (Tsubame's 8259A pair and 8254, one vCPU).
-    #[arg(long, value_name = "kernel|userspace", default_value = "kernel")]
+    /// `split` (KVM's LAPICs, Tsubame's IOAPIC, PIC and PIT), or
+    /// `userspace` (Tsubame's 8259A pair and 8254, one vCPU).
+    #[arg(long, value_name = "kernel|split|userspace", default_value = "kernel")]
     pub irqchip: vmm::irqchip::IrqchipMode,
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]

@@ -1,6 +1,7 @@
-//! `--irqchip`: the same tiny guests with KVM's interrupt controllers and
-//! with Tsubame's own PIC and PIT (`userspace`), where HLT and the
-//! interrupt window are the VMM's.
+//! `--irqchip`: the same tiny guests with KVM's interrupt controllers,
+//! with KVM's LAPICs and Tsubame's IOAPIC, PIC and PIT (`split`), and with
+//! Tsubame's PIC and PIT alone (`userspace`), where HLT and the interrupt
+//! window are the VMM's.
 
 mod common;
 
@@ -27,7 +28,7 @@ fn stat(stderr: &str, label: &str) -> u64 {
 
 #[test]
 fn the_pit_ticks_through_the_pic_in_every_mode() {
-    for mode in ["kernel", "userspace"] {
+    for mode in ["kernel", "split", "userspace"] {
         let r = run(&[
             "run",
             "--kernel",
@@ -59,22 +60,78 @@ fn the_pit_ticks_through_the_pic_in_every_mode() {
             stat(&r.stderr, "irq-window"),
             stat(&r.stderr, "interrupts injected (KVM_INTERRUPT)"),
         );
-        if mode == "userspace" {
-            assert!(hlt >= 40, "{mode}: {hlt} HLT exits: {}", r.stderr);
-            assert!(
-                window >= 1,
-                "{mode}: no interrupt-window exit: {}",
-                r.stderr
-            );
-            assert!(
-                injected >= 50,
-                "{mode}: {injected} injections: {}",
-                r.stderr
-            );
-        } else {
-            assert_eq!((hlt, window, injected), (0, 0, 0), "{}", r.stderr);
+        match mode {
+            "userspace" => {
+                assert!(hlt >= 40, "{mode}: {hlt} HLT exits: {}", r.stderr);
+                assert!(
+                    window >= 1,
+                    "{mode}: no interrupt-window exit: {}",
+                    r.stderr
+                );
+                assert!(
+                    injected >= 50,
+                    "{mode}: {injected} injections: {}",
+                    r.stderr
+                );
+            }
+            // KVM's LAPIC waits in HLT; the PIC's ExtINT is injected.
+            "split" => {
+                assert_eq!(hlt, 0, "{}", r.stderr);
+                assert!(
+                    injected >= 50,
+                    "{mode}: {injected} injections: {}",
+                    r.stderr
+                );
+            }
+            _ => assert_eq!((hlt, window, injected), (0, 0, 0), "{}", r.stderr),
         }
     }
+}
+
+#[test]
+fn the_pit_ticks_through_an_ioapic_pin() {
+    for mode in ["kernel", "split"] {
+        let r = run(&[
+            "run",
+            "--kernel",
+            &kernel("ioapicticks"),
+            "--irqchip",
+            mode,
+            "--stats",
+        ]);
+        assert_eq!(r.status, 0, "{mode}: {}", r.output());
+        assert!(
+            r.stdout.contains(&format!("done {}", hex(50))),
+            "{mode}: {}",
+            r.output()
+        );
+        if mode == "split" {
+            // The guest's entries went through Tsubame's IOAPIC.
+            assert!(r.stderr.contains("ioapic (0xfec00000)"), "{}", r.stderr);
+        }
+    }
+}
+
+#[test]
+fn smp_and_the_lapic_timer_work_with_the_split_irqchip() {
+    let r = run(&[
+        "run",
+        "--kernel",
+        &kernel("smp"),
+        "--cpus",
+        "4",
+        "--irqchip",
+        "split",
+    ]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stdout.contains("all cpus up"), "{}", r.output());
+    let r = run(&["run", "--kernel", &kernel("ticks"), "--irqchip", "split"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(
+        r.stdout.contains(&format!("done {}", hex(100))),
+        "{}",
+        r.output()
+    );
 }
 
 #[test]
@@ -90,28 +147,30 @@ fn a_halted_vcpu_with_the_userspace_irqchip_still_stops_on_sigterm() {
 }
 
 #[test]
-fn virtio_blk_works_with_the_userspace_irqchip() {
-    let img = common::scratch("irqchip-virtio-blk").join("disk.img");
-    let mut data = vec![0u8; 8 * 512];
-    data[..8].copy_from_slice(b"HOSTDISK");
-    std::fs::write(&img, &data).unwrap();
-    let disk = format!("path={}", img.display());
-    let r = run(&[
-        "run",
-        "--kernel",
-        &kernel("virtioblk"),
-        "--disk",
-        &disk,
-        "--irqchip",
-        "userspace",
-    ]);
-    assert_eq!(r.status, 0, "{}", r.output());
-    let pattern = hex(u64::from_le_bytes(*b"TSUBAME!"));
-    assert!(
-        r.stdout.contains(&format!("read1 {} {pattern}", hex(0))),
-        "{}",
-        r.output()
-    );
+fn virtio_blk_works_in_every_mode() {
+    for mode in ["kernel", "split", "userspace"] {
+        let img = common::scratch(&format!("irqchip-virtio-blk-{mode}")).join("disk.img");
+        let mut data = vec![0u8; 8 * 512];
+        data[..8].copy_from_slice(b"HOSTDISK");
+        std::fs::write(&img, &data).unwrap();
+        let disk = format!("path={}", img.display());
+        let r = run(&[
+            "run",
+            "--kernel",
+            &kernel("virtioblk"),
+            "--disk",
+            &disk,
+            "--irqchip",
+            mode,
+        ]);
+        assert_eq!(r.status, 0, "{mode}: {}", r.output());
+        let pattern = hex(u64::from_le_bytes(*b"TSUBAME!"));
+        assert!(
+            r.stdout.contains(&format!("read1 {} {pattern}", hex(0))),
+            "{mode}: {}",
+            r.output()
+        );
+    }
 }
 
 #[test]

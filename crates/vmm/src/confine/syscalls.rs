@@ -190,7 +190,8 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Vcpu => (VCPU, vec![ioctl_type(KVMIO)?, ioctl_type(TUNIO)?]),
         ThreadKind::Device => (DEVICE, vec![ioctl_exact(FIONBIO)?, ioctl_type(TUNIO)?]),
         ThreadKind::Console => (CONSOLE, Vec::new()),
-        ThreadKind::Timer => (&[], Vec::new()),
+        // KVM_SIGNAL_MSI: the PIT's pin on the user-space IOAPIC.
+        ThreadKind::Timer => (&[], vec![ioctl_type(KVMIO)?]),
     };
     for &nr in COMMON.iter().chain(own) {
         rules.insert(nr, Vec::new());

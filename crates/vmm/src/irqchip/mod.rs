@@ -7,8 +7,12 @@
 //!   8254 ([`pit`]) in a [`UserChip`], on the port bus ([`ports`]); the
 //!   PIT's interrupts come from a timer thread ([`timer`]) and everything
 //!   reaches vCPU 0 through KVM_INTERRUPT ([`inject`]).
+//! - `split`: the LAPICs in KVM, the IOAPIC in Tsubame ([`ioapic`]), whose
+//!   entries become MSI routes for the devices' irqfds; the PIC and PIT as
+//!   in `userspace`, the PIC's ExtINT to vCPU 0, the PIT also on pin 2.
 
 pub mod inject;
+pub mod ioapic;
 pub mod pic;
 pub mod pit;
 pub mod ports;
@@ -25,19 +29,27 @@ use crate::vcpu::handle::Wakeup;
 pub enum IrqchipMode {
     #[default]
     Kernel,
+    Split,
     Userspace,
 }
 
 impl IrqchipMode {
-    pub const NAMES: &'static str = "kernel, userspace";
+    pub const NAMES: &'static str = "kernel, split, userspace";
 
+    /// KVM's whole irqchip (PIC, IOAPIC, PIT too).
     pub fn in_kernel(self) -> bool {
         self == IrqchipMode::Kernel
+    }
+
+    /// The LAPICs are KVM's (`kernel`, `split`).
+    pub fn lapic_in_kernel(self) -> bool {
+        self != IrqchipMode::Userspace
     }
 
     pub fn name(self) -> &'static str {
         match self {
             IrqchipMode::Kernel => "kernel",
+            IrqchipMode::Split => "split",
             IrqchipMode::Userspace => "userspace",
         }
     }
@@ -49,6 +61,7 @@ impl std::str::FromStr for IrqchipMode {
     fn from_str(s: &str) -> Result<IrqchipMode, String> {
         match s {
             "kernel" => Ok(IrqchipMode::Kernel),
+            "split" => Ok(IrqchipMode::Split),
             "userspace" => Ok(IrqchipMode::Userspace),
             other => Err(format!(
                 "unknown irqchip mode '{other}' (expected one of: {})",
@@ -76,6 +89,8 @@ pub struct UserChip {
     timer: Condvar,
     epoch: Instant,
     vcpu0: Arc<Wakeup>,
+    /// `split`: the PIT's IRQ 0 also reaches IOAPIC pin 2.
+    ioapic: std::sync::OnceLock<Arc<ioapic::IoApic>>,
 }
 
 impl UserChip {
@@ -90,7 +105,22 @@ impl UserChip {
             timer: Condvar::new(),
             epoch: Instant::now(),
             vcpu0,
+            ioapic: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Wires the PIT's output to `ioapic`'s pin 2 as well (`split`).
+    pub fn attach_ioapic(&self, ioapic: Arc<ioapic::IoApic>) {
+        let _ = self.ioapic.set(ioapic);
+    }
+
+    /// The PIT's edge: IRQ 0 on the PIC, and pin 2 of the IOAPIC if any.
+    fn timer_edge(&self, st: &mut ChipState) {
+        st.pic.pulse(0);
+        self.signal(st);
+        if let Some(io) = self.ioapic.get() {
+            io.pulse(2);
+        }
     }
 
     /// The chip's clock, ns.
@@ -160,7 +190,11 @@ mod tests {
 
     #[test]
     fn modes_parse_and_name_themselves() {
-        for m in [IrqchipMode::Kernel, IrqchipMode::Userspace] {
+        for m in [
+            IrqchipMode::Kernel,
+            IrqchipMode::Split,
+            IrqchipMode::Userspace,
+        ] {
             assert_eq!(m.name().parse::<IrqchipMode>(), Ok(m));
         }
         let e = "split2".parse::<IrqchipMode>().unwrap_err();

@@ -51,8 +51,7 @@ fn run(chip: &UserChip) {
         let now = chip.now();
         match st.pit.next_irq0(last) {
             Some(edge) if edge <= now => {
-                st.pic.pulse(0);
-                chip.signal(&mut st);
+                chip.timer_edge(&mut st);
                 last = match st.pit.next_irq0(edge) {
                     Some(next) if next <= now => now,
                     _ => edge,

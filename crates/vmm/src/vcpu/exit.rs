@@ -48,6 +48,8 @@ pub enum ExitAction {
     Continue,
     /// The guest executed HLT (KVM has no irqchip to wait in).
     Halt,
+    /// A LAPIC's EOI of a vector a user-space IOAPIC routes (`split`).
+    IoapicEoi(u8),
     /// The guest ended the machine itself.
     Stop(StopReason),
     /// The guest died; report and stop.
@@ -207,6 +209,7 @@ impl ExitHandler {
             // The window the loop asked for: it injects before re-entering.
             VcpuExit::IrqWindowOpen => (ExitKind::IrqWindowOpen, None, Continue),
             VcpuExit::Intr => (ExitKind::Intr, None, Continue),
+            VcpuExit::IoapicEoi(vector) => (ExitKind::IoapicEoi, None, IoapicEoi(vector)),
             VcpuExit::Shutdown => (ExitKind::Shutdown, None, Fatal(self::Fatal::Shutdown)),
             VcpuExit::InternalError => (
                 ExitKind::InternalError,

@@ -51,6 +51,8 @@ pub struct MachineReady {
     pub xsave_bytes: usize,
     /// Tsubame's PIC and PIT, when KVM has no irqchip (vCPU 0 injects).
     pub irqchip: Option<Arc<crate::irqchip::UserChip>>,
+    /// `split`: Tsubame's IOAPIC (the loop hands it the LAPICs' EOIs).
+    pub ioapic: Option<Arc<crate::irqchip::ioapic::IoApic>>,
 }
 
 /// How a vCPU begins: at the kernel's entry, or where a snapshot left it.

@@ -191,7 +191,10 @@ impl Vcpu {
             return true;
         };
         let run = self.fd.get_kvm_run();
-        let (ready, if_flag) = (run.ready_for_interrupt_injection != 0, run.if_flag != 0);
+        // `if_flag` is valid only without an in-kernel LAPIC; with one,
+        // `ready_for_interrupt_injection` already accounts for IF.
+        let if_flag = run.if_flag != 0 || self.ready.cpu_profile.apic;
+        let ready = run.ready_for_interrupt_injection != 0;
         let BeforeRun::Run { vector, window } = injector.before_run(ready, if_flag) else {
             return false;
         };
@@ -257,6 +260,11 @@ impl Vcpu {
             ExitAction::Halt => {
                 if let Some(injector) = &mut self.injector {
                     injector.halted = true;
+                }
+            }
+            ExitAction::IoapicEoi(vector) => {
+                if let Some(io) = &self.ready.ioapic {
+                    io.eoi(vector);
                 }
             }
             ExitAction::Stop(reason) => {

@@ -18,6 +18,7 @@ pub enum ExitKind {
     Hlt,
     IrqWindowOpen,
     Intr,
+    IoapicEoi,
     Kick,
     Shutdown,
     SystemEvent,
@@ -29,7 +30,7 @@ pub enum ExitKind {
 }
 
 impl ExitKind {
-    pub const ALL: [ExitKind; 15] = [
+    pub const ALL: [ExitKind; 16] = [
         ExitKind::IoIn,
         ExitKind::IoOut,
         ExitKind::MmioRead,
@@ -37,6 +38,7 @@ impl ExitKind {
         ExitKind::Hlt,
         ExitKind::IrqWindowOpen,
         ExitKind::Intr,
+        ExitKind::IoapicEoi,
         ExitKind::Kick,
         ExitKind::Shutdown,
         ExitKind::SystemEvent,
@@ -60,6 +62,7 @@ impl ExitKind {
             ExitKind::Hlt => "hlt",
             ExitKind::IrqWindowOpen => "irq-window",
             ExitKind::Intr => "intr",
+            ExitKind::IoapicEoi => "ioapic-eoi",
             ExitKind::Kick => "kick (EINTR)",
             ExitKind::Shutdown => "shutdown",
             ExitKind::SystemEvent => "system-event",

@@ -71,7 +71,7 @@ pub enum Error {
     Irqfd { gsi: u32, source: kvm_ioctls::Error },
     #[error("--irqchip userspace: the PIC has 16 inputs, a device needs GSI {gsi} (fewer virtio devices)")]
     PicInputs { gsi: u32 },
-    #[error("--irqchip userspace --cpus {0}: Tsubame's PIC reaches vCPU 0 only (there is no user-space LAPIC); use one vCPU or --irqchip kernel")]
+    #[error("--irqchip userspace --cpus {0}: Tsubame's PIC reaches vCPU 0 only (there is no user-space LAPIC); use one vCPU, or --irqchip split or kernel")]
     UserspaceSmp(usize),
     #[error(transparent)]
     Boot(#[from] boot::Error),
@@ -120,7 +120,7 @@ fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
     if cfg.cpus == 0 {
         return Err(Error::NoCpus(cfg.cpus));
     }
-    if !cfg.irqchip.in_kernel() && cfg.cpus > 1 {
+    if !cfg.irqchip.lapic_in_kernel() && cfg.cpus > 1 {
         return Err(Error::UserspaceSmp(cfg.cpus));
     }
     if cfg.cpus > config::MAX_VCPUS {
@@ -203,7 +203,7 @@ fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static s
     };
     let profile = CpuProfile {
         emulated,
-        apic: cfg.irqchip.in_kernel(),
+        apic: cfg.irqchip.lapic_in_kernel(),
     };
     let mut params = MACHINE_PARAMS.to_vec();
     if !profile.apic {
@@ -365,6 +365,7 @@ pub struct CreatedMachine {
     device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
     chip: Option<Arc<UserChip>>,
+    ioapic: Option<Arc<crate::irqchip::ioapic::IoApic>>,
     pit_timer: Option<PitTimer>,
     profile: CpuProfile,
     complete_gaps: bool,
@@ -436,6 +437,8 @@ pub fn create(
     )?;
     if cfg.irqchip.in_kernel() {
         log::info!("irqchip: kernel (KVM's PIC, IOAPIC, LAPICs and PIT)");
+    } else if cfg.irqchip.lapic_in_kernel() {
+        log::info!("irqchip: split (KVM's LAPICs; Tsubame's IOAPIC, 8259A pair and 8254)");
     } else {
         log::info!(
             "irqchip: {} (Tsubame's 8259A pair and 8254 on vCPU 0; CPUID APIC bit cleared, no MADT or MP table, kernel gets {})",
@@ -478,9 +481,29 @@ pub fn create(
     }
     log::debug!("{cpus} vCPU(s) created, waiting for machine init");
 
-    // 4. Devices, and Tsubame's PIC and PIT when KVM has none.
+    // 4. Devices, and Tsubame's PIC and PIT when KVM has none; lines go to
+    // the PIC only in `userspace` (in `split` they are irqfds routed by
+    // the IOAPIC).
     let chip = (!cfg.irqchip.in_kernel()).then(|| UserChip::new(wakeups[0].clone()));
-    let mut devices = attach_devices(&vm, chip.as_ref(), &lifecycle, &cfg.serial)?;
+    let pic_lines = chip.as_ref().filter(|_| !cfg.irqchip.lapic_in_kernel());
+    let mut devices = attach_devices(&vm, pic_lines, &lifecycle, &cfg.serial)?;
+    let ioapic = match (&chip, cfg.irqchip) {
+        (Some(c), crate::irqchip::IrqchipMode::Split) => {
+            let io = crate::irqchip::ioapic::IoApic::new(
+                vm.fd.clone(),
+                crate::boot::acpi::ioapic_id(cpus),
+            );
+            devices.mmio.insert(
+                "ioapic",
+                super::layout::IOAPIC_ADDR,
+                0x1000,
+                Arc::new(Mutex::new(crate::irqchip::ioapic::IoApicMmio(io.clone()))),
+            )?;
+            c.attach_ioapic(io.clone());
+            Some(io)
+        }
+        _ => None,
+    };
     let pit_timer = match &chip {
         Some(c) => {
             crate::irqchip::ports::attach(c, &mut devices.pio)?;
@@ -497,7 +520,7 @@ pub fn create(
         &mut devices.mmio,
         virtio_plan,
         cfg.ioeventfd,
-        |gsi| register_irq(&vm, chip.as_ref(), gsi),
+        |gsi| register_irq(&vm, pic_lines, gsi),
     )?;
     let device_thread =
         crate::devices::virtio::worker::DeviceThread::spawn(&transports, lifecycle.clone())
@@ -529,6 +552,7 @@ pub fn create(
         device_thread,
         virtio: transports,
         chip,
+        ioapic,
         pit_timer,
         profile,
         complete_gaps,
@@ -612,6 +636,7 @@ impl CreatedMachine {
             state_msrs: self.state_msrs,
             xsave_bytes: self.xsave_bytes,
             irqchip: self.chip,
+            ioapic: self.ioapic,
         }));
         let vcpus = self.pending.release();
         Machine {

@@ -10,8 +10,9 @@ pub mod virtio;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_X86_USER_SPACE_MSR,
-    KVM_MEM_LOG_DIRTY_PAGES, KVM_MSR_EXIT_REASON_FILTER, KVM_PIT_SPEAKER_DUMMY,
+    kvm_enable_cap, kvm_pit_config, kvm_userspace_memory_region, KVM_CAP_SPLIT_IRQCHIP,
+    KVM_CAP_X86_USER_SPACE_MSR, KVM_MEM_LOG_DIRTY_PAGES, KVM_MSR_EXIT_REASON_FILTER,
+    KVM_PIT_SPEAKER_DUMMY,
 };
 use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
 use vm_memory::bitmap::AtomicBitmap;
@@ -45,6 +46,8 @@ pub enum Error {
     IdentityMap(kvm_ioctls::Error),
     #[error("KVM_CREATE_IRQCHIP failed: {0}")]
     Irqchip(kvm_ioctls::Error),
+    #[error("KVM_ENABLE_CAP(KVM_CAP_SPLIT_IRQCHIP) failed: {0}")]
+    SplitIrqchip(kvm_ioctls::Error),
     #[error("KVM_CREATE_PIT2 failed: {0}")]
     Pit(kvm_ioctls::Error),
     #[error("MSR filter (KVM_CAP_X86_USER_SPACE_MSR / KVM_X86_SET_MSR_FILTER): {0}")]
@@ -72,8 +75,8 @@ impl Vm {
 
     /// Creates the VM, registers `memory` (laid out as `layout`; with
     /// KVM's dirty log when `dirty_log`), and, with the `kernel` irqchip,
-    /// creates the in-kernel PIC, IOAPIC, LAPICs and PIT (in that order:
-    /// KVM wants the irqchip before any vCPU exists).
+    /// creates the in-kernel PIC, IOAPIC, LAPICs and PIT (with `split`,
+    /// LAPICs only); KVM wants the irqchip before any vCPU exists.
     pub fn create(
         hv: &Hypervisor,
         layout: MemoryLayout,
@@ -117,6 +120,15 @@ impl Vm {
             .map_err(Error::IdentityMap)?;
         fd.set_tss_address(layout::KVM_TSS_ADDR as usize)
             .map_err(Error::TssAddr)?;
+        if irqchip == IrqchipMode::Split {
+            // The LAPICs in KVM, with the IOAPIC's pins as routable GSIs.
+            let cap = kvm_enable_cap {
+                cap: KVM_CAP_SPLIT_IRQCHIP,
+                args: [crate::irqchip::ioapic::PINS as u64, 0, 0, 0],
+                ..Default::default()
+            };
+            fd.enable_cap(&cap).map_err(Error::SplitIrqchip)?;
+        }
         if irqchip.in_kernel() {
             fd.create_irq_chip().map_err(Error::Irqchip)?;
             let pit = kvm_pit_config {
