@@ -9,6 +9,7 @@
 
 mod api;
 mod confine;
+mod irqchip;
 mod snapshot;
 mod virtio;
 
@@ -55,6 +56,8 @@ pub enum Which {
     Snapshot,
     /// Start-up and RSS with seccomp, Landlock and the jailer, against none.
     Confine,
+    /// Each `--irqchip` mode: timer ticks through the PIC, a PIO exit.
+    Irqchip,
 }
 
 #[derive(clap::Args, Debug)]
@@ -78,7 +81,7 @@ pub struct BenchArgs {
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum ExitType {
+pub(crate) enum ExitType {
     Pio,
     Mmio,
 }
@@ -95,7 +98,7 @@ impl ExitType {
 pub(crate) type AsmResult<T> = Result<T, IcedError>;
 
 /// `count` exits of `kind`, then power off through the ACPI register.
-fn exit_loop_code(kind: ExitType, count: u32) -> AsmResult<Vec<u8>> {
+pub(crate) fn exit_loop_code(kind: ExitType, count: u32) -> AsmResult<Vec<u8>> {
     let mut a = CodeAssembler::new(64)?;
     a.mov(rdi, MMIO_ADDR)?;
     a.mov(ecx, count.div_ceil(UNROLL))?;
@@ -125,7 +128,7 @@ pub(crate) fn hello_code() -> AsmResult<Vec<u8>> {
     a.assemble(LOAD_ADDR)
 }
 
-fn power_off(a: &mut CodeAssembler) -> AsmResult<()> {
+pub(crate) fn power_off(a: &mut CodeAssembler) -> AsmResult<()> {
     a.mov(dx, POWER_PORT as u32)?;
     a.mov(al, S5 as u32)?;
     a.out(dx, al)?;
@@ -159,11 +162,25 @@ pub(crate) fn on_own_thread<T: Send>(
 /// µs per exit through `tsubame run`'s whole machine: builder, vCPU
 /// thread, ExitHandler, buses, stats.
 fn tsubame_loop(kernel: &Path, expected: u32) -> Result<f64, String> {
-    on_own_thread(|| tsubame_loop_here(kernel, expected))
+    tsubame_loop_in(kernel, expected, vmm::irqchip::IrqchipMode::Kernel)
 }
 
-fn tsubame_loop_here(kernel: &Path, expected: u32) -> Result<f64, String> {
+/// The same, with the interrupt controllers where `mode` puts them.
+pub(crate) fn tsubame_loop_in(
+    kernel: &Path,
+    expected: u32,
+    mode: vmm::irqchip::IrqchipMode,
+) -> Result<f64, String> {
+    on_own_thread(|| tsubame_loop_here(kernel, expected, mode))
+}
+
+fn tsubame_loop_here(
+    kernel: &Path,
+    expected: u32,
+    mode: vmm::irqchip::IrqchipMode,
+) -> Result<f64, String> {
     let mut cfg = VmConfig::new(kernel);
+    cfg.irqchip = mode;
     cfg.serial = SerialConfig::None;
     cfg.memory_mib = 16;
     let machine = vmm::vm::builder::build(&cfg).map_err(|e| e.to_string())?;
@@ -493,6 +510,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         if matches!(args.which, Which::All | Which::Confine) {
             confine::bench_confine(&args, &dir)?;
+        }
+        if matches!(args.which, Which::All | Which::Irqchip) {
+            irqchip::bench_irqchip(&args, &dir)?;
         }
         if args.which == Which::Net {
             virtio::bench_net(&args)?;
