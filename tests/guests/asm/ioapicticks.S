@@ -20,23 +20,8 @@ _start:
     idt_gate VECTOR, tick, idt
     lidt idtr(%rip)
 
-    mov $0x11, %al                  /* both PICs initialised, all masked */
-    out %al, $0x20
-    out %al, $0xa0
-    mov $0x20, %al
-    out %al, $0x21
-    mov $0x28, %al
-    out %al, $0xa1
-    mov $0x04, %al
-    out %al, $0x21
-    mov $0x02, %al
-    out %al, $0xa1
-    mov $0x01, %al
-    out %al, $0x21
-    out %al, $0xa1
-    mov $0xff, %al
-    out %al, $0x21
-    out %al, $0xa1
+    mov $0xffff, %bx                /* both PICs, all masked */
+    call pic_init
 
     mov $LAPIC_BASE, %rdi
     movl $0x1ff, APIC_SVR(%rdi)

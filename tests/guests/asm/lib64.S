@@ -55,3 +55,27 @@ poweroff:
     outb %al, %dx
 5:  hlt
     jmp 5b
+
+/* pic_init: both 8259As as a PC's BIOS leaves them (edge, cascade on IRQ2,
+ * 8086 mode, vectors 0x20 and 0x28), then OCW1: %bl masks the master, %bh
+ * the slave. Clobbers rax. */
+pic_init:
+    mov $0x11, %al
+    out %al, $0x20
+    out %al, $0xa0
+    mov $0x20, %al
+    out %al, $0x21
+    mov $0x28, %al
+    out %al, $0xa1
+    mov $0x04, %al
+    out %al, $0x21
+    mov $0x02, %al
+    out %al, $0xa1
+    mov $0x01, %al
+    out %al, $0x21
+    out %al, $0xa1
+    mov %bl, %al
+    out %al, $0x21
+    mov %bh, %al
+    out %al, $0xa1
+    ret

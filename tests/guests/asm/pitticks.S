@@ -22,24 +22,8 @@ _start:
     idt_gate 0x27, spurious, idt
     lidt idtr(%rip)
 
-    mov $0x11, %al                  /* ICW1: edge, cascade, ICW4 */
-    out %al, $PIC1
-    out %al, $PIC2
-    mov $0x20, %al                  /* ICW2: vector bases */
-    out %al, $PIC1+1
-    mov $0x28, %al
-    out %al, $PIC2+1
-    mov $0x04, %al                  /* ICW3: slave on IRQ2 */
-    out %al, $PIC1+1
-    mov $0x02, %al
-    out %al, $PIC2+1
-    mov $0x01, %al                  /* ICW4: 8086 mode */
-    out %al, $PIC1+1
-    out %al, $PIC2+1
-    mov $0xfe, %al                  /* OCW1: IRQ0 only */
-    out %al, $PIC1+1
-    mov $0xff, %al
-    out %al, $PIC2+1
+    mov $0xfffe, %bx                /* IRQ0 only */
+    call pic_init
 
     mov $0x34, %al                  /* channel 0, LSB+MSB, mode 2 */
     out %al, $PIT_CMD

@@ -93,6 +93,10 @@ pub fn vcpu_value(id: usize, s: &ExitStats) -> Value {
     if !s.completed.is_empty() {
         m.insert("emulation_repairs".into(), json!(s.completed));
     }
+    // KVM_INTERRUPT from Tsubame's PIC (`--irqchip split|userspace`).
+    if s.injections > 0 {
+        m.insert("interrupts_injected".into(), json!(s.injections));
+    }
     Value::Object(m)
 }
 

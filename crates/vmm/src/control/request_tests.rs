@@ -29,6 +29,24 @@ fn every_route_parses() {
         })
     ));
     assert!(matches!(
+        p(
+            "PUT",
+            "/machine-config",
+            r#"{"vcpu_count":1,"mem_size_mib":64,"irqchip":"userspace"}"#
+        ),
+        PutMachineConfig(MachineConfig {
+            irqchip: Some(crate::irqchip::IrqchipMode::Userspace),
+            ..
+        })
+    ));
+    assert!(matches!(
+        p("PATCH", "/machine-config", r#"{"irqchip":"split"}"#),
+        PatchMachineConfig(MachineConfigUpdate {
+            irqchip: Some(crate::irqchip::IrqchipMode::Split),
+            ..
+        })
+    ));
+    assert!(matches!(
         p("PATCH", "/machine-config", r#"{"vcpu_count":4}"#),
         PatchMachineConfig(MachineConfigUpdate {
             vcpu_count: Some(4),
@@ -131,6 +149,12 @@ fn bad_bodies_are_refused_with_the_reason() {
     )
     .contains("unknown field `x`"));
     assert!(err("PUT", "/machine-config", "[2, 128]").contains("expected a JSON object"));
+    assert!(err(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count":1,"mem_size_mib":1,"irqchip":"pic"}"#
+    )
+    .contains("unknown variant `pic`, expected one of `kernel`, `split`, `userspace`"));
     assert!(err("PUT", "/machine-config", "{").contains("EOF"));
     assert!(err("PUT", "/machine-config", "").contains("Empty PUT request"));
     assert!(err("PATCH", "/vm", "").contains("Empty PATCH request"));

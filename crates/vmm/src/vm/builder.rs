@@ -189,10 +189,14 @@ pub const EMULATION_PARAMS: &[&str] = &[
 ///   has. (The reset vector ends the machine too, as a fallback.)
 pub const MACHINE_PARAMS: &[&str] = &["reboot=acpi"];
 
-/// With Tsubame's PIC (`--irqchip userspace`): the CPUID APIC bit is clear
-/// and no table names an APIC, and `nolapic` says so once more to kernels
-/// that would probe for one anyway.
-pub const NO_APIC_PARAMS: &[&str] = &["nolapic"];
+/// With Tsubame's PIC alone (`--irqchip userspace`):
+/// - `nolapic`: the CPUID APIC bit is clear and no table names an APIC;
+///   this says so once more to kernels that would probe for one anyway.
+/// - `acpi=off`: this machine's ACPI is hardware-reduced, and Linux takes
+///   that to mean there is no PIC and no PIT (its timer would never tick).
+///   Without ACPI it finds the virtio devices on the command line, and
+///   `reboot` goes through the i8042; `poweroff` only halts.
+pub const NO_APIC_PARAMS: &[&str] = &["nolapic", "acpi=off"];
 
 /// The profile the guest gets, and the kernel parameters it implies.
 fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static str>) {
