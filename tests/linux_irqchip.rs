@@ -1,7 +1,9 @@
 //! Debian's kernel with the other interrupt-controller modes: `split` on 2
 //! vCPUs (KVM's LAPICs, Tsubame's IOAPIC, PIC and PIT) boots to user space
-//! and reboots. `userspace` (Tsubame's PIC and PIT alone, one vCPU) does
-//! the same but takes 13-17 minutes here, so it is run by hand:
+//! and reboots; `userspace` (Tsubame's PIC and PIT alone, one vCPU) does
+//! the same. Each boot takes 12-17 minutes on an emulation-only host, so
+//! CI boots split mode once, in `linux.rs`'s config-file test, and these
+//! run by hand:
 //! `cargo test --release --features test-hooks --test linux_irqchip -- --ignored`.
 
 mod common;
@@ -9,11 +11,24 @@ mod common;
 use common::{busybox_initramfs, debian_kernel, run_with, scratch};
 use std::time::Duration;
 
+/// The known glibc start-up fault (README) is retried as in `linux.rs`.
 const INIT: &str = "#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-echo TSUBAME-INIT: nproc=$(/bin/busybox nproc)
-/bin/busybox grep -E 'IO-APIC|XT-PIC|timer' /proc/interrupts
-/bin/busybox reboot -f
+retry() {
+    n=0
+    while :; do
+        \"$@\"
+        rc=$?
+        [ $rc -ne 139 ] && return $rc
+        n=$((n + 1))
+        [ $n -ge 3 ] && return $rc
+    done
+}
+retry /bin/busybox mount -t proc proc /proc
+retry /bin/busybox nproc > /tmp/nproc
+read n < /tmp/nproc
+echo TSUBAME-INIT: nproc=$n
+retry /bin/busybox grep -E 'IO-APIC|XT-PIC|timer' /proc/interrupts
+retry /bin/busybox reboot -f
 ";
 
 fn boot(mode: &str, cpus: &str, limit: Duration) {
@@ -59,6 +74,7 @@ fn boot(mode: &str, cpus: &str, limit: Duration) {
 }
 
 #[test]
+#[ignore]
 fn debian_kernel_boots_with_the_split_irqchip_on_two_vcpus() {
     boot("split", "2", Duration::from_secs(1500));
 }
