@@ -167,25 +167,10 @@ fn debian_kernel_sees_the_machine_tsubame_built() {
 
 /// The init of the user-space test: system calls, files, FPU state across
 /// context switches, a syscall-rate probe, then `reboot -f`.
-const USER_INIT: &str = "#!/bin/busybox sh
-# Known open bug on emulation-only hosts (README): now and then (about 1 in
-# 15 process starts) a static busybox faults in glibc's start-up. Each
-# command is run again if it dies of SIGSEGV; the faults are counted and
-# reported, never hidden. Results go through files and the shell's own
-# `read`, so no unchecked process sits between a command and its output.
-faults=0
-retry() {
-    n=0
-    while :; do
-        \"$@\"
-        rc=$?
-        [ $rc -ne 139 ] && return $rc
-        faults=$((faults + 1))
-        n=$((n + 1))
-        [ $n -ge 3 ] && return $rc
-    done
-}
-retry /bin/busybox mount -t proc proc /proc
+/// (After `common::INIT_WITH_RETRY`.) Results go through files and the
+/// shell's own `read`, so no unchecked process sits between a command and
+/// its output.
+const USER_INIT: &str = "retry /bin/busybox mount -t proc proc /proc
 retry /bin/busybox mount -t devtmpfs dev /dev
 echo TSUBAME-INIT: user space reached
 retry /bin/busybox nproc > /tmp/nproc
@@ -264,7 +249,7 @@ fn user_space_boot(cpus: usize) {
     };
     let initrd = common::initramfs_with(
         &dir,
-        USER_INIT,
+        &common::init_script(USER_INIT),
         &[
             ("bin/fpcheck", common::guest("fpcheck")),
             ("bin/sysrate", common::guest("sysrate")),
@@ -375,21 +360,9 @@ fn user_space_boot(cpus: usize) {
 
 /// PID 1 mounts /proc, reports the CPUs and the interrupt controllers
 /// Linux routes through, prints a marker and then waits in shell builtins
-/// only (one process start: see the known glibc start-up fault in README,
-/// retried as in `USER_INIT`). Ctrl-Alt-Del is left to the kernel (init
+/// only (one process start, retried: `common::INIT_WITH_RETRY`). Ctrl-Alt-Del is left to the kernel (init
 /// never turns C_A_D off), which restarts.
-const WAITING_INIT: &str = "#!/bin/busybox sh
-retry() {
-    n=0
-    while :; do
-        \"$@\"
-        rc=$?
-        [ $rc -ne 139 ] && return $rc
-        n=$((n + 1))
-        [ $n -ge 3 ] && return $rc
-    done
-}
-retry /bin/busybox mount -t proc proc /proc
+const WAITING_INIT: &str = "retry /bin/busybox mount -t proc proc /proc
 n=0
 while read -r key rest; do [ \"$key\" = processor ] && n=$((n + 1)); done < /proc/cpuinfo
 echo TSUBAME-INIT: cpus=$n
@@ -412,7 +385,7 @@ fn debian_kernel_from_a_config_file_pauses_resumes_and_ends_on_ctrl_alt_del() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let kernel = debian_kernel();
     let dir = scratch("linux-api");
-    let initrd = busybox_initramfs(&dir, WAITING_INIT);
+    let initrd = busybox_initramfs(&dir, &common::init_script(WAITING_INIT));
     let file = dir.join("vm.json");
     std::fs::write(
         &file,

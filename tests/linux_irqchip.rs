@@ -11,19 +11,8 @@ mod common;
 use common::{busybox_initramfs, debian_kernel, run_with, scratch};
 use std::time::Duration;
 
-/// The known glibc start-up fault (README) is retried as in `linux.rs`.
-const INIT: &str = "#!/bin/busybox sh
-retry() {
-    n=0
-    while :; do
-        \"$@\"
-        rc=$?
-        [ $rc -ne 139 ] && return $rc
-        n=$((n + 1))
-        [ $n -ge 3 ] && return $rc
-    done
-}
-retry /bin/busybox mount -t proc proc /proc
+/// After `common::INIT_WITH_RETRY`.
+const INIT: &str = "retry /bin/busybox mount -t proc proc /proc
 retry /bin/busybox nproc > /tmp/nproc
 read n < /tmp/nproc
 echo TSUBAME-INIT: nproc=$n
@@ -34,7 +23,7 @@ retry /bin/busybox reboot -f
 fn boot(mode: &str, cpus: &str, limit: Duration) {
     let kernel = debian_kernel();
     let dir = scratch(&format!("linux-irqchip-{mode}"));
-    let initrd = busybox_initramfs(&dir, INIT);
+    let initrd = busybox_initramfs(&dir, &common::init_script(INIT));
     let r = run_with(
         &[
             "run",

@@ -32,23 +32,9 @@ const MODULES: &[(&str, &str)] = &[
 ];
 
 /// Loads the drivers, mounts the disk, starts the vsock echo server, then
-/// runs what arrives on the console, line by line. The known busybox
-/// start-up fault on emulation-only hosts (README) is retried by `retry`
-/// and counted, never hidden.
-const INIT: &str = "#!/bin/busybox sh
-faults=0
-retry() {
-    n=0
-    while :; do
-        \"$@\"
-        rc=$?
-        [ $rc -ne 139 ] && return $rc
-        faults=$((faults + 1))
-        n=$((n + 1))
-        [ $n -ge 3 ] && return $rc
-    done
-}
-retry /bin/busybox mount -t proc proc /proc
+/// runs what arrives on the console, line by line (after
+/// `common::INIT_WITH_RETRY`).
+const INIT: &str = "retry /bin/busybox mount -t proc proc /proc
 retry /bin/busybox mount -t devtmpfs dev /dev
 for m in virtio_ring virtio virtio_mmio virtio_blk vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do
     retry /bin/busybox insmod /lib/$m.ko
@@ -108,7 +94,7 @@ fn boot_and_snapshot() -> Booted {
         extra.push((format!("bin/{p}"), common::guest(p)));
     }
     let extra: Vec<(&str, PathBuf)> = extra.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-    let initrd = common::initramfs_with(&dir, INIT, &extra);
+    let initrd = common::initramfs_with(&dir, &common::init_script(INIT), &extra);
     let sock = dir.join("boot.sock");
     let vsock = format!("cid=3,socket={}", s(&dir.join("boot-v.sock")));
     let disk_arg = format!("path={}", s(&disk));
