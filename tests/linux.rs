@@ -50,21 +50,13 @@ fn usable_kib(map: &[String]) -> u64 {
 #[test]
 fn debian_kernel_sees_the_machine_tsubame_built() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let kernel = debian_kernel();
     let dir = scratch("linux-foundation");
     let initrd = busybox_initramfs(&dir, INIT);
     let cmdline = "console=ttyS0 tsubame.test=foundation";
-    let r = run_with(
+    let r = common::boot_debian(
+        &initrd,
+        "2",
         &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cpus",
-            "2",
-            "--memory",
-            "128",
             "--cmdline",
             cmdline,
             "--log-level",
@@ -74,7 +66,6 @@ fn debian_kernel_sees_the_machine_tsubame_built() {
             "--emulator-gaps",
             "report",
         ],
-        None,
         Duration::from_secs(900),
     );
     let lines = console(&r);

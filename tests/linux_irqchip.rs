@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{busybox_initramfs, debian_kernel, run_with, scratch};
+use common::{boot_debian, busybox_initramfs, scratch};
 use std::time::Duration;
 
 /// After `common::INIT_WITH_RETRY`.
@@ -21,27 +21,9 @@ retry /bin/busybox reboot -f
 ";
 
 fn boot(mode: &str, cpus: &str, limit: Duration) {
-    let kernel = debian_kernel();
     let dir = scratch(&format!("linux-irqchip-{mode}"));
     let initrd = busybox_initramfs(&dir, &common::init_script(INIT));
-    let r = run_with(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cpus",
-            cpus,
-            "--memory",
-            "128",
-            "--irqchip",
-            mode,
-            "--stats",
-        ],
-        None,
-        limit,
-    );
+    let r = boot_debian(&initrd, cpus, &["--irqchip", mode, "--stats"], limit);
     eprintln!(
         "--irqchip {mode}, {cpus} vCPU(s): user space and reboot in {:.1} s",
         r.elapsed.as_secs_f64()

@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{busybox_initramfs, debian_kernel, run_with, scratch};
+use common::{boot_debian, busybox_initramfs, scratch};
 use std::time::Duration;
 
 fn init(starts: u32) -> String {
@@ -43,24 +43,12 @@ fn static_busybox_starts_on_two_vcpus_never_fault() {
         .unwrap_or(500);
     let extra = std::env::var("TSUBAME_CMDLINE").unwrap_or_default();
     let cmdline = format!("console=ttyS0 {extra}");
-    let kernel = debian_kernel();
     let dir = scratch("linux-process-starts");
     let initrd = busybox_initramfs(&dir, &init(starts));
-    let r = run_with(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cpus",
-            "2",
-            "--memory",
-            "128",
-            "--cmdline",
-            &cmdline,
-        ],
-        None,
+    let r = boot_debian(
+        &initrd,
+        "2",
+        &["--cmdline", &cmdline],
         Duration::from_secs(u64::from(starts) * 20 + 1200),
     );
     for line in r.stdout.lines() {

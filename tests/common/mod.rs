@@ -244,6 +244,25 @@ pub fn debian_kernel() -> PathBuf {
     )
 }
 
+/// `tsubame run` of Debian's kernel with `initrd`, `cpus` vCPUs and
+/// 128 MiB, then `extra` arguments.
+pub fn boot_debian(initrd: &Path, cpus: &str, extra: &[&str], deadline: Duration) -> Run {
+    let kernel = debian_kernel();
+    let mut args = vec![
+        "run",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--cpus",
+        cpus,
+        "--memory",
+        "128",
+    ];
+    args.extend_from_slice(extra);
+    run_with(&args, None, deadline)
+}
+
 /// The modules directory of the kernel `debian_kernel()` found.
 pub fn debian_modules(kernel: &Path) -> PathBuf {
     let name = kernel.file_name().unwrap().to_string_lossy();
