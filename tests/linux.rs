@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{busybox_initramfs, debian_kernel, host_is_emulated, run_with, scratch, Run};
+use common::{busybox_initramfs, debian_kernel, host_is_emulated, scratch, Run};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -250,22 +250,10 @@ fn user_space_boot(cpus: usize) {
             ("lib/virtio_blk.ko", module("virtio_blk")),
         ],
     );
-    let r = run_with(
-        &[
-            "run",
-            "--kernel",
-            kernel.to_str().unwrap(),
-            "--initrd",
-            initrd.to_str().unwrap(),
-            "--cpus",
-            &cpus_arg,
-            "--memory",
-            "128",
-            "--stats",
-            "--disk",
-            &disk_arg,
-        ],
-        None,
+    let r = common::boot_debian(
+        &initrd,
+        &cpus_arg,
+        &["--stats", "--disk", &disk_arg],
         Duration::from_secs(if cpus == 1 { 2400 } else { 1800 }),
     );
     eprintln!(
