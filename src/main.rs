@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         Err(code) => return code,
     };
     vmm::logger::init(cli.log_level.filter());
+    vmm::trace::mark("command line parsed");
     let seccomp = if cli.api.no_seccomp {
         vmm::confine::SeccompMode::Off
     } else {
@@ -207,9 +208,8 @@ pub(crate) fn finish(f: Finish, stats: bool) -> ExitCode {
         }
         _ => {}
     }
-    if stats {
+    if let (true, Some(m)) = (stats, outcome.memory) {
         eprint!("{}", outcome.stats_text);
-        let m = outcome.memory;
         eprintln!(
             "memory: peak RSS {} KiB, guest RAM resident {} KiB, VMM overhead {} KiB",
             m.peak_rss_kib,
@@ -229,5 +229,7 @@ pub(crate) fn finish(f: Finish, stats: bool) -> ExitCode {
     }
     let code = outcome.reason.exit_code();
     log::info!("{} (exit status {code})", outcome.reason);
+    vmm::trace::mark("exit");
+    vmm::trace::report();
     ExitCode::from(code as u8)
 }

@@ -11,6 +11,7 @@ mod api;
 mod confine;
 mod irqchip;
 mod snapshot;
+mod startup;
 mod virtio;
 
 use std::io::Read;
@@ -78,6 +79,10 @@ pub struct BenchArgs {
     /// Give up on a `boot` run after this many seconds.
     #[arg(long, default_value_t = 900)]
     pub boot_timeout: u64,
+    /// With `startup`: where each millisecond of Tsubame's start and stop
+    /// goes (phase marks from a debug log).
+    #[arg(long)]
+    pub phases: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -366,33 +371,6 @@ pub(crate) fn number_after(text: &str, marker: &str) -> Option<f64> {
     num.parse().ok()
 }
 
-fn bench_startup(args: &BenchArgs, dir: &Path) -> Result<(), String> {
-    let code = hello_code().map_err(|e| e.to_string())?;
-    let path = write_guest(dir, "hello", &code).map_err(|e| e.to_string())?;
-    let p = path.to_string_lossy();
-    let (mut to_run, mut to_byte, mut wall) = (Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..args.runs.max(3) {
-        let (first, err, w) = child_run(&["run", "--kernel", &p, "--log-level", "debug"])?;
-        to_byte.push(first.ok_or("the guest printed nothing")?.as_secs_f64() * 1e3);
-        to_run.push(number_after(&err, "first KVM_RUN").ok_or("no first-KVM_RUN line")?);
-        wall.push(w.as_secs_f64() * 1e3);
-    }
-    println!("start-up, tiny guest (median of {} runs):", to_run.len());
-    println!(
-        "  main() -> first KVM_RUN               {:8.2} ms",
-        median(to_run)
-    );
-    println!(
-        "  spawn -> guest's first serial byte    {:8.2} ms",
-        median(to_byte)
-    );
-    println!(
-        "  spawn -> exit (guest powered off)     {:8.2} ms",
-        median(wall)
-    );
-    Ok(())
-}
-
 fn bench_memory(dir: &Path) -> Result<(), String> {
     let code = hello_code().map_err(|e| e.to_string())?;
     let path = write_guest(dir, "hello", &code).map_err(|e| e.to_string())?;
@@ -491,7 +469,7 @@ pub fn main(args: BenchArgs) -> ExitCode {
             bench_exits(&args, &dir)?;
         }
         if matches!(args.which, Which::All | Which::Startup) {
-            bench_startup(&args, &dir)?;
+            startup::bench_startup(&args, &dir)?;
         }
         if matches!(args.which, Which::All | Which::Memory) {
             bench_memory(&dir)?;

@@ -26,6 +26,7 @@ pub mod logger;
 pub mod machine;
 pub mod persist;
 pub mod signals;
+pub mod trace;
 pub mod vcpu;
 pub mod vm;
 

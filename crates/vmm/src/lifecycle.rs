@@ -82,6 +82,7 @@ impl Lifecycle {
             return false;
         }
         *slot = Some(reason);
+        crate::trace::mark("stop requested");
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop_event.write(1);
         true

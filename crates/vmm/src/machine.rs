@@ -58,8 +58,11 @@ pub struct RunOutcome {
     pub reason: StopReason,
     pub per_vcpu: Vec<ExitStats>,
     pub total: ExitStats,
-    pub memory: MemoryFigures,
-    /// The `--stats` text: exits by reason and device, per vCPU and total.
+    /// With `--stats` only: mincore over all guest RAM costs milliseconds
+    /// in a large guest, and every stop would pay it.
+    pub memory: Option<MemoryFigures>,
+    /// The `--stats` text: exits by reason and device, per vCPU and total
+    /// (empty without `--stats`).
     pub stats_text: String,
     /// Guest RIP samples, all vCPUs: ((RIP, CPL, caller), count), most
     /// frequent first.
@@ -93,6 +96,8 @@ pub struct Machine {
     pub(crate) sample_period_ms: i32,
     /// What a snapshot records to build this machine again.
     pub(crate) shape: crate::persist::MachineShape,
+    /// `--stats`: the outcome carries the stats text and memory figures.
+    pub(crate) report_stats: bool,
     pub summary: BuildSummary,
 }
 
@@ -274,6 +279,7 @@ impl Machine {
     }
 
     fn shut_down(self) -> RunOutcome {
+        crate::trace::mark("main loop ended");
         let mut per_vcpu = Vec::new();
         let mut samples = std::collections::BTreeMap::new();
         for v in &self.vcpus {
@@ -295,9 +301,11 @@ impl Machine {
                 }
             }
         }
+        crate::trace::mark("vcpus joined");
         // No vCPU can notify any more; let the device thread finish.
         let mut devices = self.devices;
         devices.stop();
+        crate::trace::mark("devices stopped");
         let dropped = bus::lock(&devices.com1).drain_output();
         if dropped > 0 {
             log::warn!("console: {dropped} output bytes dropped (stdout did not keep up)");
@@ -310,12 +318,19 @@ impl Machine {
         let mut stats_text = String::new();
         for (id, s) in per_vcpu.iter().enumerate() {
             total.merge(s);
-            stats_text += &s.render(&format!("vCPU {id}"), &devices.pio, &devices.mmio);
+            if self.report_stats {
+                stats_text += &s.render(&format!("vCPU {id}"), &devices.pio, &devices.mmio);
+            }
         }
-        if per_vcpu.len() > 1 {
+        if per_vcpu.len() > 1 && self.report_stats {
             stats_text += &total.render("all vCPUs", &devices.pio, &devices.mmio);
         }
-        let memory = memory_figures(&self.vm.memory);
+        let memory = self.report_stats.then(|| memory_figures(&self.vm.memory));
+        // Threads first (console, PIT), then the VM, each marked.
+        drop(devices);
+        crate::trace::mark("device threads joined");
+        drop(self.vm);
+        crate::trace::mark("vm closed");
         let mut samples: Vec<_> = samples.into_iter().collect();
         samples.sort_by_key(|s| std::cmp::Reverse(s.1));
         RunOutcome {

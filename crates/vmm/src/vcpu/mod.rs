@@ -21,7 +21,7 @@ use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 
 use kvm_bindings::CpuId;
-use kvm_ioctls::VmFd;
+use kvm_ioctls::{VcpuFd, VmFd};
 
 use crate::boot::cpuid::CpuProfile;
 use crate::boot::Entry;
@@ -39,9 +39,7 @@ pub struct MachineReady {
     pub lifecycle: Arc<Lifecycle>,
     pub memory: GuestMemory,
     pub start: Start,
-    pub supported_cpuid: CpuId,
     pub cpu_profile: CpuProfile,
-    pub vcpu_count: u8,
     /// Complete instructions KVM's emulator rejects (emulation-only hosts).
     pub complete_gaps: bool,
     /// Record the guest RIP at every kick (the main loop kicks on a timer).
@@ -62,35 +60,39 @@ pub enum Start {
     Restore(Vec<crate::persist::vcpu::VcpuState>),
 }
 
-enum GateState {
+enum GateState<T> {
     Closed,
-    Open(Arc<MachineReady>),
+    Open(Arc<T>),
     Aborted,
 }
 
-/// The barrier between "vCPU created" and "first KVM_RUN".
-pub struct StartGate {
-    state: Mutex<GateState>,
+/// A barrier that hands every waiter the same `T` once opened, or `None`
+/// if aborted. [`StartGate`] is the one between "vCPU created" and "first
+/// KVM_RUN".
+pub struct Gate<T> {
+    state: Mutex<GateState<T>>,
     opened: Condvar,
 }
 
-impl Default for StartGate {
+pub type StartGate = Gate<MachineReady>;
+
+impl<T> Default for Gate<T> {
     fn default() -> Self {
-        StartGate {
+        Gate {
             state: Mutex::new(GateState::Closed),
             opened: Condvar::new(),
         }
     }
 }
 
-impl StartGate {
-    /// Lets every waiting vCPU run.
-    pub fn open(&self, ready: Arc<MachineReady>) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = GateState::Open(ready);
+impl<T> Gate<T> {
+    /// Lets every waiter go on with `value`.
+    pub fn open(&self, value: Arc<T>) {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = GateState::Open(value);
         self.opened.notify_all();
     }
 
-    /// Machine init failed: waiting vCPUs exit without running.
+    /// Machine init failed: waiters exit without running.
     pub fn abort(&self) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if matches!(*s, GateState::Closed) {
@@ -99,16 +101,25 @@ impl StartGate {
         self.opened.notify_all();
     }
 
-    fn wait(&self) -> Option<Arc<MachineReady>> {
+    fn wait(&self) -> Option<Arc<T>> {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             match &*s {
                 GateState::Closed => s = self.opened.wait(s).unwrap_or_else(|e| e.into_inner()),
-                GateState::Open(ready) => return Some(ready.clone()),
+                GateState::Open(v) => return Some(v.clone()),
                 GateState::Aborted => return None,
             }
         }
     }
+}
+
+/// What a booting vCPU needs to configure itself before the start gate
+/// (CPUID, MSRs, LAPIC): known once KVM is open, long before the kernel is
+/// loaded, so this work overlaps the rest of the machine's set-up.
+pub struct CpuPlan {
+    pub supported_cpuid: CpuId,
+    pub cpu_profile: CpuProfile,
+    pub vcpu_count: u8,
 }
 
 /// What a vCPU thread leaves behind.
@@ -139,14 +150,37 @@ pub enum Error {
     Confine(crate::confine::Error),
 }
 
-/// Spawns the thread for vCPU `id`: it creates the vCPU, reports on
-/// `created`, waits at `gate`, then runs; it answers requests on
-/// `responses`.
+/// The gates a vCPU thread passes before its first KVM_RUN.
+pub struct Gates {
+    /// A boot's [`CpuPlan`]; `None` for a restore (the snapshot has it all).
+    pub plan: Option<Arc<Gate<CpuPlan>>>,
+    pub start: Arc<StartGate>,
+}
+
+/// Creates the vCPU, confines the thread, and for a boot configures the
+/// CPU from the plan: everything that can be done before the machine is
+/// complete.
+fn prepare(id: u8, vm: &VmFd, plan: Option<&Gate<CpuPlan>>) -> Result<Option<VcpuFd>, Error> {
+    let fd = vm.create_vcpu(u64::from(id)).map_err(Error::Create)?;
+    // Filtered before its first KVM_RUN (and before the gate).
+    crate::confine::install(crate::confine::ThreadKind::Vcpu).map_err(Error::Confine)?;
+    if let Some(plan) = plan {
+        let Some(plan) = plan.wait() else {
+            return Ok(None);
+        };
+        setup::configure_cpu(&fd, id, &plan)?;
+    }
+    Ok(Some(fd))
+}
+
+/// Spawns the thread for vCPU `id`: it creates and prepares the vCPU,
+/// reports on `created`, waits at the start gate, then runs; it answers
+/// requests on `responses`.
 pub fn spawn(
     id: u8,
     wakeup: Arc<handle::Wakeup>,
     vm: Arc<VmFd>,
-    gate: Arc<StartGate>,
+    gates: Gates,
     created: Sender<(u8, Result<(), Error>)>,
     responses: Sender<(u8, VcpuResponse)>,
 ) -> std::io::Result<VcpuHandle> {
@@ -155,24 +189,19 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("vcpu {id}"))
         .spawn(move || {
-            let fd = match vm.create_vcpu(u64::from(id)) {
-                // Filtered before its first KVM_RUN (and before the gate).
-                Ok(fd) => match crate::confine::install(crate::confine::ThreadKind::Vcpu) {
-                    Ok(()) => {
-                        let _ = created.send((id, Ok(())));
-                        fd
-                    }
-                    Err(e) => {
-                        let _ = created.send((id, Err(Error::Confine(e))));
-                        return VcpuOutcome::default();
-                    }
-                },
+            let fd = match prepare(id, &vm, gates.plan.as_deref()) {
+                Ok(Some(fd)) => {
+                    let _ = created.send((id, Ok(())));
+                    fd
+                }
+                Ok(None) => return VcpuOutcome::default(),
                 Err(e) => {
-                    let _ = created.send((id, Err(Error::Create(e))));
+                    let _ = created.send((id, Err(e)));
                     return VcpuOutcome::default();
                 }
             };
             drop(created);
+            let gate = gates.start;
             let Some(ready) = gate.wait() else {
                 return VcpuOutcome::default();
             };
@@ -181,7 +210,7 @@ pub fn spawn(
             lifecycle
                 .supervise(move || {
                     if let Start::Boot(entry) = ready.start {
-                        if let Err(e) = setup::configure(&fd, id, &ready, entry) {
+                        if let Err(e) = setup::set_entry(&fd, id, entry) {
                             ready
                                 .lifecycle
                                 .request_stop(StopReason::VmmError(format!("vCPU {id}: {e}")));

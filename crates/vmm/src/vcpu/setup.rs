@@ -1,11 +1,12 @@
 //! A vCPU's configuration before its first KVM_RUN: CPUID, MSRs, the
-//! LAPIC's LINT0/LINT1, and (boot vCPU only) the entry registers. APs stay
-//! in the in-kernel LAPIC's wait-for-SIPI state.
+//! LAPIC's LINT0/LINT1 (before the start gate, while the rest of the
+//! machine is set up), and at the gate (boot vCPU only) the entry
+//! registers. APs stay in the in-kernel LAPIC's wait-for-SIPI state.
 
 use kvm_bindings::kvm_lapic_state;
 use kvm_ioctls::VcpuFd;
 
-use super::{Error, MachineReady};
+use super::{CpuPlan, Error};
 use crate::boot::{cpuid, msrs, BootRegs, Entry};
 
 /// LVT entries in the LAPIC register page and the delivery modes we set.
@@ -48,12 +49,13 @@ fn configure_lapic(fd: &VcpuFd) -> Result<(), Error> {
     Ok(())
 }
 
-pub fn configure(fd: &VcpuFd, id: u8, ready: &MachineReady, entry: Entry) -> Result<(), Error> {
+/// CPUID, MSRs and LAPIC: all a booting vCPU needs but its entry point.
+pub fn configure_cpu(fd: &VcpuFd, id: u8, plan: &CpuPlan) -> Result<(), Error> {
     let cpuid = cpuid::shape(
-        &ready.supported_cpuid,
+        &plan.supported_cpuid,
         u32::from(id),
-        u32::from(ready.vcpu_count),
-        ready.cpu_profile,
+        u32::from(plan.vcpu_count),
+        plan.cpu_profile,
     );
     fd.set_cpuid2(&cpuid).map_err(Error::Cpuid)?;
 
@@ -63,10 +65,14 @@ pub fn configure(fd: &VcpuFd, id: u8, ready: &MachineReady, entry: Entry) -> Res
         return Err(Error::MsrRefused(refused.index));
     }
 
-    if ready.cpu_profile.apic {
+    if plan.cpu_profile.apic {
         configure_lapic(fd)?;
     }
+    Ok(())
+}
 
+/// The boot vCPU's entry registers (the kernel is loaded by now).
+pub fn set_entry(fd: &VcpuFd, id: u8, entry: Entry) -> Result<(), Error> {
     if id == 0 {
         let sregs = fd.get_sregs().map_err(Error::Registers)?;
         let boot = BootRegs::new(entry, sregs);

@@ -24,7 +24,7 @@ use crate::kvm::{self, HostKind, Hypervisor};
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::machine::Machine;
 use crate::persist::{self, MachineShape};
-use crate::vcpu::{self, MachineReady, Start, StartGate, VcpuHandle};
+use crate::vcpu::{self, CpuPlan, Gate, Gates, MachineReady, Start, StartGate, VcpuHandle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -97,10 +97,25 @@ struct Devices {
 /// gate is aborted and the threads joined.
 struct PendingVcpus {
     gate: Arc<StartGate>,
+    plan: Option<Arc<Gate<CpuPlan>>>,
     threads: Vec<VcpuHandle>,
+    /// Each thread's "created and prepared" report.
+    created: mpsc::Receiver<(u8, Result<(), vcpu::Error>)>,
 }
 
 impl PendingVcpus {
+    /// Waits until every vCPU is created and prepared.
+    fn wait_created(&self) -> Result<(), Error> {
+        for _ in 0..self.threads.len() {
+            match self.created.recv() {
+                Ok((_, Ok(()))) => {}
+                Ok((id, Err(source))) => return Err(Error::Vcpu { id, source }),
+                Err(_) => return Err(Error::Thread(std::io::Error::other("a vCPU thread died"))),
+            }
+        }
+        Ok(())
+    }
+
     fn release(mut self) -> Vec<VcpuHandle> {
         std::mem::take(&mut self.threads)
     }
@@ -108,6 +123,9 @@ impl PendingVcpus {
 
 impl Drop for PendingVcpus {
     fn drop(&mut self) {
+        if let Some(plan) = &self.plan {
+            plan.abort();
+        }
         self.gate.abort();
         for t in self.threads.drain(..) {
             let _ = t.join();
@@ -373,13 +391,13 @@ pub struct CreatedMachine {
     pit_timer: Option<PitTimer>,
     profile: CpuProfile,
     complete_gaps: bool,
-    supported_cpuid: kvm_bindings::CpuId,
     /// What a snapshot saves of each vCPU.
     state_msrs: Vec<u32>,
     xsave_bytes: usize,
     shape: MachineShape,
     cmdline: String,
     cpus: u8,
+    report_stats: bool,
 }
 
 /// Brings a machine to the point where its vCPUs may run: create it, then
@@ -387,9 +405,19 @@ pub struct CreatedMachine {
 pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     // Inputs first: a bad file or size fails fast, before any KVM state.
     let (layout, kernel_image) = check_inputs(cfg)?;
+    crate::trace::mark("inputs checked");
     let memory = Vm::anonymous_memory(&layout)?;
-    let created = create(cfg, layout, memory)?;
+    crate::trace::mark("guest memory mapped");
+    let created = create(cfg, layout, memory, Purpose::Boot)?;
     boot(created, cfg, &kernel_image)
+}
+
+/// What a created machine is for: a boot configures its vCPUs from KVM's
+/// CPUID while the rest is set up; a restore takes theirs from a snapshot.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Purpose {
+    Boot,
+    Restore,
 }
 
 /// Steps 1-4 of a machine's birth: everything but the guest's contents
@@ -398,12 +426,14 @@ pub fn create(
     cfg: &VmConfig,
     layout: MemoryLayout,
     memory: crate::vm::GuestMemory,
+    purpose: Purpose,
 ) -> Result<CreatedMachine, Error> {
     let virtio_plan = super::virtio::plan(cfg)?;
     crate::confine::landlock::grant_config(cfg);
 
     // 1. KVM.
     let hv = Hypervisor::open(&cfg.kvm_device)?;
+    crate::trace::mark("kvm opened");
     log::info!("host: {}", hv.host);
     let max = hv.max_vcpus.min(config::MAX_VCPUS);
     if cfg.cpus > max {
@@ -451,16 +481,20 @@ pub fn create(
         );
     }
     log::debug!("guest memory: {:?}", layout.ram);
+    crate::trace::mark("vm created");
 
     // 3. vCPU threads: each creates its vCPU, then waits at the gate.
     vcpu::install_kick_handler().map_err(|e| Error::Thread(e.into()))?;
     let lifecycle = Arc::new(Lifecycle::new()?);
     let gate = Arc::new(StartGate::default());
+    let plan = (purpose == Purpose::Boot).then(|| Arc::new(Gate::<CpuPlan>::default()));
     let (created_tx, created_rx) = mpsc::channel();
     let (responses_tx, vcpu_responses) = mpsc::channel();
     let mut pending = PendingVcpus {
         gate: gate.clone(),
+        plan: plan.clone(),
         threads: Vec::new(),
+        created: created_rx,
     };
     let wakeups: Vec<Arc<vcpu::handle::Wakeup>> = (0..cpus).map(|_| Arc::default()).collect();
     for (id, wakeup) in (0..cpus).zip(&wakeups) {
@@ -468,7 +502,10 @@ pub fn create(
             id,
             wakeup.clone(),
             vm.fd.clone(),
-            gate.clone(),
+            Gates {
+                plan: plan.clone(),
+                start: gate.clone(),
+            },
             created_tx.clone(),
             responses_tx.clone(),
         )
@@ -476,14 +513,21 @@ pub fn create(
         pending.threads.push(t);
     }
     drop(created_tx);
-    for _ in 0..cpus {
-        match created_rx.recv() {
-            Ok((_, Ok(()))) => {}
-            Ok((id, Err(source))) => return Err(Error::Vcpu { id, source }),
-            Err(_) => return Err(Error::Thread(std::io::Error::other("a vCPU thread died"))),
-        }
+    crate::trace::mark("vcpu threads started");
+    // The vCPUs create and configure themselves from here on, while this
+    // thread attaches the devices and loads the kernel.
+    if let Some(plan) = &plan {
+        let supported_cpuid = hv
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::Cpuid)?;
+        plan.open(Arc::new(CpuPlan {
+            supported_cpuid,
+            cpu_profile: profile,
+            vcpu_count: cpus,
+        }));
+        crate::trace::mark("cpu plan ready");
     }
-    log::debug!("{cpus} vCPU(s) created, waiting for machine init");
 
     // 4. Devices, and Tsubame's PIC and PIT when KVM has none; lines go to
     // the PIC only in `userspace` (in `split` they are irqfds routed by
@@ -529,10 +573,7 @@ pub fn create(
     let device_thread =
         crate::devices::virtio::worker::DeviceThread::spawn(&transports, lifecycle.clone())
             .map_err(Error::Thread)?;
-    let supported_cpuid = hv
-        .kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(Error::Cpuid)?;
+    crate::trace::mark("devices attached");
     let state_msrs = hv
         .kvm
         .get_msr_index_list()
@@ -544,6 +585,7 @@ pub fn create(
         state_msrs.len(),
         xsave_bytes.max(persist::vcpu::LEGACY_XSAVE_BYTES)
     );
+    crate::trace::mark("msr list read");
     Ok(CreatedMachine {
         host: hv.host,
         vm,
@@ -560,12 +602,12 @@ pub fn create(
         pit_timer,
         profile,
         complete_gaps,
-        supported_cpuid,
         state_msrs,
         xsave_bytes,
         shape: MachineShape::of(cfg, profile.emulated),
         cmdline,
         cpus,
+        report_stats: cfg.stats,
     })
 }
 
@@ -595,6 +637,8 @@ pub fn boot(mut c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Resul
         boot.entry.name()
     );
     log::info!("guest command line: {}", c.cmdline);
+    crate::trace::mark("kernel loaded");
+    c.vcpus_ready()?;
     for e in &boot.e820 {
         log::debug!("e820: {e}");
     }
@@ -604,6 +648,15 @@ pub fn boot(mut c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Resul
 }
 
 impl CreatedMachine {
+    /// Waits until every vCPU thread has created and prepared its vCPU;
+    /// the start gate may open only then.
+    pub(super) fn vcpus_ready(&self) -> Result<(), Error> {
+        self.pending.wait_created()?;
+        log::debug!("{} vCPU(s) created, waiting for machine init", self.cpus);
+        crate::trace::mark("vcpus created");
+        Ok(())
+    }
+
     pub(super) fn com1(&self) -> &Arc<Mutex<SerialConsole>> {
         &self.devices.com1
     }
@@ -632,9 +685,7 @@ impl CreatedMachine {
             lifecycle: self.lifecycle.clone(),
             memory: self.vm.memory.clone(),
             start,
-            supported_cpuid: self.supported_cpuid,
             cpu_profile: self.profile,
-            vcpu_count: self.cpus,
             complete_gaps: self.complete_gaps,
             sample_rip,
             state_msrs: self.state_msrs,
@@ -642,6 +693,7 @@ impl CreatedMachine {
             irqchip: self.chip,
             ioapic: self.ioapic,
         }));
+        crate::trace::mark("start gate opened");
         let vcpus = self.pending.release();
         Machine {
             vm: self.vm,
@@ -663,6 +715,7 @@ impl CreatedMachine {
             diff_base_lost: std::cell::Cell::new(false),
             sample_period_ms: if sample_rip { 10 } else { -1 },
             shape: self.shape,
+            report_stats: self.report_stats,
             summary: BuildSummary {
                 host: self.host,
                 cmdline: self.cmdline,

@@ -151,7 +151,8 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
     }
     let memory = memory::map_file(&mem_file, &layout).map_err(mem_err)?;
     phases.mark("memory map");
-    let created = builder::create(&cfg, layout, memory)?;
+    let created = builder::create(&cfg, layout, memory, builder::Purpose::Restore)?;
+    created.vcpus_ready()?;
     phases.mark("machine create");
     put_state(&created, &snap, req)?;
     phases.mark("VM and device state");

@@ -1,0 +1,224 @@
+//! `tsubame bench startup`: a tiny guest's whole process, spawn to exit,
+//! against `tsubame-bare-loop` (the least a process can do to run the same
+//! guest), with and without the in-kernel irqchip and PIT; how start-up
+//! grows with guest memory and vCPUs; and with `--phases`, where each
+//! millisecond of Tsubame's own start and stop goes.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use super::{child_run, hello_code, median, number_after, write_guest, BenchArgs};
+
+/// `tsubame-bare-loop`, built beside `tsubame` by the same `cargo build`.
+fn bare_loop_exe() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let bare = exe.with_file_name("tsubame-bare-loop");
+    if bare.is_file() {
+        Ok(bare)
+    } else {
+        Err(format!(
+            "{} is missing: build it with `cargo build --release` (it is the baseline)",
+            bare.display()
+        ))
+    }
+}
+
+/// Milliseconds from spawn to exit of the bare loop.
+fn bare_run(exe: &Path, code: &Path, extra: &[&str]) -> Result<f64, String> {
+    let start = Instant::now();
+    let mut cmd = Command::new(exe);
+    cmd.arg(code).args(extra);
+    let out = cmd
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .output()
+        .map_err(|e| format!("{}: {e}", exe.display()))?;
+    let took = start.elapsed().as_secs_f64() * 1e3;
+    if !out.status.success() || out.stdout != b"T\n" {
+        return Err(format!(
+            "bare loop failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(took)
+}
+
+/// One `tsubame run` of the guest: (spawn to exit in ms, its stderr).
+fn tsubame_run(elf: &str, extra: &[&str]) -> Result<(f64, String), String> {
+    let mut args = vec!["run", "--kernel", elf, "--log-level", "debug"];
+    args.extend_from_slice(extra);
+    let (_, err, wall) = child_run(&args)?;
+    Ok((wall.as_secs_f64() * 1e3, err))
+}
+
+/// `phase NAME MS` lines of a debug log (see `vmm::trace`).
+fn phases(log: &str) -> Vec<(String, f64)> {
+    log.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("phase ")? + 6..];
+            let (name, ms) = rest.rsplit_once(' ')?;
+            Some((name.to_string(), ms.trim_end_matches("ms").parse().ok()?))
+        })
+        .collect()
+}
+
+pub(crate) fn bench_startup(args: &BenchArgs, dir: &Path) -> Result<(), String> {
+    let code = hello_code().map_err(|e| e.to_string())?;
+    let elf_path = write_guest(dir, "hello", &code).map_err(|e| e.to_string())?;
+    let elf = elf_path.to_string_lossy().into_owned();
+    let raw = dir.join("hello.bin");
+    std::fs::write(&raw, &code).map_err(|e| e.to_string())?;
+    let bare = bare_loop_exe()?;
+    let runs = args.runs.max(3);
+
+    let (mut plain, mut devices, mut kernel, mut split) = (vec![], vec![], vec![], vec![]);
+    let mut unconfined = vec![];
+    let (mut to_run, mut logs, mut split_logs) = (vec![], vec![], vec![]);
+    for i in 0..runs {
+        // Rotate the order so no variant always runs after the same one.
+        for k in 0..5 {
+            match (i + k) % 5 {
+                0 => plain.push(bare_run(&bare, &raw, &[])?),
+                1 => devices.push(bare_run(&bare, &raw, &["--devices"])?),
+                2 => {
+                    let (ms, err) = tsubame_run(&elf, &[])?;
+                    kernel.push(ms);
+                    to_run
+                        .push(number_after(&err, "first KVM_RUN").ok_or("no first-KVM_RUN line")?);
+                    logs.push(err);
+                }
+                3 => {
+                    let args = [
+                        "--irqchip",
+                        "split",
+                        "--seccomp",
+                        "off",
+                        "--landlock",
+                        "off",
+                    ];
+                    unconfined.push(tsubame_run(&elf, &args)?.0);
+                }
+                _ => {
+                    let (ms, err) = tsubame_run(&elf, &["--irqchip", "split"])?;
+                    split.push(ms);
+                    split_logs.push(err);
+                }
+            }
+        }
+    }
+    let (p, d, k, s) = (
+        median(plain),
+        median(devices),
+        median(kernel),
+        median(split),
+    );
+    println!("start-up, tiny guest, spawn to exit (medians of {runs} rotated runs):");
+    println!("  bare KVM_RUN loop                      {p:8.2} ms");
+    println!("  bare loop + in-kernel irqchip and PIT  {d:8.2} ms");
+    println!(
+        "  tsubame, --irqchip kernel              {k:8.2} ms   {:.2}x the bare loop with the same devices (goal <= 1.10)",
+        k / d
+    );
+    println!(
+        "  tsubame, --irqchip split               {s:8.2} ms   {:.2}x the plain bare loop (goal <= 1.30)",
+        s / p
+    );
+    let u = median(unconfined);
+    println!(
+        "  tsubame, split, seccomp and Landlock off {u:6.2} ms   {:.2}x the plain bare loop (confinement costs {:.2} ms)",
+        u / p,
+        s - u
+    );
+    println!(
+        "  tsubame main() -> first KVM_RUN        {:8.2} ms   (goal <= 3)",
+        median(to_run)
+    );
+    scaling(&elf, &bare, &raw, runs)?;
+    if args.phases {
+        print_phases("kernel", &logs);
+        print_phases("split", &split_logs);
+    }
+    Ok(())
+}
+
+/// Start-up against guest memory size and vCPU count, interleaved, with
+/// the bare loop's own growth from 128 MiB to 16 GiB (what KVM costs).
+fn scaling(elf: &str, bare: &Path, raw: &Path, runs: usize) -> Result<(), String> {
+    let variants: [(&str, &[&str]); 3] = [
+        ("128 MiB, 1 vCPU", &["--memory", "128"]),
+        ("16 GiB, 1 vCPU", &["--memory", "16384"]),
+        ("128 MiB, 32 vCPUs", &["--memory", "128", "--cpus", "32"]),
+    ];
+    let mut times: Vec<Vec<f64>> = vec![vec![]; 3];
+    let mut first: Vec<Vec<f64>> = vec![vec![]; 3];
+    let (mut bare_small, mut bare_big) = (vec![], vec![]);
+    for _ in 0..runs {
+        for (i, (_, extra)) in variants.iter().enumerate() {
+            let (ms, err) = tsubame_run(elf, extra)?;
+            times[i].push(ms);
+            first[i].push(number_after(&err, "first KVM_RUN").ok_or("no first-KVM_RUN line")?);
+        }
+        bare_small.push(bare_run(bare, raw, &[])?);
+        bare_big.push(bare_run(bare, raw, &["--mem-mib", "16384"])?);
+    }
+    let m: Vec<f64> = times.into_iter().map(median).collect();
+    let f: Vec<f64> = first.into_iter().map(median).collect();
+    let (bs, bb) = (median(bare_small), median(bare_big));
+    println!("  scaling, --irqchip kernel (spawn to exit / main() to first KVM_RUN):");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        println!("    {name:<20} {:8.2} ms / {:6.2} ms", m[i], f[i]);
+    }
+    println!(
+        "    16 GiB against 128 MiB: {:+.1} % spawn to exit (goal <= +10 %); the bare loop: {bs:.2} -> {bb:.2} ms, {:+.1} % (KVM's own share)",
+        (m[1] / m[0] - 1.0) * 100.0,
+        (bb / bs - 1.0) * 100.0
+    );
+    println!(
+        "    each vCPU beyond the first: {:+.3} ms spawn to exit (goal <= 0.5 ms)",
+        (m[2] - m[0]) / 31.0
+    );
+    Ok(())
+}
+
+/// Median time of each phase the debug logs name, in the order of the first.
+fn print_phases(mode: &str, logs: &[String]) {
+    let mut order = Vec::new();
+    let mut at: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for log in logs {
+        for (name, ms) in phases(log) {
+            if !at.contains_key(&name) {
+                order.push(name.clone());
+            }
+            at.entry(name).or_default().push(ms);
+        }
+    }
+    println!("  phases of --irqchip {mode} (ms since main(), medians):");
+    let mut last = 0.0;
+    for name in order {
+        let t = median(at.remove(&name).unwrap_or_default());
+        println!("    {name:<34} {t:8.3}   (+{:.3})", t - last);
+        last = t;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_lines_are_parsed() {
+        let log = "[ 0.001 DEBUG vmm::trace] phase kvm opened 0.250ms\nnoise\n\
+                   [ 0.002 DEBUG vmm::trace] phase vm created 1.500ms\n";
+        assert_eq!(
+            phases(log),
+            vec![
+                ("kvm opened".to_string(), 0.25),
+                ("vm created".to_string(), 1.5)
+            ]
+        );
+    }
+}
