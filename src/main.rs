@@ -211,10 +211,12 @@ pub(crate) fn finish(f: Finish, stats: bool) -> ExitCode {
     if let (true, Some(m)) = (stats, outcome.memory) {
         eprint!("{}", outcome.stats_text);
         eprintln!(
-            "memory: peak RSS {} KiB, guest RAM resident {} KiB, VMM overhead {} KiB",
+            "memory: peak RSS {} KiB, guest RAM resident {} KiB, VMM overhead {} KiB (now: private {} KiB beyond guest RAM, file-backed {} KiB shared with every process mapping the same files)",
             m.peak_rss_kib,
             m.guest_resident_kib,
-            m.overhead_kib()
+            m.overhead_kib(),
+            m.private_overhead_kib(),
+            m.file_kib
         );
     }
     if !outcome.samples.is_empty() {

@@ -120,10 +120,27 @@ fn stats_show_exits_by_reason_and_device() {
         "com1 (port 0x3f8)",
         "acpi-power (port 0x600)",
         "VMM overhead",
+        "private",
+        "file-backed",
     ] {
         assert!(
             r.stderr.contains(needle),
             "missing {needle}: {}",
+            r.output()
+        );
+    }
+}
+
+/// Without `--stats` the stop neither renders the tables nor walks guest
+/// RAM for its memory figures (milliseconds in a large guest).
+#[test]
+fn without_stats_no_tables_or_memory_figures() {
+    let r = run(&["run", "--kernel", &kernel("hello64")]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    for needle in ["vCPU 0:", "io-out", "VMM overhead"] {
+        assert!(
+            !r.stderr.contains(needle),
+            "{needle} without --stats: {}",
             r.output()
         );
     }

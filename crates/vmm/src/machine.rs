@@ -42,6 +42,11 @@ pub struct MemoryFigures {
     pub peak_rss_kib: u64,
     /// VmRSS now.
     pub rss_kib: u64,
+    /// RssAnon now: private memory, guest RAM included.
+    pub anon_kib: u64,
+    /// RssFile now: the binary's and libraries' pages, which every process
+    /// that maps them shares.
+    pub file_kib: u64,
     /// Guest RAM pages resident (touched) in the host.
     pub guest_resident_kib: u64,
 }
@@ -49,6 +54,11 @@ pub struct MemoryFigures {
 impl MemoryFigures {
     pub fn overhead_kib(&self) -> u64 {
         self.peak_rss_kib.saturating_sub(self.guest_resident_kib)
+    }
+
+    /// What this VMM alone costs the host: private memory beyond guest RAM.
+    pub fn private_overhead_kib(&self) -> u64 {
+        self.anon_kib.saturating_sub(self.guest_resident_kib)
     }
 }
 
@@ -473,15 +483,13 @@ impl MutEventSubscriber for MainLoop<'_, '_> {
     }
 }
 
-fn status_kib(field: &str) -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+/// A `/proc/self/status` field in KiB (0 when missing).
+fn status_kib(status: &str, field: &str) -> u64 {
+    status
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }
 
@@ -506,9 +514,12 @@ fn guest_resident_kib(mem: &GuestMemory) -> u64 {
 }
 
 pub fn memory_figures(mem: &GuestMemory) -> MemoryFigures {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     MemoryFigures {
-        peak_rss_kib: status_kib("VmHWM:"),
-        rss_kib: status_kib("VmRSS:"),
+        peak_rss_kib: status_kib(&status, "VmHWM:"),
+        rss_kib: status_kib(&status, "VmRSS:"),
+        anon_kib: status_kib(&status, "RssAnon:"),
+        file_kib: status_kib(&status, "RssFile:"),
         guest_resident_kib: guest_resident_kib(mem),
     }
 }
