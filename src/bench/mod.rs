@@ -10,6 +10,7 @@
 mod api;
 mod confine;
 mod irqchip;
+mod pfrepair;
 mod snapshot;
 mod startup;
 mod virtio;
@@ -59,6 +60,9 @@ pub enum Which {
     Confine,
     /// Each `--irqchip` mode: timer ticks through the PIC, a PIO exit.
     Irqchip,
+    /// Emulation-only hosts: Tsubame's page-fault breakpoint step against
+    /// the host's own cost of the same faults.
+    Pfrepair,
 }
 
 #[derive(clap::Args, Debug)]
@@ -496,6 +500,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         if matches!(args.which, Which::All | Which::Irqchip) {
             irqchip::bench_irqchip(&args, &dir)?;
+        }
+        if matches!(args.which, Which::All | Which::Pfrepair) {
+            pfrepair::bench_pfrepair(&args, &dir)?;
         }
         if args.which == Which::Net {
             virtio::bench_net(&args)?;
