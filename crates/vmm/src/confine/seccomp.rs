@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
@@ -103,8 +104,23 @@ pub fn install(kind: ThreadKind) -> Result<(), Error> {
         SeccompMode::Kill => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
     };
-    let program = build(kind, mismatch)?;
+    let program = compiled(kind, mismatch)?;
     seccompiler::apply_filter(&program).map_err(|e| Error::Install(kind, e))
+}
+
+/// Each kind's program is compiled once per process: every vCPU thread
+/// installs the same one, and a restore or a bench builds machines again.
+fn compiled(kind: ThreadKind, mismatch: SeccompAction) -> Result<Arc<BpfProgram>, Error> {
+    type Cache = Vec<((ThreadKind, SeccompAction), Arc<BpfProgram>)>;
+    static PROGRAMS: Mutex<Cache> = Mutex::new(Vec::new());
+    let mut cache = PROGRAMS.lock().unwrap_or_else(|p| p.into_inner());
+    let key = (kind, mismatch);
+    if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
+        return Ok(p.clone());
+    }
+    let program = Arc::new(build(kind, key.1.clone())?);
+    cache.push((key, program.clone()));
+    Ok(program)
 }
 
 fn build(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, Error> {
