@@ -193,12 +193,14 @@ fn tsubame_loop_here(
     cfg.serial = SerialConfig::None;
     cfg.memory_mib = 16;
     let machine = vmm::vm::builder::build(&cfg).map_err(|e| e.to_string())?;
-    let start = Instant::now();
     let outcome = machine.run(None);
-    let took = start.elapsed();
     if outcome.reason != vmm::StopReason::PowerOff {
         return Err(format!("bench guest ended with: {}", outcome.reason));
     }
+    // As the bare loop counts: first KVM_RUN to the power-off exit, not
+    // the machine's start or teardown (the in-kernel irqchip's alone is
+    // ~20 ms here, a tenth of a 50,000-exit run).
+    let took = outcome.guest_time.ok_or("the guest never ran")?;
     let exits = outcome.total.count(ExitKind::IoOut) + outcome.total.count(ExitKind::MmioWrite);
     if exits < u64::from(expected) {
         return Err(format!("only {exits} exits, expected {expected}"));
@@ -281,7 +283,7 @@ fn bench_exits(args: &BenchArgs, dir: &Path) -> Result<(), String> {
         }
         let (o, b) = (median(ours), median(bare));
         println!(
-            "  {:<34} tsubame {o:7.2} µs/exit   bare KVM_RUN loop {b:7.2} µs/exit   ratio {:.3} (goal <= 1.10)",
+            "  {:<34} tsubame {o:7.2} µs/exit   bare KVM_RUN loop {b:7.2} µs/exit   ratio {:.3} (goal <= 1.03)",
             kind.name(),
             o / b
         );

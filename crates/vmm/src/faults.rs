@@ -34,10 +34,18 @@ pub fn try_open() {
     }
 }
 
+/// `TSUBAME_TEST_FAULT`, read once: the vCPU loop asks at every exit.
+#[cfg(feature = "test-hooks")]
+fn setting() -> Option<&'static str> {
+    static SETTING: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    SETTING
+        .get_or_init(|| std::env::var("TSUBAME_TEST_FAULT").ok())
+        .as_deref()
+}
+
 #[cfg(feature = "test-hooks")]
 fn armed_value(prefix: &str) -> Option<String> {
-    let v = std::env::var("TSUBAME_TEST_FAULT").ok()?;
-    v.strip_prefix(prefix).map(str::to_string)
+    setting()?.strip_prefix(prefix).map(str::to_string)
 }
 
 #[cfg(not(feature = "test-hooks"))]
@@ -48,8 +56,7 @@ fn armed_value(_prefix: &str) -> Option<String> {
 
 #[cfg(feature = "test-hooks")]
 fn armed_prefix(prefix: &str, kind: &str) -> bool {
-    std::env::var("TSUBAME_TEST_FAULT")
-        .ok()
+    setting()
         .and_then(|v| v.strip_prefix(prefix).map(|k| k == kind))
         .unwrap_or(false)
 }
@@ -63,11 +70,7 @@ fn armed_prefix(_prefix: &str, _kind: &str) -> bool {
 /// Whether `point` is the armed fault.
 #[cfg(feature = "test-hooks")]
 pub fn armed(point: &str) -> bool {
-    static ARMED: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    ARMED
-        .get_or_init(|| std::env::var("TSUBAME_TEST_FAULT").ok())
-        .as_deref()
-        == Some(point)
+    setting() == Some(point)
 }
 
 #[cfg(not(feature = "test-hooks"))]

@@ -4,7 +4,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::eventfd::EventFd;
 
@@ -63,6 +64,10 @@ pub struct Lifecycle {
     reason: Mutex<Option<StopReason>>,
     /// Written once when the machine starts stopping; the main loop polls it.
     pub stop_event: EventFd,
+    /// vCPU 0's first KVM_RUN and the stop request: how long the guest ran,
+    /// without the machine's build and teardown.
+    first_run: OnceLock<Instant>,
+    stopped_at: OnceLock<Instant>,
 }
 
 impl Lifecycle {
@@ -71,7 +76,20 @@ impl Lifecycle {
             stopping: AtomicBool::new(false),
             reason: Mutex::new(None),
             stop_event: EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)?,
+            first_run: OnceLock::new(),
+            stopped_at: OnceLock::new(),
         })
+    }
+
+    /// vCPU 0 is about to enter the guest for the first time.
+    pub fn mark_first_run(&self) {
+        let _ = self.first_run.set(Instant::now());
+    }
+
+    /// From vCPU 0's first KVM_RUN to the stop request, once both happened.
+    pub fn guest_time(&self) -> Option<Duration> {
+        let (a, b) = (self.first_run.get()?, self.stopped_at.get()?);
+        Some(b.saturating_duration_since(*a))
     }
 
     /// Records `reason` if the machine is not already stopping. Returns
@@ -82,6 +100,7 @@ impl Lifecycle {
             return false;
         }
         *slot = Some(reason);
+        let _ = self.stopped_at.set(Instant::now());
         crate::trace::mark("stop requested");
         self.stopping.store(true, Ordering::SeqCst);
         let _ = self.stop_event.write(1);

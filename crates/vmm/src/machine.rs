@@ -77,6 +77,8 @@ pub struct RunOutcome {
     /// Guest RIP samples, all vCPUs: ((RIP, CPL, caller), count), most
     /// frequent first.
     pub samples: Vec<((u64, u8, u64), u64)>,
+    /// From vCPU 0's first KVM_RUN to the stop request (benchmarks).
+    pub guest_time: Option<std::time::Duration>,
 }
 
 /// Whoever drives the running machine from outside (the API): the loop
@@ -350,6 +352,7 @@ impl Machine {
             memory,
             stats_text,
             samples,
+            guest_time: self.lifecycle.guest_time(),
         }
     }
 }

@@ -71,6 +71,7 @@ impl Vcpu {
     pub fn run_loop(mut self) -> VcpuOutcome {
         if self.id == 0 {
             crate::trace::mark("vcpu 0 first KVM_RUN");
+            self.ready.lifecycle.mark_first_run();
             log::debug!(
                 "vCPU 0: first KVM_RUN {:.3} ms after start",
                 crate::since_start().as_secs_f64() * 1e3
