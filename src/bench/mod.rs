@@ -541,7 +541,7 @@ mod tests {
 
     #[test]
     fn numbers_are_parsed_from_logs() {
-        let text = "[  0.02 DEBUG vcpu] vCPU 0: first KVM_RUN 24.045 ms after start";
+        let text = "[  0.02 DEBUG vmm::trace] phase vcpu 0 first KVM_RUN 24.045ms";
         assert_eq!(number_after(text, "first KVM_RUN"), Some(24.045));
         assert_eq!(number_after(text, "missing"), None);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);

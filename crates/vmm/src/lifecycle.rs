@@ -81,9 +81,11 @@ impl Lifecycle {
         })
     }
 
-    /// vCPU 0 is about to enter the guest for the first time.
+    /// vCPU 0 is about to enter the guest for the first time (also a
+    /// start-up phase mark).
     pub fn mark_first_run(&self) {
         let _ = self.first_run.set(Instant::now());
+        crate::trace::mark("vcpu 0 first KVM_RUN");
     }
 
     /// From vCPU 0's first KVM_RUN to the stop request, once both happened.

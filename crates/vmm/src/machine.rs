@@ -327,15 +327,17 @@ impl Machine {
             .reason()
             .unwrap_or_else(|| StopReason::VmmError("stopped without a reason".into()));
         let mut total = ExitStats::default();
-        let mut stats_text = String::new();
-        for (id, s) in per_vcpu.iter().enumerate() {
+        for s in &per_vcpu {
             total.merge(s);
-            if self.report_stats {
+        }
+        let mut stats_text = String::new();
+        if self.report_stats {
+            for (id, s) in per_vcpu.iter().enumerate() {
                 stats_text += &s.render(&format!("vCPU {id}"), &devices.pio, &devices.mmio);
             }
-        }
-        if per_vcpu.len() > 1 && self.report_stats {
-            stats_text += &total.render("all vCPUs", &devices.pio, &devices.mmio);
+            if per_vcpu.len() > 1 {
+                stats_text += &total.render("all vCPUs", &devices.pio, &devices.mmio);
+            }
         }
         let memory = self.report_stats.then(|| memory_figures(&self.vm.memory));
         // Threads first (console, PIT), then the VM, each marked.

@@ -1,4 +1,4 @@
-//! Phase marks of a machine's start and stop: a name and the time since
+//! Phase marks of a machine's start, restore and stop: a name and the time since
 //! `main()` ([`crate::mark_start`]), kept in a small fixed table and logged
 //! together at the end (debug level), so that marking costs a clock read
 //! and no I/O on the path it measures. `tsubame bench startup --phases`

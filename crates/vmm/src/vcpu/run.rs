@@ -70,12 +70,7 @@ impl Vcpu {
     /// Runs until the vCPU is asked to exit or the machine stops.
     pub fn run_loop(mut self) -> VcpuOutcome {
         if self.id == 0 {
-            crate::trace::mark("vcpu 0 first KVM_RUN");
             self.ready.lifecycle.mark_first_run();
-            log::debug!(
-                "vCPU 0: first KVM_RUN {:.3} ms after start",
-                crate::since_start().as_secs_f64() * 1e3
-            );
         }
         loop {
             match self.state {

@@ -126,12 +126,11 @@ fn put_state(c: &CreatedMachine, snap: &Snapshot, req: &LoadRequest) -> Result<(
 /// exist tears them down again before it is returned.
 pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
     let start = Instant::now();
-    let mut phases = Phases::new();
     let snap = file::read(&req.state_path)?;
     for path in [&req.state_path, &req.mem_path] {
         crate::confine::landlock::grant(path, crate::confine::landlock::Grant::Read);
     }
-    phases.mark("state file");
+    crate::trace::mark("restore: state file read");
     let cfg = plan(base, &snap, req)?;
     let layout =
         MemoryLayout::new(cfg.memory_mib).map_err(|e| Error::Shape(format!("memory: {e}")))?;
@@ -150,12 +149,12 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
         });
     }
     let memory = memory::map_file(&mem_file, &layout).map_err(mem_err)?;
-    phases.mark("memory map");
+    crate::trace::mark("restore: memory mapped");
     let created = builder::create(&cfg, layout, memory, builder::Purpose::Restore)?;
     created.vcpus_ready()?;
-    phases.mark("machine create");
+    crate::trace::mark("restore: machine created");
     put_state(&created, &snap, req)?;
-    phases.mark("VM and device state");
+    crate::trace::mark("restore: VM and device state set");
 
     let machine = created.start(Start::Restore(snap.vcpus), cfg.sample_rip, None);
     if let Err(why) = wait_for_vcpus(&machine) {
@@ -165,13 +164,12 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
         machine.discard();
         return Err(Error::Restore(why));
     }
-    phases.mark("vCPU state");
+    crate::trace::mark("restore: vCPU state set");
     // Paused from here: the PIT goes back as saved when it resumes.
     machine.paused_pit.set(Some(snap.vm.pit));
     for t in &machine.devices.virtio {
         bus::lock(t).raise_pending();
     }
-    log::debug!("restore phases: {}", phases.0.join(", "));
     let slept = persist::unix_now_ns().saturating_sub(snap.taken_unix_ns);
     log::info!(
         "restored {} vCPU(s), {} MiB in {:.3} ms (the snapshot slept {:.1} s)",
@@ -181,23 +179,6 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
         slept as f64 / 1e9
     );
     Ok(machine)
-}
-
-/// Where a restore's time goes, for the log.
-struct Phases(Vec<String>, Instant);
-
-impl Phases {
-    fn new() -> Phases {
-        Phases(Vec::new(), Instant::now())
-    }
-
-    fn mark(&mut self, what: &str) {
-        self.0.push(format!(
-            "{what} {:.3} ms",
-            self.1.elapsed().as_secs_f64() * 1e3
-        ));
-        self.1 = Instant::now();
-    }
 }
 
 fn wait_for_vcpus(m: &Machine) -> Result<(), String> {
