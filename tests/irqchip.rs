@@ -196,43 +196,50 @@ fn bad_irqchip_choices_are_refused_with_the_reason() {
 }
 
 #[test]
-fn pause_resume_work_and_snapshots_are_refused_outside_kernel_mode() {
+fn pause_resume_work_and_snapshots_are_refused_in_userspace_mode() {
     use common::api::{ok, refused, wait_for_socket, Vmm};
-    for mode in ["split", "userspace"] {
-        let dir = common::scratch(&format!("irqchip-snap-{mode}"));
-        let sock = dir.join("api.sock");
-        // cli; hlt: in `userspace` the vCPU waits halted in Tsubame.
-        let kernel = kernel("halt");
-        let rule = format!("path={},access=rw", dir.display());
-        let vmm = Vmm::start(&[
-            "run",
-            "--kernel",
-            &kernel,
-            "--irqchip",
-            mode,
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--landlock-rule",
-            &rule,
-        ]);
-        wait_for_socket(&sock);
-        ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
-        let body = format!(
-            r#"{{"snapshot_type":"Full","snapshot_path":"{}","mem_file_path":"{}"}}"#,
-            dir.join("x.snap").display(),
-            dir.join("x.mem").display()
-        );
-        refused(
-            &sock,
-            "PUT",
-            "/snapshot/create",
-            Some(&body),
-            &format!("--irqchip {mode} are not supported yet"),
-        );
-        ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
-        assert!(!dir.join("x.mem").exists(), "{mode}: no memory file left");
-        vmm.signal(libc::SIGTERM);
-        let (code, out, err) = vmm.wait(std::time::Duration::from_secs(30));
-        assert_eq!(code, 128 + libc::SIGTERM, "{mode}: {out}{err}");
-    }
+    // (`split` snapshots: tests/snapshot.rs.)
+    let mode = "userspace";
+    let dir = common::scratch(&format!("irqchip-snap-{mode}"));
+    let sock = dir.join("api.sock");
+    // cli; hlt: in `userspace` the vCPU waits halted in Tsubame.
+    let kernel = kernel("halt");
+    let rule = format!("path={},access=rw", dir.display());
+    let vmm = Vmm::start(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--irqchip",
+        mode,
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--landlock-rule",
+        &rule,
+    ]);
+    wait_for_socket(&sock);
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
+    let body = format!(
+        r#"{{"snapshot_type":"Full","snapshot_path":"{}","mem_file_path":"{}"}}"#,
+        dir.join("x.snap").display(),
+        dir.join("x.mem").display()
+    );
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&body),
+        &format!("--irqchip {mode} are not supported yet"),
+    );
+    refused(
+        &sock,
+        "PUT",
+        "/snapshot/create",
+        Some(&body),
+        "use --irqchip split or kernel",
+    );
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    assert!(!dir.join("x.mem").exists(), "{mode}: no memory file left");
+    vmm.signal(libc::SIGTERM);
+    let (code, out, err) = vmm.wait(std::time::Duration::from_secs(30));
+    assert_eq!(code, 128 + libc::SIGTERM, "{mode}: {out}{err}");
 }

@@ -129,6 +129,56 @@ fn a_killed_guest_restores_twice_from_one_snapshot_and_finishes() {
     );
 }
 
+/// `--irqchip split`: the PIT, the PIC pair and the IOAPIC are Tsubame's
+/// and save themselves. The guest's PIT ticks reach it through the
+/// IOAPIC's pin 2, so a restore that lost the PIT's programming or the
+/// IOAPIC's entries would leave the PIT silent; saved in generation 2
+/// from a restored machine as well.
+#[test]
+fn a_split_irqchip_guest_restores_with_its_pit_and_ioapic() {
+    let dir = scratch("snap-split");
+    let (st, mem, before) = snapshot_mid_run(&dir, &["--irqchip", "split"], 0x14);
+    let sock = dir.join("gen2.sock");
+    let rule = write_rule(&dir);
+    let vmm = Vmm::start(&[
+        "restore",
+        "--snapshot",
+        s(&st),
+        "--mem",
+        s(&mem),
+        "--api-sock",
+        s(&sock),
+        "--landlock-rule",
+        &rule,
+    ]);
+    wait_for_socket(&sock);
+    let (st2, mem2) = (dir.join("gen2.snap"), dir.join("gen2.mem"));
+    let gen2 = format!(
+        r#"{{"snapshot_path":"{}","mem_file_path":"{}"}}"#,
+        s(&st2),
+        s(&mem2)
+    );
+    ok(&sock, "PUT", "/snapshot/create", Some(&gen2));
+    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    let (code, out, err) = vmm.wait(LIMIT);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains("irqchip: split"),
+        "built again in split mode: {err}"
+    );
+    assert_continues(&before, &out);
+    let r = run(&[
+        "restore",
+        "--snapshot",
+        s(&st2),
+        "--mem",
+        s(&mem2),
+        "--resume",
+    ]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert_continues(&before, &r.stdout);
+}
+
 #[test]
 fn firecracker_load_in_a_fresh_process_then_resume() {
     let dir = scratch("snap-load");

@@ -2,7 +2,8 @@
 //! odd, the rest is a whole file (header, checksum and all); even, the rest
 //! is the state, framed with a valid header and checksum so it reaches the
 //! decoder. Whatever decodes is then restored into fresh devices (serial,
-//! i8042, virtio transports), the checks a real restore runs before KVM.
+//! i8042, virtio transports, Tsubame's PIC and PIT), the checks a real
+//! restore runs before KVM, and a restored PIC and PIT are then driven.
 #![no_main]
 
 mod common;
@@ -14,7 +15,9 @@ use vmm::devices::virtio::mmio::MmioTransport;
 use vmm::devices::virtio::rng::Rng;
 use vmm::devices::virtio::VirtioDevice;
 use vmm::devices::IrqLine;
+use vmm::irqchip::UserChip;
 use vmm::persist::file;
+use vmm::vcpu::handle::Wakeup;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, rest)) = data.split_first() else {
@@ -44,5 +47,21 @@ fuzz_target!(|data: &[u8]| {
         let mut transport = MmioTransport::new(device, mem.clone(), irq()).unwrap();
         let _ = transport.restore(t);
         transport.backend().lock().unwrap().process_queue(0);
+    }
+    if let Some(saved) = &snap.devices.chip {
+        let chip = UserChip::new(std::sync::Arc::new(Wakeup::default()));
+        if chip.restore(saved).is_ok() {
+            chip.with(false, |st, now| {
+                for c in 0..3 {
+                    st.pit.read(c, now);
+                    st.pit.write(c, 0x12, now);
+                }
+                st.pit.write(3, 0xe2, now); // read-back of channel 0
+                let _ = st.pit.read_port61(now);
+                let _ = st.pit.next_irq0(now);
+                st.pic.pulse(0);
+                let _ = st.pic.acknowledge();
+            });
+        }
     }
 });

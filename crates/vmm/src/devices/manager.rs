@@ -11,12 +11,22 @@ use super::legacy::{SerialConsole, I8042};
 use super::virtio::mmio::MmioTransport;
 use super::virtio::worker::DeviceThread;
 use super::{bus, Bus};
+use crate::irqchip::{ioapic::IoApic, UserChip};
 use crate::persist::DevicesState;
+
+/// Tsubame's own interrupt controllers, where KVM lacks them: the PIC
+/// pair and PIT (`split`, `userspace`) and the IOAPIC (`split`).
+#[derive(Clone, Default)]
+pub struct OwnChips {
+    pub chip: Option<Arc<UserChip>>,
+    pub ioapic: Option<Arc<IoApic>>,
+}
 
 pub fn save_devices(
     com1: &Mutex<SerialConsole>,
     i8042: &Mutex<I8042>,
     virtio: &[Arc<Mutex<MmioTransport>>],
+    chips: &OwnChips,
 ) -> Result<DevicesState, String> {
     Ok(DevicesState {
         serial: bus::lock(com1).state(),
@@ -25,16 +35,31 @@ pub fn save_devices(
             .iter()
             .map(|t| bus::lock(t).save())
             .collect::<Result<_, _>>()?,
+        chip: chips.chip.as_ref().map(|c| c.save()),
+        ioapic: chips.ioapic.as_ref().map(|io| io.save()),
     })
 }
 
-/// Puts saved state into freshly created devices (device thread paused).
+/// Puts saved state into freshly created devices (device thread paused):
+/// the IOAPIC's routes first, then the PIC and PIT (whose next tick may
+/// go through the IOAPIC), then the devices.
 pub fn restore_devices(
     com1: &Mutex<SerialConsole>,
     i8042: &Mutex<I8042>,
     virtio: &[Arc<Mutex<MmioTransport>>],
+    chips: &OwnChips,
     s: &DevicesState,
 ) -> Result<(), String> {
+    match (&chips.ioapic, &s.ioapic) {
+        (Some(io), Some(saved)) => io.restore(saved)?,
+        (None, None) => {}
+        (ours, _) => return Err(mismatch("IOAPIC", ours.is_some())),
+    }
+    match (&chips.chip, &s.chip) {
+        (Some(c), Some(saved)) => c.restore(saved)?,
+        (None, None) => {}
+        (ours, _) => return Err(mismatch("PIC and PIT", ours.is_some())),
+    }
     bus::lock(com1).restore(&s.serial)?;
     bus::lock(i8042).restore(&s.i8042)?;
     if s.virtio.len() != virtio.len() {
@@ -48,6 +73,14 @@ pub fn restore_devices(
         bus::lock(t).restore(saved)?;
     }
     Ok(())
+}
+
+fn mismatch(what: &str, ours: bool) -> String {
+    if ours {
+        format!("the snapshot has no state for Tsubame's {what}")
+    } else {
+        format!("the snapshot has state for Tsubame's {what}, which this machine does not have")
+    }
 }
 
 /// A device's counters: its name (`virtio-blk0`) and (name, count) pairs.
@@ -65,8 +98,9 @@ pub struct DeviceManager {
     pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
     /// Runs the virtio queues; `None` without virtio devices.
     pub thread: Option<DeviceThread>,
-    /// The user-space PIT's interrupts (`--irqchip userspace`).
+    /// The user-space PIT's interrupts (`split`, `userspace`).
     pub pit_timer: Option<crate::irqchip::timer::PitTimer>,
+    pub chips: OwnChips,
 }
 
 impl DeviceManager {
@@ -88,7 +122,7 @@ impl DeviceManager {
 
     /// Every device's state, with the device thread paused (vCPUs too).
     pub fn save(&self) -> Result<DevicesState, String> {
-        save_devices(&self.com1, &self.i8042, &self.virtio)
+        save_devices(&self.com1, &self.i8042, &self.virtio, &self.chips)
     }
 
     /// Presses Ctrl-Alt-Del on the guest's keyboard.

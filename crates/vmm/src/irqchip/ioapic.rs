@@ -158,18 +158,16 @@ impl IoApic {
         })
     }
 
-    fn regs(&self) -> std::sync::MutexGuard<'_, IoApicRegs> {
+    pub(super) fn regs(&self) -> std::sync::MutexGuard<'_, IoApicRegs> {
         self.regs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn update_routes(&self, regs: &IoApicRegs) {
+    pub(super) fn update_routes(&self, regs: &IoApicRegs) -> Result<(), String> {
         let routes = regs.routes();
-        let result = KvmIrqRouting::from_entries(&routes)
+        KvmIrqRouting::from_entries(&routes)
             .map_err(|e| format!("{e:?}"))
-            .and_then(|table| self.vm.set_gsi_routing(&table).map_err(|e| e.to_string()));
-        if let Err(e) = result {
-            crate::limited!(Warn, "ioapic: KVM_SET_GSI_ROUTING: {e}");
-        }
+            .and_then(|table| self.vm.set_gsi_routing(&table).map_err(|e| e.to_string()))
+            .map_err(|e| format!("ioapic: KVM_SET_GSI_ROUTING: {e}"))
     }
 
     /// A pulse on `pin` from Tsubame itself (the PIT's IRQ 0 arrives on
@@ -237,7 +235,11 @@ impl BusDevice for IoApicMmio {
         let mut regs = self.0.regs();
         match offset {
             IOREGSEL => regs.select = value & 0xff,
-            IOWIN if regs.write_window(value).is_some() => self.0.update_routes(&regs),
+            IOWIN if regs.write_window(value).is_some() => {
+                if let Err(e) = self.0.update_routes(&regs) {
+                    crate::limited!(Warn, "{e}");
+                }
+            }
             EOI => {
                 regs.eoi(value as u8);
             }

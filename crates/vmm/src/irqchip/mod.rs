@@ -16,8 +16,10 @@ pub mod ioapic;
 pub mod pic;
 pub mod pit;
 pub mod ports;
+pub mod state;
 pub mod timer;
 
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -88,6 +90,9 @@ pub struct UserChip {
     /// The PIT was programmed, or the chip is stopping.
     timer: Condvar,
     epoch: Instant,
+    /// Added to the time since `epoch`: a restored chip's clock goes on
+    /// from its snapshot's.
+    clock_offset_ns: AtomicI64,
     vcpu0: Arc<Wakeup>,
     /// `split`: the PIT's IRQ 0 also reaches IOAPIC pin 2.
     ioapic: std::sync::OnceLock<Arc<ioapic::IoApic>>,
@@ -104,6 +109,7 @@ impl UserChip {
             }),
             timer: Condvar::new(),
             epoch: Instant::now(),
+            clock_offset_ns: AtomicI64::new(0),
             vcpu0,
             ioapic: std::sync::OnceLock::new(),
         })
@@ -125,7 +131,10 @@ impl UserChip {
 
     /// The chip's clock, ns.
     pub fn now(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+        let since = self.epoch.elapsed().as_nanos() as i64;
+        since
+            .saturating_add(self.clock_offset_ns.load(Ordering::Relaxed))
+            .max(0) as u64
     }
 
     fn lock(&self) -> MutexGuard<'_, ChipState> {

@@ -284,6 +284,21 @@ impl PicPair {
     }
 
     /// ELCR port 0x4d0 (`chip` 0) or 0x4d1.
+    /// Whether a saved pair (from a snapshot file) is one this code could
+    /// have made.
+    pub fn check(&self) -> Result<(), String> {
+        for (i, c) in self.chips.iter().enumerate() {
+            let name = ["master", "slave"][i];
+            if c.priority_add > 7 || c.init_step > 3 || c.base & 7 != 0 {
+                return Err(format!(
+                    "8259A {name}: priority {}, init step {}, base {:#x}",
+                    c.priority_add, c.init_step, c.base
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn read_elcr(&self, chip: usize) -> u8 {
         self.chips[chip].elcr
     }

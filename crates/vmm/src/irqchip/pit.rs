@@ -337,6 +337,31 @@ impl Pit {
     pub fn next_irq0(&self, after: u64) -> Option<u64> {
         self.channels[0].next_rise(after)
     }
+
+    /// Whether a saved PIT (from a snapshot file) is one this code could
+    /// have made, with its times no later than `clock_ns`: a count of 0
+    /// or a time from the future would break the arithmetic above.
+    pub fn check(&self, clock_ns: u64) -> Result<(), String> {
+        for (i, c) in self.channels.iter().enumerate() {
+            let bad = |what: String| Err(format!("PIT channel {i}: {what}"));
+            if !(1..=0x10000).contains(&c.count) {
+                return bad(format!("count {} outside 1..=65536", c.count));
+            }
+            if c.mode > 5 {
+                return bad(format!("mode {}", c.mode));
+            }
+            if !(1..=3).contains(&c.access) {
+                return bad(format!("access mode {}", c.access));
+            }
+            if c.loaded_at.is_some_and(|t| t > clock_ns) {
+                return bad("counting began after the snapshot".into());
+            }
+            if c.latch.is_some_and(|(_, left)| left > 2) {
+                return bad("a latch of more than two bytes".into());
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

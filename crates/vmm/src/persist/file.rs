@@ -11,7 +11,7 @@ use super::Snapshot;
 
 pub const MAGIC: [u8; 8] = *b"TSBMSNAP";
 /// Bumped whenever [`Snapshot`] changes shape.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 /// The largest state Tsubame writes or reads (254 vCPUs need ~3 MiB).
 pub const MAX_STATE_BYTES: usize = 32 << 20;
 const HEADER: usize = 8 + 4 + 8;

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::{DiskConfig, NetConfig, ProfileChoice, SerialConfig, VmConfig, VsockConfig};
 use crate::devices::legacy::{I8042State, SerialState};
 use crate::devices::virtio::mmio::TransportState;
+use crate::irqchip::ioapic::IoApicRegs;
+use crate::irqchip::state::UserChipState;
+use crate::irqchip::IrqchipMode;
 
 /// Everything but guest RAM.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -43,6 +46,8 @@ pub struct Snapshot {
 pub struct MachineShape {
     pub cpus: usize,
     pub memory_mib: u64,
+    /// Where the interrupt controllers are (`kernel` or `split`).
+    pub irqchip: IrqchipMode,
     /// The CPU profile the guest was given (the emulation-only one?).
     pub emulated: bool,
     pub complete_gaps: bool,
@@ -82,6 +87,9 @@ pub struct DevicesState {
     pub serial: SerialState,
     pub i8042: I8042State,
     pub virtio: Vec<TransportState>,
+    /// Tsubame's PIC pair and PIT, and its IOAPIC (`split`).
+    pub chip: Option<UserChipState>,
+    pub ioapic: Option<IoApicRegs>,
 }
 
 impl MachineShape {
@@ -89,6 +97,7 @@ impl MachineShape {
         MachineShape {
             cpus: cfg.cpus,
             memory_mib: cfg.memory_mib,
+            irqchip: cfg.irqchip,
             emulated,
             complete_gaps: cfg.complete_gaps,
             ioeventfd: cfg.ioeventfd,
@@ -126,6 +135,7 @@ impl MachineShape {
         VmConfig {
             cpus: self.cpus,
             memory_mib: self.memory_mib,
+            irqchip: self.irqchip,
             profile: if self.emulated {
                 ProfileChoice::Emulated
             } else {
@@ -231,12 +241,16 @@ pub(crate) mod tests {
                     last_read: 0,
                 },
                 virtio: Vec::new(),
+                chip: None,
+                ioapic: None,
             },
             vm: vm::VmState {
-                pic_master: Default::default(),
-                pic_slave: Default::default(),
-                ioapic: Default::default(),
-                pit: Default::default(),
+                chips: Some(vm::KernelChips {
+                    pic_master: Default::default(),
+                    pic_slave: Default::default(),
+                    ioapic: Default::default(),
+                    pit: Default::default(),
+                }),
                 clock: Default::default(),
             },
             vcpus: vec![vcpu(0), vcpu(1)],

@@ -106,9 +106,9 @@ impl Machine {
         if !self.is_paused() {
             return Err(NOT_PAUSED.into());
         }
-        if !self.vm.irqchip.in_kernel() {
+        if !self.vm.irqchip.lapic_in_kernel() {
             return Err(format!(
-                "Snapshots of a machine with --irqchip {} are not supported yet (its PIC and PIT state is not saved).",
+                "Snapshots of a machine with --irqchip {} are not supported yet (vCPU 0's halted state and pending interrupt are Tsubame's there, and not saved); use --irqchip split or kernel.",
                 self.vm.irqchip.name()
             ));
         }
@@ -124,7 +124,8 @@ impl Machine {
         not_backing(self, &req.state_path)?;
         let mem_file = open_memory_file(self, &req.mem_path)?;
         let devices = self.devices.save()?;
-        let vm = super::vm::save(&self.vm.fd).map_err(|e| e.to_string())?;
+        let vm =
+            super::vm::save(&self.vm.fd, self.vm.irqchip.in_kernel()).map_err(|e| e.to_string())?;
         let mut vcpus = Vec::with_capacity(self.vcpus.len());
         for (_, answer) in self.ask_vcpus(VcpuRequest::Save)? {
             match answer {

@@ -669,6 +669,13 @@ impl CreatedMachine {
         &self.virtio
     }
 
+    pub(super) fn own_chips(&self) -> crate::devices::manager::OwnChips {
+        crate::devices::manager::OwnChips {
+            chip: self.chip.clone(),
+            ioapic: self.ioapic.clone(),
+        }
+    }
+
     pub(super) fn device_thread(&self) -> Option<&crate::devices::virtio::worker::DeviceThread> {
         self.device_thread.as_ref()
     }
@@ -679,6 +686,10 @@ impl CreatedMachine {
         let restoring = matches!(start, Start::Restore(_));
         let pio = Arc::new(self.devices.pio);
         let mmio = Arc::new(self.devices.mmio);
+        let chips = crate::devices::manager::OwnChips {
+            chip: self.chip.clone(),
+            ioapic: self.ioapic.clone(),
+        };
         self.gate.open(Arc::new(MachineReady {
             pio: pio.clone(),
             mmio: mmio.clone(),
@@ -709,6 +720,7 @@ impl CreatedMachine {
                 virtio: self.virtio,
                 thread: self.device_thread,
                 pit_timer: self.pit_timer,
+                chips,
             },
             paused: std::cell::Cell::new(restoring),
             paused_pit: std::cell::Cell::new(None),

@@ -12,6 +12,7 @@ use super::layout::MemoryLayout;
 use crate::config::{self, VmConfig};
 use crate::devices::bus;
 use crate::devices::manager::restore_devices;
+use crate::irqchip::IrqchipMode;
 use crate::lifecycle::StopReason;
 use crate::machine::Machine;
 use crate::persist::{self, file, memory, Overrides, Snapshot};
@@ -72,6 +73,22 @@ fn plan(base: &VmConfig, snap: &Snapshot, req: &LoadRequest) -> Result<VmConfig,
             shape.cpus
         )));
     }
+    // The chips a state is for: KVM's, or Tsubame's PIC, PIT and IOAPIC.
+    let kvm_chips = snap.vm.chips.is_some();
+    let own = (snap.devices.chip.is_some(), snap.devices.ioapic.is_some());
+    let consistent = match shape.irqchip {
+        IrqchipMode::Kernel => kvm_chips && own == (false, false),
+        IrqchipMode::Split => !kvm_chips && own == (true, true),
+        IrqchipMode::Userspace => false,
+    };
+    if !consistent {
+        return Err(Error::Shape(format!(
+            "--irqchip {}, with state for KVM's chips: {kvm_chips}, Tsubame's PIC and PIT: {}, its IOAPIC: {}",
+            shape.irqchip.name(),
+            own.0,
+            own.1
+        )));
+    }
     let mut cfg = shape.to_config(base);
     cfg.track_dirty_pages |= req.track_dirty_pages;
     for (id, tap) in &req.overrides.taps {
@@ -119,7 +136,14 @@ fn put_state(c: &CreatedMachine, snap: &Snapshot, req: &LoadRequest) -> Result<(
     }
     persist::vm::restore(&c.vm.fd, &snap.vm, req.clock_realtime)
         .map_err(|e| Error::Restore(e.to_string()))?;
-    restore_devices(c.com1(), c.i8042(), c.transports(), &snap.devices).map_err(Error::Restore)
+    restore_devices(
+        c.com1(),
+        c.i8042(),
+        c.transports(),
+        &c.own_chips(),
+        &snap.devices,
+    )
+    .map_err(Error::Restore)
 }
 
 /// Builds the machine `req` names, paused. A failure after the vCPUs
@@ -165,8 +189,10 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
         return Err(Error::Restore(why));
     }
     crate::trace::mark("restore: vCPU state set");
-    // Paused from here: the PIT goes back as saved when it resumes.
-    machine.paused_pit.set(Some(snap.vm.pit));
+    // Paused from here: KVM's PIT goes back as saved when it resumes.
+    machine
+        .paused_pit
+        .set(snap.vm.chips.as_ref().map(|c| c.pit));
     for t in &machine.devices.virtio {
         bus::lock(t).raise_pending();
     }
