@@ -2,7 +2,7 @@
 //! vCPUs (KVM's LAPICs, Tsubame's IOAPIC, PIC and PIT) boots to user space
 //! and reboots; `userspace` (Tsubame's PIC and PIT alone, one vCPU) does
 //! the same. Each boot takes 12-17 minutes on an emulation-only host, so
-//! CI boots split mode once, in `linux_snapshot.rs`, and these
+//! CI boots split mode once, in `linux.rs`'s config-file test, and these
 //! run by hand:
 //! `cargo test --release --features test-hooks --test linux_irqchip -- --ignored`.
 
