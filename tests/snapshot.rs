@@ -129,6 +129,34 @@ fn a_killed_guest_restores_twice_from_one_snapshot_and_finishes() {
     );
 }
 
+/// Saves the paused machine behind `sock` again (generation 2), resumes
+/// it to its end, then restores generation 2 in a fresh process: both
+/// continue `before`. Returns the first one's stderr.
+fn save_again_resume_and_restore(vmm: Vmm, sock: &Path, dir: &Path, before: &str) -> String {
+    let (st2, mem2) = (dir.join("gen2.snap"), dir.join("gen2.mem"));
+    let gen2 = format!(
+        r#"{{"snapshot_path":"{}","mem_file_path":"{}"}}"#,
+        s(&st2),
+        s(&mem2)
+    );
+    ok(sock, "PUT", "/snapshot/create", Some(&gen2));
+    ok(sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
+    let (code, out, err) = vmm.wait(LIMIT);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_continues(before, &out);
+    let r = run(&[
+        "restore",
+        "--snapshot",
+        s(&st2),
+        "--mem",
+        s(&mem2),
+        "--resume",
+    ]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert_continues(before, &r.stdout);
+    err
+}
+
 /// `--irqchip split`: the PIT, the PIC pair and the IOAPIC are Tsubame's
 /// and save themselves. The guest's PIT ticks reach it through the
 /// IOAPIC's pin 2, so a restore that lost the PIT's programming or the
@@ -152,31 +180,11 @@ fn a_split_irqchip_guest_restores_with_its_pit_and_ioapic() {
         &rule,
     ]);
     wait_for_socket(&sock);
-    let (st2, mem2) = (dir.join("gen2.snap"), dir.join("gen2.mem"));
-    let gen2 = format!(
-        r#"{{"snapshot_path":"{}","mem_file_path":"{}"}}"#,
-        s(&st2),
-        s(&mem2)
-    );
-    ok(&sock, "PUT", "/snapshot/create", Some(&gen2));
-    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
-    let (code, out, err) = vmm.wait(LIMIT);
-    assert_eq!(code, 0, "{out}\n{err}");
+    let err = save_again_resume_and_restore(vmm, &sock, &dir, &before);
     assert!(
         err.contains("irqchip: split"),
         "built again in split mode: {err}"
     );
-    assert_continues(&before, &out);
-    let r = run(&[
-        "restore",
-        "--snapshot",
-        s(&st2),
-        "--mem",
-        s(&mem2),
-        "--resume",
-    ]);
-    assert_eq!(r.status, 0, "{}", r.output());
-    assert_continues(&before, &r.stdout);
 }
 
 #[test]
@@ -215,28 +223,7 @@ fn firecracker_load_in_a_fresh_process_then_resume() {
         Some(&over),
         "mapped from that file",
     );
-    let (st2, mem2) = (dir.join("gen2.snap"), dir.join("gen2.mem"));
-    let gen2 = format!(
-        r#"{{"snapshot_path":"{}","mem_file_path":"{}"}}"#,
-        s(&st2),
-        s(&mem2)
-    );
-    ok(&sock, "PUT", "/snapshot/create", Some(&gen2));
-    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
-    let (code, out, err) = vmm.wait(LIMIT);
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert_continues(&before, &out);
-
-    let r = run(&[
-        "restore",
-        "--snapshot",
-        s(&st2),
-        "--mem",
-        s(&mem2),
-        "--resume",
-    ]);
-    assert_eq!(r.status, 0, "{}", r.output());
-    assert_continues(&before, &r.stdout);
+    save_again_resume_and_restore(vmm, &sock, &dir, &before);
 }
 
 #[test]
