@@ -283,7 +283,6 @@ impl PicPair {
         self.cascade();
     }
 
-    /// ELCR port 0x4d0 (`chip` 0) or 0x4d1.
     /// Whether a saved pair (from a snapshot file) is one this code could
     /// have made.
     pub fn check(&self) -> Result<(), String> {
@@ -299,6 +298,7 @@ impl PicPair {
         Ok(())
     }
 
+    /// ELCR port 0x4d0 (`chip` 0) or 0x4d1.
     pub fn read_elcr(&self, chip: usize) -> u8 {
         self.chips[chip].elcr
     }

@@ -17,6 +17,7 @@ use crate::config::{self, ProfileChoice, SerialConfig, VmConfig};
 use crate::devices::legacy::{
     self, AcpiPower, PciConfigNoDevices, PortSink, SerialConsole, SerialOutput, I8042,
 };
+use crate::devices::manager::OwnChips;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::{bus, Bus, DeviceManager, IrqLine};
 use crate::irqchip::{timer::PitTimer, UserChip};
@@ -386,8 +387,7 @@ pub struct CreatedMachine {
     devices: Devices,
     device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
-    chip: Option<Arc<UserChip>>,
-    ioapic: Option<Arc<crate::irqchip::ioapic::IoApic>>,
+    chips: OwnChips,
     pit_timer: Option<PitTimer>,
     profile: CpuProfile,
     complete_gaps: bool,
@@ -597,8 +597,7 @@ pub fn create(
         devices,
         device_thread,
         virtio: transports,
-        chip,
-        ioapic,
+        chips: OwnChips { chip, ioapic },
         pit_timer,
         profile,
         complete_gaps,
@@ -669,11 +668,8 @@ impl CreatedMachine {
         &self.virtio
     }
 
-    pub(super) fn own_chips(&self) -> crate::devices::manager::OwnChips {
-        crate::devices::manager::OwnChips {
-            chip: self.chip.clone(),
-            ioapic: self.ioapic.clone(),
-        }
+    pub(super) fn own_chips(&self) -> &OwnChips {
+        &self.chips
     }
 
     pub(super) fn device_thread(&self) -> Option<&crate::devices::virtio::worker::DeviceThread> {
@@ -686,10 +682,6 @@ impl CreatedMachine {
         let restoring = matches!(start, Start::Restore(_));
         let pio = Arc::new(self.devices.pio);
         let mmio = Arc::new(self.devices.mmio);
-        let chips = crate::devices::manager::OwnChips {
-            chip: self.chip.clone(),
-            ioapic: self.ioapic.clone(),
-        };
         self.gate.open(Arc::new(MachineReady {
             pio: pio.clone(),
             mmio: mmio.clone(),
@@ -701,8 +693,8 @@ impl CreatedMachine {
             sample_rip,
             state_msrs: self.state_msrs,
             xsave_bytes: self.xsave_bytes,
-            irqchip: self.chip,
-            ioapic: self.ioapic,
+            irqchip: self.chips.chip.clone(),
+            ioapic: self.chips.ioapic.clone(),
         }));
         crate::trace::mark("start gate opened");
         let vcpus = self.pending.release();
@@ -720,7 +712,7 @@ impl CreatedMachine {
                 virtio: self.virtio,
                 thread: self.device_thread,
                 pit_timer: self.pit_timer,
-                chips,
+                chips: self.chips,
             },
             paused: std::cell::Cell::new(restoring),
             paused_pit: std::cell::Cell::new(None),

@@ -140,7 +140,7 @@ fn put_state(c: &CreatedMachine, snap: &Snapshot, req: &LoadRequest) -> Result<(
         c.com1(),
         c.i8042(),
         c.transports(),
-        &c.own_chips(),
+        c.own_chips(),
         &snap.devices,
     )
     .map_err(Error::Restore)
