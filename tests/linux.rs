@@ -1,6 +1,8 @@
 //! Debian's stock cloud kernel (`linux-image-cloud-amd64`) with a busybox
 //! initramfs built here. Slow on an emulation-only host (minutes): these are
-//! the few tests that boot real Linux.
+//! the few tests that boot real Linux. CI runs the machine-description
+//! check here; its one boot to user space (from a config file, paused and
+//! resumed, then snapshotted) is `linux_snapshot.rs`.
 
 mod common;
 
@@ -334,104 +336,5 @@ fn user_space_boot(cpus: usize) {
     eprintln!("syscall probe: {rate}");
     if host_is_emulated() {
         assert!(r.stderr.contains("syscall (repaired)"), "{}", r.output());
-    }
-}
-
-/// PID 1 mounts /proc, reports the CPUs and the interrupt controllers
-/// Linux routes through, prints a marker and then waits in shell builtins
-/// only (one process start, retried: `common::INIT_WITH_RETRY`). Ctrl-Alt-Del is left to the kernel (init
-/// never turns C_A_D off), which restarts.
-const WAITING_INIT: &str = "retry /bin/busybox mount -t proc proc /proc
-n=0
-while read -r key rest; do [ \"$key\" = processor ] && n=$((n + 1)); done < /proc/cpuinfo
-echo TSUBAME-INIT: cpus=$n
-while read -r line; do
-    case \"$line\" in *IO-APIC*|*XT-PIC*) echo \"TSUBAME-INIT: $line\";; esac
-done < /proc/interrupts
-echo TSUBAME-INIT: ready
-while :; do read -r line; done
-";
-
-/// The Firecracker way in: the machine from `--config-file`, driven over
-/// the API socket: paused 30 s during boot, resumed, reaches user space
-/// with no stall reports, and ends on `SendCtrlAltDel` with exit 0. The
-/// file asks for `--irqchip split` (KVM's LAPICs, Tsubame's IOAPIC, PIC
-/// and PIT), so this boot is also CI's Linux test of that mode; kernel
-/// mode boots to user space in `linux_snapshot.rs`.
-#[test]
-fn debian_kernel_from_a_config_file_pauses_resumes_and_ends_on_ctrl_alt_del() {
-    use common::api::{ok, state, wait_for_socket, Vmm};
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let kernel = debian_kernel();
-    let dir = scratch("linux-api");
-    let initrd = busybox_initramfs(&dir, &common::init_script(WAITING_INIT));
-    let file = dir.join("vm.json");
-    std::fs::write(
-        &file,
-        format!(
-            r#"{{"boot-source":{{"kernel_image_path":"{}","initrd_path":"{}","boot_args":"console=ttyS0"}},
-                "machine-config":{{"vcpu_count":2,"mem_size_mib":128,"irqchip":"split"}}}}"#,
-            kernel.display(),
-            initrd.display()
-        ),
-    )
-    .unwrap();
-    let sock = dir.join("api.sock");
-    let start = std::time::Instant::now();
-    let vmm = Vmm::start(&[
-        "--config-file",
-        file.to_str().unwrap(),
-        "--api-sock",
-        sock.to_str().unwrap(),
-    ]);
-    wait_for_socket(&sock);
-    // Paused where the kernel is busy with RCU grace periods in flight:
-    // without KVM_KVMCLOCK_CTRL this 30 s pause is reported as an RCU
-    // stall ("rcu_preempt detected stalls ... t=7512 jiffies"), seen here
-    // with the ioctl taken out.
-    vmm.wait_for(
-        "Switched to clocksource kvm-clock",
-        Duration::from_secs(600),
-    );
-
-    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Paused"}"#));
-    assert_eq!(state(&sock), "Paused");
-    let before = vmm.out().len();
-    std::thread::sleep(Duration::from_secs(30));
-    assert_eq!(vmm.out().len(), before, "console output while paused");
-    ok(&sock, "PATCH", "/vm", Some(r#"{"state":"Resumed"}"#));
-
-    vmm.wait_for("TSUBAME-INIT: ready", Duration::from_secs(1500));
-    let booted = start.elapsed();
-    ok(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type":"SendCtrlAltDel"}"#),
-    );
-    let (code, out, err) = vmm.wait(Duration::from_secs(300));
-    eprintln!(
-        "user space {:.1} s after start (30 s paused), ended {:.1} s after start",
-        booted.as_secs_f64(),
-        start.elapsed().as_secs_f64()
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert!(err.contains("guest reset"), "{err}");
-    assert!(out.contains("TSUBAME-INIT: cpus=2"), "{out}");
-    // The file's choice reached the machine, and Linux routed its
-    // interrupts through the IOAPIC Tsubame emulates.
-    assert!(err.contains("irqchip: split"), "{err}");
-    assert!(out.contains("IO-APIC"), "no IO-APIC line:\n{out}");
-    assert!(
-        !out.contains("XT-PIC"),
-        "an XT-PIC line in split mode:\n{out}"
-    );
-    for stall in [
-        "soft lockup",
-        "rcu_sched self-detected stall",
-        "rcu: INFO",
-        "detected stalls",
-    ] {
-        assert!(!out.contains(stall), "{stall:?} after the pause:\n{out}");
     }
 }

@@ -2,8 +2,8 @@
 //! vCPUs (KVM's LAPICs, Tsubame's IOAPIC, PIC and PIT) boots to user space
 //! and reboots; `userspace` (Tsubame's PIC and PIT alone, one vCPU) does
 //! the same. Each boot takes 12-17 minutes on an emulation-only host, so
-//! CI boots split mode once, in `linux.rs`'s config-file test, and these
-//! run by hand:
+//! they run by hand (CI covers these modes with tiny guests in
+//! `irqchip.rs` and `snapshot.rs`):
 //! `cargo test --release --features test-hooks --test linux_irqchip -- --ignored`.
 
 mod common;

@@ -141,15 +141,29 @@ impl Vmm {
         }
     }
 
+    /// Waits for `needle` on the console; a guest kernel panic fails at
+    /// once instead of after `limit`. The failure prints Tsubame's log
+    /// first and the console last, so that a shortened report still shows
+    /// where the guest stopped.
     pub fn wait_for(&self, needle: &str, limit: Duration) {
         let start = Instant::now();
-        while !self.out().contains(needle) {
-            assert!(
-                start.elapsed() < limit,
-                "no {needle:?} within {limit:?}: {}\n{}",
-                self.out(),
-                self.stderr.lock().unwrap()
-            );
+        loop {
+            let out = self.out();
+            if out.contains(needle) {
+                return;
+            }
+            let panicked = out.contains("Kernel panic - not syncing");
+            if panicked || start.elapsed() >= limit {
+                panic!(
+                    "no {needle:?} within {limit:?}{}:\n{}\n--- console ---\n{out}",
+                    if panicked {
+                        " (the guest kernel panicked)"
+                    } else {
+                        ""
+                    },
+                    self.err()
+                );
+            }
             thread::sleep(Duration::from_millis(10));
         }
     }
