@@ -81,25 +81,33 @@ pub struct HostFacts {
 }
 
 impl HostFacts {
-    /// Reads the facts from `root` (normally `/`).
+    /// Reads the facts from `root` (normally `/`). `/proc/cpuinfo` is
+    /// read only when the modules leave the kind open: it is a text of
+    /// every host CPU, the costliest read of a start on a large host.
     pub fn read(root: &Path) -> HostFacts {
         let module = |name: &str| root.join("sys/module").join(name).exists();
-        let cpuinfo = fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
-        let flags = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("flags"))
-            .unwrap_or("");
-        let has_flag = |f: &str| flags.split_whitespace().any(|w| w == f);
-        HostFacts {
+        let mut facts = HostFacts {
             pvm_module: module("kvm_pvm"),
             intel_module: module("kvm_intel"),
             amd_module: module("kvm_amd"),
-            cpu_vmx: has_flag("vmx"),
-            cpu_svm: has_flag("svm"),
+            ..HostFacts::default()
+        };
+        if !(facts.pvm_module || facts.intel_module || facts.amd_module) {
+            let cpuinfo = fs::read_to_string(root.join("proc/cpuinfo")).unwrap_or_default();
+            let flags = cpuinfo
+                .lines()
+                .find(|l| l.starts_with("flags"))
+                .unwrap_or("");
+            let has_flag = |f: &str| flags.split_whitespace().any(|w| w == f);
+            facts.cpu_vmx = has_flag("vmx");
+            facts.cpu_svm = has_flag("svm");
         }
+        facts
     }
 
     /// PVM wins only when no hardware virtualisation is present at all.
+    /// With a KVM module loaded the modules decide; the CPU flags only
+    /// where no module is named (KVM built into the kernel).
     pub fn kind(&self) -> HostKind {
         if self.intel_module || (self.cpu_vmx && !self.pvm_module) {
             HostKind::Vmx
@@ -212,6 +220,18 @@ mod tests {
         assert_eq!(HostFacts::read(root.path()).kind(), HostKind::Vmx);
         let root = fake_root(&["kvm", "kvm_amd"], "svm");
         assert_eq!(HostFacts::read(root.path()).kind(), HostKind::Svm);
+    }
+
+    #[test]
+    fn cpu_flags_decide_only_where_no_module_does() {
+        // KVM built in: no kvm_intel/kvm_amd directory, the flags tell.
+        let root = fake_root(&["kvm"], "vmx");
+        assert_eq!(HostFacts::read(root.path()).kind(), HostKind::Vmx);
+        // A module decides: cpuinfo is not read at all.
+        let root = fake_root(&["kvm", "kvm_pvm"], "svm");
+        let facts = HostFacts::read(root.path());
+        assert!(!facts.cpu_svm, "cpuinfo read although kvm_pvm decides");
+        assert_eq!(facts.kind(), HostKind::Pvm);
     }
 
     #[test]

@@ -28,6 +28,8 @@ const STOP: u32 = 0;
 const SIGNAL: u32 = 1;
 const STDIN: u32 = 2;
 const DRAINED: u32 = 3;
+/// The user-space PIT's timer (`split`, `userspace`).
+const PIT_TIMER: u32 = 4;
 /// Data from here up are the controller's fds, in [`Control::fds`] order.
 const CONTROL: u32 = 16;
 /// How long pause and resume wait for each vCPU and the device thread.
@@ -340,7 +342,7 @@ impl Machine {
             }
         }
         let memory = self.report_stats.then(|| memory_figures(&self.vm.memory));
-        // Threads first (console, PIT), then the VM, each marked.
+        // Threads first (console, virtio), then the VM, each marked.
         drop(devices);
         crate::trace::mark("device threads joined");
         drop(self.vm);
@@ -375,7 +377,7 @@ struct ConsoleInput {
 }
 
 /// The main thread's one subscriber: the stop event, host signals, the
-/// console, and the controller's fds.
+/// console, the user-space PIT's timer, and the controller's fds.
 struct MainLoop<'m, 'c> {
     machine: &'m Machine,
     control: Option<&'c mut dyn Control>,
@@ -450,6 +452,16 @@ impl MutEventSubscriber for MainLoop<'_, '_> {
         if let Some(serial) = &self.machine.devices.serial {
             fds.push((bus::lock(serial).drained_event().as_raw_fd(), DRAINED));
         }
+        if let Some(fd) = self
+            .machine
+            .devices
+            .chips
+            .chip
+            .as_ref()
+            .and_then(|c| c.timer_fd())
+        {
+            fds.push((fd, PIT_TIMER));
+        }
         for (fd, data) in fds {
             if let Err(e) = ops.add(Events::with_data_raw(fd, data, EventSet::IN)) {
                 self.error = Some(std::io::Error::other(format!("cannot watch fd {fd}: {e}")));
@@ -470,6 +482,11 @@ impl MutEventSubscriber for MainLoop<'_, '_> {
                 }
             }
             STDIN => self.read_stdin(ops),
+            PIT_TIMER => {
+                if let Some(chip) = &self.machine.devices.chips.chip {
+                    chip.tick();
+                }
+            }
             DRAINED => {
                 if let Some(serial) = &self.machine.devices.serial {
                     let _ = bus::lock(serial).drained_event().read();

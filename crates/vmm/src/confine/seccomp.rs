@@ -48,8 +48,6 @@ pub enum ThreadKind {
     Device,
     /// Writes the guest console to stdout.
     Console,
-    /// The user-space PIT's interrupts (`--irqchip userspace`).
-    Timer,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -202,7 +200,6 @@ mod tests {
             ThreadKind::Vcpu,
             ThreadKind::Device,
             ThreadKind::Console,
-            ThreadKind::Timer,
         ] {
             let p = build(kind, SeccompAction::Trap).unwrap();
             assert!(p.len() > 10, "{kind:?}: {} instructions", p.len());

@@ -94,7 +94,9 @@ const API: &[i64] = &[
     libc::SYS_shutdown,
 ];
 
-const VCPU: &[i64] = &[libc::SYS_writev];
+/// timerfd_settime: vCPU 0 sets the PIT's timer when the guest programs
+/// it (`split`, `userspace`).
+const VCPU: &[i64] = &[libc::SYS_writev, libc::SYS_timerfd_settime];
 
 const DEVICE: &[i64] = &[
     libc::SYS_epoll_create1,
@@ -190,8 +192,6 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Vcpu => (VCPU, vec![ioctl_type(KVMIO)?, ioctl_type(TUNIO)?]),
         ThreadKind::Device => (DEVICE, vec![ioctl_exact(FIONBIO)?, ioctl_type(TUNIO)?]),
         ThreadKind::Console => (CONSOLE, Vec::new()),
-        // KVM_SIGNAL_MSI: the PIT's pin on the user-space IOAPIC.
-        ThreadKind::Timer => (&[], vec![ioctl_type(KVMIO)?]),
     };
     for &nr in COMMON.iter().chain(own) {
         rules.insert(nr, Vec::new());

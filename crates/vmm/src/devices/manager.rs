@@ -95,8 +95,6 @@ pub struct DeviceManager {
     pub virtio: Vec<Arc<Mutex<MmioTransport>>>,
     /// Runs the virtio queues; `None` without virtio devices.
     pub thread: Option<DeviceThread>,
-    /// The user-space PIT's interrupts (`split`, `userspace`).
-    pub pit_timer: Option<crate::irqchip::timer::PitTimer>,
     pub chips: OwnChips,
 }
 

@@ -5,8 +5,9 @@
 //! - `kernel`: KVM's PIC, IOAPIC, LAPICs and PIT; each line is an irqfd.
 //! - `userspace`: no irqchip in KVM. Tsubame's 8259A pair ([`pic`]) and
 //!   8254 ([`pit`]) in a [`UserChip`], on the port bus ([`ports`]); the
-//!   PIT's interrupts come from a timer thread ([`timer`]) and everything
-//!   reaches vCPU 0 through KVM_INTERRUPT ([`inject`]).
+//!   PIT's interrupts come from a timerfd that the main loop watches
+//!   ([`timer`]), and everything reaches vCPU 0 through KVM_INTERRUPT
+//!   ([`inject`]).
 //! - `split`: the LAPICs in KVM, the IOAPIC in Tsubame ([`ioapic`]), whose
 //!   entries become MSI routes for the devices' irqfds; the PIC and PIT as
 //!   in `userspace`, the PIC's ExtINT to vCPU 0, the PIT also on pin 2.
@@ -20,7 +21,7 @@ pub mod state;
 pub mod timer;
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use crate::vcpu::handle::Wakeup;
@@ -80,15 +81,17 @@ pub struct ChipState {
     /// vCPU 0 was woken for the interrupt now pending and has not looked
     /// since: another wake would only cost it an exit.
     woken: bool,
-    stopped: bool,
+    /// The PIT's last edge delivered (or when the timer started), on the
+    /// chip's clock.
+    last_edge: u64,
+    /// Fires at the PIT's next edge ([`timer`]); `None` until started.
+    timer: Option<vmm_sys_util::timerfd::TimerFd>,
 }
 
 /// Tsubame's interrupt controller and timer, shared by vCPU 0 (ports,
-/// injection), the devices (lines) and the timer thread.
+/// injection), the devices (lines) and the main loop (the timer).
 pub struct UserChip {
     state: Mutex<ChipState>,
-    /// The PIT was programmed, or the chip is stopping.
-    timer: Condvar,
     epoch: Instant,
     /// Added to the time since `epoch`: a restored chip's clock goes on
     /// from its snapshot's.
@@ -105,9 +108,9 @@ impl UserChip {
                 pic: pic::PicPair::default(),
                 pit: pit::Pit::default(),
                 woken: false,
-                stopped: false,
+                last_edge: 0,
+                timer: None,
             }),
-            timer: Condvar::new(),
             epoch: Instant::now(),
             clock_offset_ns: AtomicI64::new(0),
             vcpu0,
@@ -141,16 +144,16 @@ impl UserChip {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Runs `f` on the chip at time `now`; then wakes vCPU 0 if an
-    /// interrupt became pending, and the timer thread if `pit_changed`.
+    /// Runs `f` on the chip at time `now`; then sets the timer again if
+    /// `pit_changed`, and wakes vCPU 0 if an interrupt became pending.
     pub fn with<R>(&self, pit_changed: bool, f: impl FnOnce(&mut ChipState, u64) -> R) -> R {
         let mut st = self.lock();
-        let r = f(&mut st, self.now());
-        self.signal(&mut st);
-        drop(st);
+        let now = self.now();
+        let r = f(&mut st, now);
         if pit_changed {
-            self.timer.notify_one();
+            self.run_timer(&mut st, now);
         }
+        self.signal(&mut st);
         r
     }
 
@@ -176,12 +179,6 @@ impl UserChip {
     /// The INTA cycle: the vector to inject.
     pub fn acknowledge(&self) -> u8 {
         self.with(false, |st, _| st.pic.acknowledge())
-    }
-
-    /// Ends the timer thread.
-    pub fn stop(&self) {
-        self.lock().stopped = true;
-        self.timer.notify_all();
     }
 }
 

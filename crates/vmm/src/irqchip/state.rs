@@ -30,7 +30,7 @@ impl UserChip {
         }
     }
 
-    /// Puts `s` in, with the clock set to its time; the timer thread then
+    /// Puts `s` in, with the clock set to its time; the timer then
     /// delivers the next edge from there (at most one coalesced edge for
     /// the time the machine stays paused, as after any pause).
     pub fn restore(&self, s: &UserChipState) -> Result<(), String> {
@@ -44,9 +44,9 @@ impl UserChip {
         st.pic = s.pic.clone();
         st.pit = s.pit.clone();
         st.woken = false;
+        st.last_edge = s.clock_ns;
+        self.run_timer(&mut st, s.clock_ns);
         self.signal(&mut st);
-        drop(st);
-        self.timer.notify_one();
         Ok(())
     }
 }

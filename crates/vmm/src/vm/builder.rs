@@ -20,7 +20,7 @@ use crate::devices::legacy::{
 use crate::devices::manager::OwnChips;
 use crate::devices::virtio::mmio::MmioTransport;
 use crate::devices::{bus, Bus, DeviceManager, IrqLine};
-use crate::irqchip::{timer::PitTimer, UserChip};
+use crate::irqchip::UserChip;
 use crate::kvm::{self, HostKind, Hypervisor};
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::machine::Machine;
@@ -64,6 +64,8 @@ pub enum Error {
     Vcpu { id: u8, source: vcpu::Error },
     #[error("cannot start vCPU threads: {0}")]
     Thread(std::io::Error),
+    #[error("cannot make the PIT's timerfd: {0}")]
+    PitTimer(std::io::Error),
     #[error("device setup: {0}")]
     Device(#[from] bus::Error),
     #[error("device setup: {0}")]
@@ -388,7 +390,6 @@ pub struct CreatedMachine {
     device_thread: Option<crate::devices::virtio::worker::DeviceThread>,
     virtio: Vec<Arc<Mutex<MmioTransport>>>,
     chips: OwnChips,
-    pit_timer: Option<PitTimer>,
     profile: CpuProfile,
     complete_gaps: bool,
     /// What a snapshot saves of each vCPU.
@@ -552,13 +553,10 @@ pub fn create(
         }
         _ => None,
     };
-    let pit_timer = match &chip {
-        Some(c) => {
-            crate::irqchip::ports::attach(c, &mut devices.pio)?;
-            Some(PitTimer::spawn(c.clone()).map_err(Error::Thread)?)
-        }
-        None => None,
-    };
+    if let Some(c) = &chip {
+        crate::irqchip::ports::attach(c, &mut devices.pio)?;
+        c.start_timer().map_err(Error::PitTimer)?;
+    }
     devices
         .acpi
         .extend(super::virtio::acpi_descriptions(&virtio_plan));
@@ -598,7 +596,6 @@ pub fn create(
         device_thread,
         virtio: transports,
         chips: OwnChips { chip, ioapic },
-        pit_timer,
         profile,
         complete_gaps,
         state_msrs,
@@ -711,7 +708,6 @@ impl CreatedMachine {
                 i8042: self.devices.i8042,
                 virtio: self.virtio,
                 thread: self.device_thread,
-                pit_timer: self.pit_timer,
                 chips: self.chips,
             },
             paused: std::cell::Cell::new(restoring),
