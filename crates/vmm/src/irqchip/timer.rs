@@ -28,9 +28,9 @@ impl UserChip {
             return Err(std::io::Error::last_os_error());
         }
         let mut st = self.lock();
-        st.last_edge = self.now();
+        let now = self.now();
+        st.last_edge = now;
         st.timer = Some(timer);
-        let now = st.last_edge;
         self.run_timer(&mut st, now);
         Ok(())
     }
@@ -47,9 +47,9 @@ impl UserChip {
             // Clears the expiry; EAGAIN when it was set again meanwhile.
             let _ = t.wait();
         }
+        // Each edge delivered wakes vCPU 0 itself (`timer_edge`).
         let now = self.now();
         self.run_timer(&mut st, now);
-        self.signal(&mut st);
     }
 
     /// Delivers channel 0's edges due by `now` (late ones as one) and sets
