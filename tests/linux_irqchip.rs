@@ -11,13 +11,12 @@ mod common;
 use common::{boot_debian, busybox_initramfs, scratch};
 use std::time::Duration;
 
-/// After `common::INIT_WITH_RETRY`.
-const INIT: &str = "retry /bin/busybox mount -t proc proc /proc
-retry /bin/busybox nproc > /tmp/nproc
+const INIT: &str = "/bin/busybox mount -t proc proc /proc
+/bin/busybox nproc > /tmp/nproc
 read n < /tmp/nproc
 echo TSUBAME-INIT: nproc=$n
-retry /bin/busybox grep -E 'IO-APIC|XT-PIC|timer' /proc/interrupts
-retry /bin/busybox reboot -f
+/bin/busybox grep -E 'IO-APIC|XT-PIC|timer' /proc/interrupts
+/bin/busybox reboot -f
 ";
 
 fn boot(mode: &str, cpus: &str, limit: Duration) {

@@ -16,7 +16,7 @@ fn init(starts: u32) -> String {
 /bin/busybox mount -t proc proc /proc
 echo TSUBAME-INIT: starting {starts}
 /bin/busybox grep -m1 flags /proc/cpuinfo | /bin/busybox sed 's/^/TSUBAME-INIT: /'
-/bin/busybox dmesg | /bin/busybox grep -i -e isolation -e pcid -e fsgsbase -e 'Command line' | /bin/busybox sed 's/^/TSUBAME-INIT: /'
+/bin/busybox dmesg | /bin/busybox grep -i -e isolation -e pcid -e fsgsbase -e 'Command line' -e 'TLB' -e 'kvm' | /bin/busybox sed 's/^/TSUBAME-INIT: /'
 faults=0
 i=0
 while [ $i -lt {starts} ]; do

@@ -38,19 +38,18 @@ const MODULES: &[(&str, &str)] = &[
 ];
 
 /// Loads the drivers, mounts the disk, starts the vsock echo server, then
-/// runs what arrives on the console, line by line (after
-/// `common::INIT_WITH_RETRY`).
-const INIT: &str = "retry /bin/busybox mount -t proc proc /proc
-retry /bin/busybox mount -t devtmpfs dev /dev
+/// runs what arrives on the console, line by line.
+const INIT: &str = "/bin/busybox mount -t proc proc /proc
+/bin/busybox mount -t devtmpfs dev /dev
 for m in virtio_ring virtio virtio_mmio virtio_blk vsock vmw_vsock_virtio_transport_common vmw_vsock_virtio_transport; do
-    retry /bin/busybox insmod /lib/$m.ko
+    /bin/busybox insmod /lib/$m.ko
 done
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 60 ]; do
-    retry /bin/busybox sleep 1
+    /bin/busybox sleep 1
     i=$((i + 1))
 done
-retry /bin/busybox mount -t ext4 /dev/vda /mnt
+/bin/busybox mount -t ext4 /dev/vda /mnt
 /bin/vsockecho &
 while read -r line; do
     case \"$line\" in *IO-APIC*|*XT-PIC*) echo \"TSUBAME-INIT: $line\";; esac
@@ -281,8 +280,11 @@ fn vsock_echo(path: &Path, port: u32, text: &str) -> std::io::Result<String> {
     Ok(answer)
 }
 
+/// No stall reports, and no user process killed by a fault (the kernel
+/// logs "segfault at" for each).
 fn no_stalls(out: &str) {
     for stall in [
+        "segfault at",
         "soft lockup",
         "rcu_sched self-detected stall",
         "rcu: INFO",
@@ -314,13 +316,11 @@ fn debian_kernel_restored_after_kill_9_answers_its_console_disk_and_vsock() {
     assert_eq!(echoed, "echo: ping");
 
     let done = g.command(
-        "echo restored > /mnt/after && retry /bin/busybox sync && retry /bin/busybox umount /mnt && echo TSUBAME-\"\"CMD: unmounted",
+        "echo restored > /mnt/after && /bin/busybox sync && /bin/busybox umount /mnt && echo TSUBAME-\"\"CMD: unmounted",
         "TSUBAME-CMD: ",
     );
     assert_eq!(done, "unmounted", "{}", g.vmm.out());
-    g.input
-        .write_all(b"retry /bin/busybox poweroff -f\n")
-        .unwrap();
+    g.input.write_all(b"/bin/busybox poweroff -f\n").unwrap();
     let (code, out, err) = g.vmm.wait(STEP_LIMIT);
     assert_eq!(code, 0, "{out}\n{err}");
     no_stalls(&out);
@@ -365,18 +365,18 @@ fn debian_kernel_user_space_checks_in_a_restored_guest() {
     no_stalls(&b.boot_out);
     let mut g = restore(b, "checks", &["--stats"]);
     let n = g.command(
-        "retry /bin/busybox nproc > /tmp/n; read n < /tmp/n; echo TSUBAME-\"\"CMD: $n",
+        "/bin/busybox nproc > /tmp/n; read n < /tmp/n; echo TSUBAME-\"\"CMD: $n",
         "TSUBAME-CMD: ",
     );
     assert_eq!(n, "2");
     let mem = g.command(
-        "retry /bin/busybox grep MemTotal /proc/meminfo > /tmp/m; read m < /tmp/m; echo TSUBAME-\"\"CMD: $m",
+        "/bin/busybox grep MemTotal /proc/meminfo > /tmp/m; read m < /tmp/m; echo TSUBAME-\"\"CMD: $m",
         "TSUBAME-CMD: MemTotal:",
     );
     let kib: u64 = mem.trim().trim_end_matches("kB").trim().parse().unwrap();
     assert!(kib > 64 * 1024 && kib <= 128 * 1024, "MemTotal {kib} kB");
     let sha = g.command(
-        "retry /bin/busybox dd if=/dev/zero of=/tmp/z bs=1024 count=64 2>/dev/null; retry /bin/busybox sha256sum /tmp/z > /tmp/s; read s < /tmp/s; echo TSUBAME-\"\"CMD: $s",
+        "/bin/busybox dd if=/dev/zero of=/tmp/z bs=1024 count=64 2>/dev/null; /bin/busybox sha256sum /tmp/z > /tmp/s; read s < /tmp/s; echo TSUBAME-\"\"CMD: $s",
         "TSUBAME-CMD: ",
     );
     // sha256 of 64 KiB of zeros, as the host computes it.
@@ -388,6 +388,15 @@ fn debian_kernel_user_space_checks_in_a_restored_guest() {
         "TSUBAME-CMD: ",
     );
     assert_eq!(fp, "fpcheck ok fpcheck ok");
+    // Issue 10: static glibc start-up faulted about once in 15 starts on
+    // 2 vCPUs of an emulation-only host (its TLS block read back as
+    // zeros); 30 starts catch that 87 % of the time. The by-hand test
+    // with 500 is `linux_process_starts.rs`.
+    let starts = g.command(
+        "f=0; i=0; while [ $i -lt 30 ]; do /bin/busybox true; [ $? -eq 139 ] && f=$((f + 1)); i=$((i + 1)); done; echo TSUBAME-\"\"CMD: $i starts, $f faults",
+        "TSUBAME-CMD: ",
+    );
+    assert_eq!(starts, "30 starts, 0 faults", "{}", g.vmm.out());
     let rate = g.command(
         "/bin/sysrate > /tmp/r; read r < /tmp/r; echo TSUBAME-\"\"CMD: $r",
         "TSUBAME-CMD: ",

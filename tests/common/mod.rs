@@ -276,28 +276,12 @@ pub fn busybox() -> Vec<u8> {
         .expect("no /bin/busybox: install Debian's busybox-static (.ci/run does)")
 }
 
-/// The start of a busybox /init: `retry CMD...` runs CMD again (at most
-/// three times in all) when it dies of SIGSEGV, the known start-up fault
-/// of static busybox on emulation-only hosts (README), and counts each in
-/// `$faults`, which the scripts report: never hidden.
-pub const INIT_WITH_RETRY: &str = "#!/bin/busybox sh
-faults=0
-retry() {
-    n=0
-    while :; do
-        \"$@\"
-        rc=$?
-        [ $rc -ne 139 ] && return $rc
-        faults=$((faults + 1))
-        n=$((n + 1))
-        [ $n -ge 3 ] && return $rc
-    done
-}
-";
-
-/// `INIT_WITH_RETRY` followed by `body`.
+/// A busybox /init that runs `body`. No command is ever run again: on
+/// emulation-only hosts static busybox used to fault now and then in
+/// glibc's start-up (issue 10), and tests retried it; the fault is gone
+/// (`linux_process_starts.rs` counts).
 pub fn init_script(body: &str) -> String {
-    [INIT_WITH_RETRY, body].concat()
+    ["#!/bin/busybox sh\n", body].concat()
 }
 
 /// A busybox initramfs whose /init is `script`.

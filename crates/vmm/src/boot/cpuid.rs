@@ -1,6 +1,6 @@
 //! CPUID as each vCPU sees it: what KVM supports, shaped per vCPU (APIC ID,
-//! topology, hypervisor bit) and per host profile. KVM's own signature
-//! leaves (0x4000_00xx) pass through untouched.
+//! topology, hypervisor bit) and per host profile. KVM's own leaves
+//! (0x4000_00xx) pass through, less one feature on emulation-only hosts.
 
 use kvm_bindings::{kvm_cpuid_entry2, CpuId};
 
@@ -11,12 +11,17 @@ const LEAF1_ECX_HYPERVISOR: u32 = 1 << 31;
 const LEAF1_EDX_HTT: u32 = 1 << 28;
 const LEAF1_EDX_APIC: u32 = 1 << 9;
 const LEAF1_ECX_X2APIC: u32 = 1 << 21;
+/// KVM_FEATURE_PV_TLB_FLUSH, in leaf 0x4000_0001 EAX.
+const KVM_FEATURE_PV_TLB_FLUSH: u32 = 1 << 9;
 
 /// Host-dependent choices about the CPU the guest sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuProfile {
     /// Guest kernel code runs in KVM's instruction emulator: hide what it
-    /// cannot run and CPUID can hide (CMPXCHG16B).
+    /// cannot run and CPUID can hide (CMPXCHG16B), and KVM's paravirtual
+    /// TLB flush, which that host does not carry out (issue 10: a vCPU the
+    /// host had preempted kept stale translations, and static glibc read
+    /// its fresh TLS block as zeros).
     pub emulated: bool,
     /// The vCPU has a local APIC (an in-kernel irqchip); without one the
     /// CPUID APIC and x2APIC bits are cleared.
@@ -110,6 +115,12 @@ pub fn shape(supported: &CpuId, id: u32, count: u32, profile: CpuProfile) -> Cpu
                 e.ebx = id & 0xff;
                 e.ecx = 0;
             }
+            // A guest with this feature asks the host, through the steal
+            // time area, to flush a preempted vCPU's TLB instead of sending
+            // it an IPI; without it, it sends the IPI.
+            0x4000_0001 if profile.emulated => {
+                e.eax &= !KVM_FEATURE_PV_TLB_FLUSH;
+            }
             _ => {}
         }
     }
@@ -159,6 +170,7 @@ mod tests {
             entry(0xb, 1, [4, 16, 0x201, 7]),
             entry(0xb, 2, [0, 0, 2, 7]),
             entry(0x4000_0000, 0, [0x4000_0001, 0x4b4d564b, 0x564b4d56, 0x4d]),
+            entry(0x4000_0001, 0, [0x0100_7efb, 0, 0, 0]),
         ])
         .unwrap()
     }
@@ -244,6 +256,19 @@ mod tests {
             },
         );
         assert_eq!(find(&c, 0x4000_0000, 0), find(&intel(), 0x4000_0000, 0));
+    }
+
+    #[test]
+    fn emulation_only_hosts_hide_only_the_pv_tlb_flush() {
+        let kvm = find(&intel(), 0x4000_0001, 0).eax;
+        let emulated = shape(&intel(), 0, 2, CpuProfile::for_host(HostKind::Pvm));
+        assert_eq!(
+            find(&emulated, 0x4000_0001, 0).eax,
+            kvm & !KVM_FEATURE_PV_TLB_FLUSH
+        );
+        let native = shape(&intel(), 0, 2, CpuProfile::for_host(HostKind::Vmx));
+        assert_eq!(find(&native, 0x4000_0001, 0).eax, kvm);
+        assert_ne!(kvm & KVM_FEATURE_PV_TLB_FLUSH, 0);
     }
 
     #[test]

@@ -447,7 +447,7 @@ pub fn create(
     let (profile, extra_params) = choose_profile(cfg, hv.host);
     if profile.emulated {
         log::info!(
-            "guest kernel code will be emulated: CPU profile hides CX16, kernel gets: {}",
+            "guest kernel code will be emulated: CPU profile hides CX16 and KVM's PV TLB flush, kernel gets: {}",
             extra_params.join(" ")
         );
     }
