@@ -245,15 +245,17 @@ extern "C" fn on_sigsys(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc
 mod tests {
     use super::*;
 
+    const KINDS: [ThreadKind; 5] = [
+        ThreadKind::Vmm,
+        ThreadKind::Api,
+        ThreadKind::Vcpu,
+        ThreadKind::Device,
+        ThreadKind::Console,
+    ];
+
     #[test]
     fn every_thread_kind_has_a_filter_that_builds() {
-        for kind in [
-            ThreadKind::Vmm,
-            ThreadKind::Api,
-            ThreadKind::Vcpu,
-            ThreadKind::Device,
-            ThreadKind::Console,
-        ] {
+        for kind in KINDS {
             let p = build(kind, SeccompAction::Trap).unwrap();
             assert!(p.len() > 10, "{kind:?}: {} instructions", p.len());
         }
@@ -312,13 +314,7 @@ mod tests {
         // KVM ioctl types, AF_UNIX), and random ones.
         let mut values: Vec<u64> = vec![0, 1, 3, 4, 7, 0xae80, 0xae00, 0x4008_ae6a, 0xc008_ae05];
         values.extend((0..8).map(|_| random()));
-        for kind in [
-            ThreadKind::Vmm,
-            ThreadKind::Api,
-            ThreadKind::Vcpu,
-            ThreadKind::Device,
-            ThreadKind::Console,
-        ] {
+        for kind in KINDS {
             for mismatch in [SeccompAction::Trap, SeccompAction::Log] {
                 let short = build(kind, mismatch.clone()).unwrap();
                 let long = seccompiler_only(kind, mismatch);
