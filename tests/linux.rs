@@ -159,10 +159,9 @@ fn debian_kernel_sees_the_machine_tsubame_built() {
 }
 
 /// The init of the user-space test: system calls, files, FPU state across
-/// context switches, a syscall-rate probe, then `reboot -f`.
-/// Results go through files and the
-/// shell's own `read`, so no unchecked process sits between a command and
-/// its output.
+/// context switches, a syscall-rate probe, then `reboot -f`. Results go
+/// through files and the shell's own `read`, so no unchecked process sits
+/// between a command and its output.
 const USER_INIT: &str = "/bin/busybox mount -t proc proc /proc
 /bin/busybox mount -t devtmpfs dev /dev
 echo TSUBAME-INIT: user space reached

@@ -276,17 +276,17 @@ mod tests {
             pc += 1;
             let jump = |taken: bool| usize::from(if taken { i.jt } else { i.jf });
             match i.code {
-                0x20 => {
+                BPF_LD_W_ABS => {
                     let k = i.k as usize;
                     acc = u32::from_le_bytes(data[k..k + 4].try_into().unwrap());
                 }
-                0x54 => acc &= i.k,
-                0x05 => pc += i.k as usize,
-                0x15 => pc += jump(acc == i.k),
-                0x25 => pc += jump(acc > i.k),
-                0x35 => pc += jump(acc >= i.k),
-                0x45 => pc += jump(acc & i.k != 0),
-                0x06 => return i.k,
+                0x54 => acc &= i.k, // ALU AND K
+                BPF_JA => pc += i.k as usize,
+                BPF_JEQ_K => pc += jump(acc == i.k),
+                0x25 => pc += jump(acc > i.k),      // JGT K
+                0x35 => pc += jump(acc >= i.k),     // JGE K
+                0x45 => pc += jump(acc & i.k != 0), // JSET K
+                BPF_RET_K => return i.k,
                 c => panic!("instruction {c:#x} at {}", pc - 1),
             }
         }
