@@ -18,14 +18,12 @@ const KVM_FEATURE_PV_TLB_FLUSH: u32 = 1 << 9;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CpuProfile {
     /// Guest kernel code runs in KVM's instruction emulator: hide what it
-    /// cannot run and CPUID can hide (CMPXCHG16B), and KVM's paravirtual
-    /// TLB flush, with which static glibc read its fresh TLS block as
-    /// zeros in about 1 of 11 starts on 2 vCPUs (issue 10; 0 in 90
-    /// without). The host does carry out a flush asked for through steal
-    /// time but never reports a vCPU preempted, so Linux never asks
-    /// (tests/host_tlb.rs); what the bit still changes in Linux 6.1 is
-    /// that page tables are freed through `tlb_remove_table`, RCU-deferred.
-    /// Why that faults here is not known.
+    /// cannot run and CPUID can hide (CMPXCHG16B), and, as a precaution,
+    /// KVM's paravirtual TLB flush: with it, static glibc read its fresh
+    /// TLS block as zeros in 16 of 180 starts on 2 vCPUs on AMD hosts
+    /// (issue 10; none since). On an Intel host the fault did not come
+    /// with it either, and KVM carried out every flush asked of it
+    /// (tests/host_tlb.rs); the cause is not known (README).
     pub emulated: bool,
     /// The vCPU has a local APIC (an in-kernel irqchip); without one the
     /// CPUID APIC and x2APIC bits are cleared.
