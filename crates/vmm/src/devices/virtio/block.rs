@@ -5,7 +5,9 @@
 //! and status in one descriptor, work like any other legal chain. Every
 //! sector range is checked against the image before the file is touched.
 
-use super::iov::{read_bytes, segments, skip_front, take_front, total_len, write_bytes, IoVecs};
+use super::chain::Chain;
+use super::iov::{read_bytes, skip_front_into, take_front_into, total_len, write_bytes, IoVecs};
+use super::ram::HostRam;
 use super::{
     drain_queue, read_config_bytes, DeviceState, Used, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
 };
@@ -14,8 +16,8 @@ use crate::vm::GuestMemory;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use virtio_queue::{DescriptorChain, Queue};
-use vm_memory::{ByteValued, Bytes, GuestAddress};
+use virtio_queue::Queue;
+use vm_memory::ByteValued;
 
 pub const SECTOR_SIZE: u64 = 512;
 const SECTOR_SHIFT: u32 = 9;
@@ -117,6 +119,10 @@ pub struct Block {
     id: [u8; ID_BYTES],
     features: u64,
     config: Vec<u8>,
+    /// A request's data buffers (header and status trimmed off), kept
+    /// from request to request.
+    data_out: Vec<(u64, usize)>,
+    data_in: Vec<(u64, usize)>,
 }
 
 impl Block {
@@ -156,6 +162,8 @@ impl Block {
             id,
             features,
             config: config_space(sectors),
+            data_out: Vec::new(),
+            data_in: Vec::new(),
         }
     }
 
@@ -178,7 +186,7 @@ impl Block {
     fn execute(
         &mut self,
         header: RequestHeader,
-        mem: &GuestMemory,
+        ram: &HostRam,
         io: ChainIo<'_>,
     ) -> Result<u32, Fault> {
         let ChainIo { data_out, data_in } = io;
@@ -191,7 +199,7 @@ impl Block {
                     return Err(Fault::Io);
                 }
                 let offset = self.range(header.sector, len as u64)?;
-                transfer(&self.file, mem, data_in, offset, false)?;
+                transfer(&self.file, ram, data_in, offset, false)?;
                 self.counters.reads += 1;
                 self.counters.read_bytes += len as u64;
                 Ok(len as u32)
@@ -205,7 +213,7 @@ impl Block {
                     return Err(Fault::Io);
                 }
                 let offset = self.range(header.sector, len as u64)?;
-                transfer(&self.file, mem, data_out, offset, true)?;
+                transfer(&self.file, ram, data_out, offset, true)?;
                 self.counters.writes += 1;
                 self.counters.write_bytes += len as u64;
                 Ok(0)
@@ -218,7 +226,7 @@ impl Block {
                 Ok(0)
             }
             T_GET_ID => {
-                scatter(mem, data_in, &self.id)?;
+                scatter(ram, data_in, &self.id)?;
                 Ok(ID_BYTES as u32)
             }
             T_DISCARD | T_WRITE_ZEROES => {
@@ -231,7 +239,7 @@ impl Block {
                     return Err(Fault::Io);
                 }
                 let mut seg = Segment::default();
-                gather(mem, data_out, seg.as_mut_slice())?;
+                gather(ram, data_out, seg.as_mut_slice())?;
                 // Only bit 0 (unmap, write-zeroes only) is defined.
                 if seg.flags & !1 != 0 || (!zeroes && seg.flags != 0) {
                     return Err(Fault::Unsupported);
@@ -251,8 +259,8 @@ impl Block {
 
     /// Handles one chain; returns the used length: data written plus the
     /// status byte, or 0 when the chain cannot carry a status (dropped).
-    fn handle_chain(&mut self, chain: DescriptorChain<&GuestMemory>, mem: &GuestMemory) -> u32 {
-        let Some((readable, writable)) = segments(&chain) else {
+    fn handle_chain(&mut self, chain: &Chain, ram: &HostRam) -> u32 {
+        let Some((readable, writable)) = chain.buffers() else {
             self.counters.malformed += 1;
             return 0;
         };
@@ -263,19 +271,27 @@ impl Block {
             return 0;
         };
         let status_addr = last + last_len as u64 - 1;
-        let writable_len = total_len(&writable);
+        let writable_len = total_len(writable);
         let mut header = RequestHeader::default();
-        let result = match gather(mem, &readable, header.as_mut_slice()) {
-            Ok(()) => self.execute(
-                header,
-                mem,
-                ChainIo {
-                    data_out: &skip_front(&readable, std::mem::size_of::<RequestHeader>()),
-                    data_in: &take_front(&writable, writable_len - 1),
-                },
-            ),
+        let mut data_out = std::mem::take(&mut self.data_out);
+        let mut data_in = std::mem::take(&mut self.data_in);
+        let result = match gather(ram, readable, header.as_mut_slice()) {
+            Ok(()) => {
+                skip_front_into(
+                    readable,
+                    std::mem::size_of::<RequestHeader>(),
+                    &mut data_out,
+                );
+                take_front_into(writable, writable_len - 1, &mut data_in);
+                let io = ChainIo {
+                    data_out: &data_out,
+                    data_in: &data_in,
+                };
+                self.execute(header, ram, io)
+            }
             Err(f) => Err(f),
         };
+        (self.data_out, self.data_in) = (data_out, data_in);
         let (code, written) = match result {
             Ok(n) => (S_OK, n),
             Err(Fault::Io) => (S_IOERR, 0),
@@ -284,7 +300,7 @@ impl Block {
         if code != S_OK {
             self.counters.errors += 1;
         }
-        if mem.write_obj(code, GuestAddress(status_addr)).is_err() {
+        if !ram.write(status_addr, &[code]) {
             self.counters.malformed += 1;
             return 0;
         }
@@ -301,13 +317,13 @@ struct ChainIo<'r> {
 }
 
 /// Fills `buf` from the start of `segs`.
-fn gather(mem: &GuestMemory, segs: &[(u64, usize)], buf: &mut [u8]) -> Result<(), Fault> {
-    read_bytes(mem, segs, buf).then_some(()).ok_or(Fault::Io)
+fn gather(ram: &HostRam, segs: &[(u64, usize)], buf: &mut [u8]) -> Result<(), Fault> {
+    read_bytes(ram, segs, buf).then_some(()).ok_or(Fault::Io)
 }
 
 /// Writes `data` over the start of `segs`.
-fn scatter(mem: &GuestMemory, segs: &[(u64, usize)], data: &[u8]) -> Result<(), Fault> {
-    write_bytes(mem, segs, 0, data)
+fn scatter(ram: &HostRam, segs: &[(u64, usize)], data: &[u8]) -> Result<(), Fault> {
+    write_bytes(ram, segs, 0, data)
         .then_some(())
         .ok_or(Fault::Io)
 }
@@ -316,15 +332,15 @@ fn scatter(mem: &GuestMemory, segs: &[(u64, usize)], data: &[u8]) -> Result<(), 
 /// whole of `segs` at `offset`, resuming after short transfers.
 fn transfer(
     file: &File,
-    mem: &GuestMemory,
+    ram: &HostRam,
     segs: &[(u64, usize)],
     offset: u64,
     write: bool,
 ) -> Result<(), Fault> {
     use std::os::fd::AsRawFd;
     let iov = match write {
-        true => IoVecs::new(mem, segs),
-        false => IoVecs::writable(mem, segs),
+        true => IoVecs::new(ram, segs),
+        false => IoVecs::writable(ram, segs),
     };
     let mut iov = iov.ok_or(Fault::Io)?;
     let mut done = 0usize;
@@ -480,7 +496,9 @@ impl VirtioDevice for Block {
         let Some(queue) = queues.get_mut(index) else {
             return Used::NONE;
         };
-        drain_queue(index, queue, mem, |chain| self.handle_chain(chain, mem))
+        drain_queue(index, queue, mem, |chain, ram| {
+            self.handle_chain(chain, ram)
+        })
     }
 }
 

@@ -3,59 +3,21 @@
 //! without a bounce buffer. Every buffer is checked against guest memory
 //! when it is mapped.
 
-use crate::vm::GuestMemory;
+use super::ram::HostRam;
 use std::marker::PhantomData;
-use virtio_queue::DescriptorChain;
-use vm_memory::volatile_memory::PtrGuardMut;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend as _};
 
-/// Guest buffers as (address, length).
-pub type Segments = Vec<(u64, usize)>;
-
-/// The chain's buffers, device-readable and device-writable apart; `None`
-/// when a buffer runs past the end of the address space (found by
-/// fuzzing: its end overflowed). Whether they lie in guest memory is
-/// checked when they are mapped.
-pub fn segments(chain: &DescriptorChain<&GuestMemory>) -> Option<(Segments, Segments)> {
-    let (mut r, mut w) = (Vec::new(), Vec::new());
-    for d in chain.clone() {
-        d.addr().0.checked_add(u64::from(d.len()))?;
-        let seg = (d.addr().0, d.len() as usize);
-        if d.is_write_only() {
-            w.push(seg);
-        } else {
-            r.push(seg);
-        }
-    }
-    Some((r, w))
-}
-
-/// A chain the device only reads (a transmit buffer) holding a length in
-/// `len`: its buffers. `None` for a device-writable buffer, a length out of
-/// range, or a malformed chain.
-pub fn device_readable(
-    chain: &DescriptorChain<&GuestMemory>,
-    len: std::ops::RangeInclusive<usize>,
-) -> Option<Segments> {
-    let (readable, writable) = segments(chain)?;
-    (writable.is_empty() && len.contains(&total_len(&readable))).then_some(readable)
-}
-
-/// A chain the device only writes (a receive buffer) of at least `min`
-/// bytes: its buffers. `None` for a device-readable buffer, too little
-/// room, or a malformed chain.
-pub fn device_writable(chain: &DescriptorChain<&GuestMemory>, min: usize) -> Option<Segments> {
-    let (readable, writable) = segments(chain)?;
-    (readable.is_empty() && total_len(&writable) >= min).then_some(writable)
-}
-
-pub fn total_len(segs: &[(u64, usize)]) -> usize {
-    segs.iter().map(|s| s.1).sum()
-}
+pub use super::chain::{total_len, Segments};
 
 /// `segs` without its first `n` bytes.
-pub fn skip_front(segs: &[(u64, usize)], mut n: usize) -> Segments {
+pub fn skip_front(segs: &[(u64, usize)], n: usize) -> Segments {
     let mut out = Vec::new();
+    skip_front_into(segs, n, &mut out);
+    out
+}
+
+/// [`skip_front`] into `out` (cleared first), reusing its allocation.
+pub fn skip_front_into(segs: &[(u64, usize)], mut n: usize, out: &mut Segments) {
+    out.clear();
     for &(addr, len) in segs {
         if n >= len {
             n -= len;
@@ -64,12 +26,18 @@ pub fn skip_front(segs: &[(u64, usize)], mut n: usize) -> Segments {
             n = 0;
         }
     }
-    out
 }
 
 /// The first `n` bytes of `segs`.
-pub fn take_front(segs: &[(u64, usize)], mut n: usize) -> Segments {
+pub fn take_front(segs: &[(u64, usize)], n: usize) -> Segments {
     let mut out = Vec::new();
+    take_front_into(segs, n, &mut out);
+    out
+}
+
+/// [`take_front`] into `out` (cleared first), reusing its allocation.
+pub fn take_front_into(segs: &[(u64, usize)], mut n: usize, out: &mut Segments) {
+    out.clear();
     for &(addr, len) in segs {
         if n == 0 {
             break;
@@ -80,22 +48,18 @@ pub fn take_front(segs: &[(u64, usize)], mut n: usize) -> Segments {
         }
         n -= take;
     }
-    out
 }
 
 /// Fills `buf` from the start of `segs`; false if they hold too little
 /// or leave guest memory.
-pub fn read_bytes(mem: &GuestMemory, segs: &[(u64, usize)], buf: &mut [u8]) -> bool {
+pub fn read_bytes(ram: &HostRam, segs: &[(u64, usize)], buf: &mut [u8]) -> bool {
     let mut done = 0;
     for &(addr, len) in segs {
         if done == buf.len() {
             break;
         }
         let n = len.min(buf.len() - done);
-        if mem
-            .read_slice(&mut buf[done..done + n], GuestAddress(addr))
-            .is_err()
-        {
+        if !ram.read(addr, &mut buf[done..done + n]) {
             return false;
         }
         done += n;
@@ -105,12 +69,7 @@ pub fn read_bytes(mem: &GuestMemory, segs: &[(u64, usize)], buf: &mut [u8]) -> b
 
 /// Writes `data` at byte `at` of `segs`; false if they hold too little or
 /// leave guest memory.
-pub fn write_bytes(
-    mem: &GuestMemory,
-    segs: &[(u64, usize)],
-    mut at: usize,
-    mut data: &[u8],
-) -> bool {
+pub fn write_bytes(ram: &HostRam, segs: &[(u64, usize)], mut at: usize, mut data: &[u8]) -> bool {
     for &(addr, len) in segs {
         if data.is_empty() {
             break;
@@ -120,10 +79,7 @@ pub fn write_bytes(
             continue;
         }
         let n = (len - at).min(data.len());
-        if mem
-            .write_slice(&data[..n], GuestAddress(addr + at as u64))
-            .is_err()
-        {
+        if !ram.write(addr + at as u64, &data[..n]) {
             return false;
         }
         data = &data[n..];
@@ -133,9 +89,8 @@ pub fn write_bytes(
 }
 
 /// Every buffer lies inside guest memory.
-pub fn in_memory(mem: &GuestMemory, segs: &[(u64, usize)]) -> bool {
-    segs.iter()
-        .all(|&(a, l)| l == 0 || mem.get_slice(GuestAddress(a), l).is_ok())
+pub fn in_memory(ram: &HostRam, segs: &[(u64, usize)]) -> bool {
+    segs.iter().all(|&(a, l)| l == 0 || ram.contains(a, l))
 }
 
 /// Mapped guest buffers, valid while the guest memory they came from is
@@ -144,49 +99,43 @@ pub struct IoVecs<'m> {
     iov: Vec<libc::iovec>,
     /// Index of the first iovec not yet consumed (see `advance`).
     first: usize,
-    _guards: Vec<PtrGuardMut>,
-    _mem: PhantomData<&'m GuestMemory>,
+    _mem: PhantomData<&'m HostRam<'m>>,
 }
 
 impl<'m> IoVecs<'m> {
     /// Maps `segs` for the device to read; `None` when any buffer leaves
     /// guest memory. Zero-length buffers are left out.
-    pub fn new(mem: &'m GuestMemory, segs: &[(u64, usize)]) -> Option<IoVecs<'m>> {
-        Self::map(mem, segs, false)
+    pub fn new(ram: &'m HostRam<'m>, segs: &[(u64, usize)]) -> Option<IoVecs<'m>> {
+        Self::map(ram, segs, false)
     }
 
     /// Maps `segs` for the device to write. Writes through raw iovecs
     /// bypass vm-memory, so their pages are marked dirty here (for Diff
     /// snapshots).
-    pub fn writable(mem: &'m GuestMemory, segs: &[(u64, usize)]) -> Option<IoVecs<'m>> {
-        Self::map(mem, segs, true)
+    pub fn writable(ram: &'m HostRam<'m>, segs: &[(u64, usize)]) -> Option<IoVecs<'m>> {
+        Self::map(ram, segs, true)
     }
 
-    fn map(mem: &'m GuestMemory, segs: &[(u64, usize)], dirty: bool) -> Option<IoVecs<'m>> {
-        use vm_memory::bitmap::Bitmap;
-        let mut guards = Vec::with_capacity(segs.len());
+    fn map(ram: &'m HostRam<'m>, segs: &[(u64, usize)], dirty: bool) -> Option<IoVecs<'m>> {
         let mut iov = Vec::with_capacity(segs.len());
         for &(addr, len) in segs {
             if len == 0 {
                 continue;
             }
-            // One slice per buffer: RAM ranges are never adjacent, so a
+            // One mapping per buffer: RAM ranges are never adjacent, so a
             // buffer that leaves its region is invalid anyway.
-            let slice = mem.get_slice(GuestAddress(addr), len).ok()?;
+            let base = ram.host_ptr(addr, len)?;
             if dirty {
-                slice.bitmap().mark_dirty(0, len);
+                ram.mark_dirty(addr, len);
             }
-            let guard = slice.ptr_guard_mut();
             iov.push(libc::iovec {
-                iov_base: guard.as_ptr().cast(),
+                iov_base: base.cast(),
                 iov_len: len,
             });
-            guards.push(guard);
         }
         Some(IoVecs {
             iov,
             first: 0,
-            _guards: guards,
             _mem: PhantomData,
         })
     }
@@ -222,6 +171,8 @@ impl<'m> IoVecs<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::GuestMemory;
+    use vm_memory::GuestAddress;
 
     #[test]
     fn front_trimming() {
@@ -235,6 +186,7 @@ mod tests {
     #[test]
     fn buffers_outside_memory_are_refused_and_advance_trims() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem = HostRam::new(&mem);
         assert!(IoVecs::new(&mem, &[(0x1000, 16), (0xfff8, 16)]).is_none());
         let mut v = IoVecs::new(&mem, &[(0x1000, 4), (0x2000, 0), (0x3000, 8)]).unwrap();
         assert_eq!(v.as_slice().len(), 2, "zero-length buffers left out");
@@ -251,9 +203,10 @@ mod tests {
         use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
         let dirty = |page: usize| mem.iter().next().unwrap().bitmap().dirty_at(page * 0x1000);
-        drop(IoVecs::new(&mem, &[(0x1000, 16)]).unwrap());
+        let ram = HostRam::new(&mem);
+        drop(IoVecs::new(&ram, &[(0x1000, 16)]).unwrap());
         assert!(!dirty(1), "a buffer the device only reads");
-        drop(IoVecs::writable(&mem, &[(0x2ff0, 0x20)]).unwrap());
+        drop(IoVecs::writable(&ram, &[(0x2ff0, 0x20)]).unwrap());
         assert!(dirty(2) && dirty(3), "both pages a buffer spans");
         assert!(!dirty(4));
     }
@@ -261,6 +214,7 @@ mod tests {
     #[test]
     fn bytes_across_buffers() {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 0x10000)]).unwrap();
+        let mem = HostRam::new(&mem);
         let segs = [(0x1000, 3), (0x2000, 5)];
         assert!(write_bytes(&mem, &segs, 2, b"abcd"));
         let mut b = [0u8; 6];

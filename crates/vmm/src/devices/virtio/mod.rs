@@ -5,10 +5,12 @@
 //! ([`worker::DeviceThread`]), never on a vCPU thread.
 
 pub mod block;
+pub mod chain;
 pub mod image;
 pub mod iov;
 pub mod mmio;
 pub mod net;
+pub mod ram;
 pub mod ring_driver;
 pub mod rng;
 #[cfg(test)]
@@ -17,8 +19,10 @@ pub mod vsock;
 pub mod worker;
 
 use crate::vm::GuestMemory;
+use chain::Chain;
+use ram::HostRam;
 use std::os::fd::RawFd;
-use virtio_queue::{DescriptorChain, Queue};
+use virtio_queue::Queue;
 
 /// `VIRTIO_F_VERSION_1`: every Tsubame device is modern only.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
@@ -109,9 +113,11 @@ pub fn drain_queue(
     index: usize,
     queue: &mut Queue,
     mem: &GuestMemory,
-    mut handle: impl FnMut(DescriptorChain<&GuestMemory>) -> u32,
+    mut handle: impl FnMut(&Chain, &HostRam) -> u32,
 ) -> Used {
     use virtio_queue::QueueT;
+    let ram = HostRam::new(mem);
+    let mut chain = Chain::new();
     let mut used = false;
     let mut budget = CHAIN_BUDGET;
     for round in 0.. {
@@ -119,11 +125,10 @@ pub fn drain_queue(
         // chain made available in between is not missed.
         let _ = queue.disable_notification(mem);
         let mut popped = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        while chain.pop(queue, mem, &ram) {
             popped = true;
-            let head = chain.head_index();
-            let len = handle(chain);
-            used |= queue.add_used(mem, head, len).is_ok();
+            let len = handle(&chain, &ram);
+            used |= queue.add_used(mem, chain.head(), len).is_ok();
             budget -= 1;
             if budget == 0 {
                 return Used::queue_if(index, used) | Used::again(index);

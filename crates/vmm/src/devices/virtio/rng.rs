@@ -1,10 +1,10 @@
 //! virtio-rng (virtio 1.2, 5.4): fills the driver's buffers from the host's
 //! `getrandom`.
 
+use super::iov::{in_memory, total_len, write_bytes};
 use super::{drain_queue, DeviceState, Used, VirtioDevice, TYPE_RNG, VIRTIO_F_VERSION_1};
 use crate::vm::GuestMemory;
-use std::io::Write;
-use virtio_queue::{Queue, Writer};
+use virtio_queue::Queue;
 
 pub const QUEUE_SIZE: u16 = 64;
 /// Most bytes handed out per request; keeps one request from pinning the
@@ -77,22 +77,22 @@ impl VirtioDevice for Rng {
         let Some(queue) = queues.get_mut(index) else {
             return Used::NONE;
         };
-        drain_queue(index, queue, mem, |chain| match Writer::new(mem, chain) {
-            Ok(mut w) => {
-                let mut buf = vec![0u8; w.available_bytes().min(MAX_BYTES)];
-                match host_random(&mut buf).and_then(|_| w.write_all(&buf)) {
-                    Ok(()) => {
-                        self.bytes += buf.len() as u64;
-                        buf.len() as u32
-                    }
-                    Err(e) => {
-                        crate::limited!(Warn, "virtio-rng: {e}");
-                        0
-                    }
-                }
-            }
+        drain_queue(index, queue, mem, |chain, ram| {
+            // Fills the device-writable buffers; readable ones are skipped.
             // Buffers outside guest memory: used with nothing written.
-            Err(_) => 0,
+            let Some((_, w)) = chain.buffers().filter(|(_, w)| in_memory(ram, w)) else {
+                return 0;
+            };
+            let mut buf = vec![0u8; total_len(w).min(MAX_BYTES)];
+            if let Err(e) = host_random(&mut buf) {
+                crate::limited!(Warn, "virtio-rng: {e}");
+                return 0;
+            }
+            if !write_bytes(ram, w, 0, &buf) {
+                return 0;
+            }
+            self.bytes += buf.len() as u64;
+            buf.len() as u32
         })
     }
 }

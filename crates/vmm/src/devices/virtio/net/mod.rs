@@ -6,8 +6,10 @@
 
 pub mod tap;
 
-use super::iov::{device_readable, device_writable, write_bytes, IoVecs};
+use super::chain::Chain;
+use super::iov::{write_bytes, IoVecs};
 use super::mmio::RING_EVENT_IDX;
+use super::ram::HostRam;
 use super::{
     drain_queue, more_after_enabling, read_config_bytes, DeviceState, Used, VirtioDevice,
     CHAIN_BUDGET, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -87,10 +89,12 @@ impl Net {
     /// Moves waiting frames from the tap into receive chains until either
     /// runs out.
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
+        let ram = HostRam::new(mem);
+        let mut chain = Chain::new();
         let mut used = false;
         let mut looked_again = false;
         for _ in 0..CHAIN_BUDGET {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            if !chain.pop(queue, mem, &ram) {
                 // Out of buffers: ask to be told when more come, and look
                 // once more in case some came in between. Finding nothing
                 // the second time means a ring that cannot be read (as in
@@ -102,9 +106,11 @@ impl Net {
                 return Used::queue_if(RX, used);
             };
             looked_again = false;
-            let head = chain.head_index();
-            let writable = device_writable(&chain, VNET_HDR_LEN + ETH_HLEN).unwrap_or_default();
-            let Some(iov) = IoVecs::writable(mem, &writable).filter(|v| !v.is_empty()) else {
+            let head = chain.head();
+            let writable = chain
+                .device_writable(VNET_HDR_LEN + ETH_HLEN)
+                .unwrap_or_default();
+            let Some(iov) = IoVecs::writable(&ram, writable).filter(|v| !v.is_empty()) else {
                 // A chain no frame can go into: hand it back empty.
                 self.stats.rx_bad_buffers += 1;
                 used |= queue.add_used(mem, head, 0).is_ok();
@@ -114,7 +120,7 @@ impl Net {
                 Ok(Some(n)) if n >= VNET_HDR_LEN => {
                     drop(iov);
                     // num_buffers (header bytes 10..12): the tap leaves it.
-                    if write_bytes(mem, &writable, 10, &1u16.to_le_bytes()) {
+                    if write_bytes(&ram, writable, 10, &1u16.to_le_bytes()) {
                         self.stats.rx_frames += 1;
                     }
                     used |= queue.add_used(mem, head, n as u32).is_ok();
@@ -141,9 +147,9 @@ impl Net {
 
     /// Sends every frame the driver made available on the transmit queue.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
-        drain_queue(TX, queue, mem, |chain| {
-            let frame = device_readable(&chain, VNET_HDR_LEN + ETH_HLEN..=VNET_HDR_LEN + MAX_FRAME);
-            let iov = frame.and_then(|segs| IoVecs::new(mem, &segs));
+        drain_queue(TX, queue, mem, |chain, ram| {
+            let frame = chain.device_readable(VNET_HDR_LEN + ETH_HLEN..=VNET_HDR_LEN + MAX_FRAME);
+            let iov = frame.and_then(|segs| IoVecs::new(ram, segs));
             let sent = match iov.map(|v| self.tap.write_frame(v.as_slice())) {
                 Some(Ok(sent)) => sent,
                 Some(Err(e)) => {

@@ -6,9 +6,9 @@
 pub mod host;
 pub mod packet;
 
-use super::iov::{
-    device_readable, device_writable, in_memory, read_bytes, skip_front, total_len, write_bytes,
-};
+use super::chain::Chain;
+use super::iov::{in_memory, read_bytes, skip_front, total_len, write_bytes};
+use super::ram::HostRam;
 use super::{
     drain_queue, DeviceState, Used, VirtioDevice, CHAIN_BUDGET, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
@@ -45,9 +45,10 @@ impl Vsock {
     /// Packets from the guest: each handed to the host side; malformed
     /// chains are used and dropped.
     fn transmit(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
-        drain_queue(TX, queue, mem, |chain| {
-            let packet = device_readable(&chain, HEADER_LEN..=usize::MAX)
-                .and_then(|segs| read_packet(mem, &segs));
+        drain_queue(TX, queue, mem, |chain, ram| {
+            let packet = chain
+                .device_readable(HEADER_LEN..=usize::MAX)
+                .and_then(|segs| read_packet(ram, segs));
             match packet {
                 Some((h, payload)) => self.host.from_guest(&h, &payload),
                 _ => {
@@ -61,15 +62,17 @@ impl Vsock {
 
     /// Fills receive chains with what the host side has for the guest.
     fn receive(&mut self, queue: &mut Queue, mem: &GuestMemory) -> Used {
+        let ram = HostRam::new(mem);
+        let mut chain = Chain::new();
         let mut used = false;
         for _ in 0..CHAIN_BUDGET {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            if !chain.pop(queue, mem, &ram) {
                 return Used::queue_if(RX, used);
-            };
-            let head = chain.head_index();
-            let writable = device_writable(&chain, HEADER_LEN).unwrap_or_default();
-            let room = total_len(&writable);
-            if room == 0 || !in_memory(mem, &writable) {
+            }
+            let head = chain.head();
+            let writable = chain.device_writable(HEADER_LEN).unwrap_or_default();
+            let room = total_len(writable);
+            if room == 0 || !in_memory(&ram, writable) {
                 // No packet can go there: hand it back empty.
                 used |= queue.add_used(mem, head, 0).is_ok();
                 continue;
@@ -80,7 +83,7 @@ impl Vsock {
             };
             let mut bytes = h.to_bytes().to_vec();
             bytes.extend_from_slice(&data);
-            if write_bytes(mem, &writable, 0, &bytes) {
+            if write_bytes(&ram, writable, 0, &bytes) {
                 used |= queue.add_used(mem, head, bytes.len() as u32).is_ok();
             } else {
                 self.host.unsend(h, data);
@@ -92,20 +95,20 @@ impl Vsock {
 }
 
 /// Header and payload from a transmit chain, split anywhere.
-fn read_packet(mem: &GuestMemory, segs: &[(u64, usize)]) -> Option<(Header, Vec<u8>)> {
+fn read_packet(ram: &HostRam, segs: &[(u64, usize)]) -> Option<(Header, Vec<u8>)> {
     let total = total_len(segs);
     if total < HEADER_LEN {
         return None;
     }
     let mut hb = [0u8; HEADER_LEN];
-    read_bytes(mem, segs, &mut hb).then_some(())?;
+    read_bytes(ram, segs, &mut hb).then_some(())?;
     let h = Header::parse(&hb);
     let len = h.len as usize;
     if len > MAX_PAYLOAD || len > total - HEADER_LEN {
         return None;
     }
     let mut payload = vec![0u8; len];
-    read_bytes(mem, &skip_front(segs, HEADER_LEN), &mut payload).then_some(())?;
+    read_bytes(ram, &skip_front(segs, HEADER_LEN), &mut payload).then_some(())?;
     Some((h, payload))
 }
 
@@ -133,13 +136,15 @@ impl VirtioDevice for Vsock {
         let Some(q) = queues.get_mut(EVENT).filter(|q| q.ready()) else {
             return Used::NONE;
         };
-        let Some(chain) = q.pop_descriptor_chain(mem) else {
+        let ram = HostRam::new(mem);
+        let mut chain = Chain::new();
+        if !chain.pop(q, mem, &ram) {
             log::warn!("virtio-vsock: no event buffer for the transport reset");
             return Used::NONE;
-        };
-        let head = chain.head_index();
-        let writable = device_writable(&chain, 4).unwrap_or_default();
-        let len = if write_bytes(mem, &writable, 0, &EVENT_TRANSPORT_RESET.to_le_bytes()) {
+        }
+        let head = chain.head();
+        let writable = chain.device_writable(4).unwrap_or_default();
+        let len = if write_bytes(&ram, writable, 0, &EVENT_TRANSPORT_RESET.to_le_bytes()) {
             4
         } else {
             0
