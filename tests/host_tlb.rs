@@ -127,6 +127,14 @@ fn rewrite_pte(a: &mut CodeAssembler) -> Asm {
     a.mov(qword_ptr(rbx), rax)
 }
 
+/// vCPU 1 reads U and leaves what it read in SEEN.
+fn read_u(a: &mut CodeAssembler) -> Asm {
+    a.mov(rbx, U)?;
+    a.mov(rax, qword_ptr(rbx))?;
+    a.mov(rbx, SEEN)?;
+    a.mov(qword_ptr(rbx), rax)
+}
+
 struct Guest {
     _vm: VmFd,
     mem: Mem,
@@ -312,10 +320,7 @@ fn between_runs(kvm: &Kvm, flush: Flush) -> (u64, u8) {
     let ap = assemble(AP_CODE, |a| {
         let mut again = a.create_label();
         a.set_label(&mut again)?;
-        a.mov(rbx, U)?;
-        a.mov(rax, qword_ptr(rbx))?;
-        a.mov(rbx, SEEN)?;
-        a.mov(qword_ptr(rbx), rax)?;
+        read_u(a)?;
         a.mov(rbx, MMIO)?;
         a.mov(qword_ptr(rbx), rax)?;
         a.jmp(again)
@@ -391,10 +396,7 @@ fn while_preempted(kvm: &Kvm, ap_cpl: u8, window: Duration) -> Preempted {
     let ap = assemble(AP_CODE, |a| {
         let mut again = a.create_label();
         a.set_label(&mut again)?;
-        a.mov(rbx, U)?;
-        a.mov(rax, qword_ptr(rbx))?;
-        a.mov(rbx, SEEN)?;
-        a.mov(qword_ptr(rbx), rax)?;
+        read_u(a)?;
         a.mov(rbx, STOP)?;
         a.cmp(qword_ptr(rbx), 0)?;
         a.je(again)?;
