@@ -2,8 +2,8 @@
 //! function of the exit and the buses, so it is tested with synthetic exits
 //! and no guest. New exit reasons go here.
 
+use super::clock::ExitClock;
 use std::sync::Arc;
-use std::time::Instant;
 
 use kvm_bindings::{KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
 use kvm_ioctls::VcpuExit;
@@ -95,16 +95,19 @@ pub struct ExitHandler {
     /// bytes, carried out as count accesses. 0: the whole buffer is one.
     pio_size: usize,
     pub stats: ExitStats,
+    /// What each exit's handling is timed with.
+    clock: ExitClock,
     history: [Option<Access>; HISTORY],
     next: usize,
 }
 
 impl ExitHandler {
-    pub fn new(pio: Arc<Bus>, mmio: Arc<Bus>) -> ExitHandler {
+    pub fn new(pio: Arc<Bus>, mmio: Arc<Bus>, clock: ExitClock) -> ExitHandler {
         ExitHandler {
             pio,
             mmio,
             stats: ExitStats::default(),
+            clock,
             history: [None; HISTORY],
             next: 0,
             pio_size: 0,
@@ -145,9 +148,9 @@ impl ExitHandler {
 
     /// Handles one exit, timing the handling.
     pub fn handle(&mut self, exit: VcpuExit<'_>) -> ExitAction {
-        let start = Instant::now();
+        let start = self.clock.now();
         let (kind, target, action) = self.dispatch(exit);
-        if self.stats.record(kind, target, start.elapsed()) {
+        if self.stats.record(kind, target, self.clock.since(start)) {
             log::debug!(
                 "first access to {target:?} ({}); no device owns it",
                 kind.name()
@@ -278,7 +281,7 @@ mod tests {
         mmio.insert("virtio0", 0xd000_0000, 0x1000, mmio_dev.clone())
             .unwrap();
         (
-            ExitHandler::new(Arc::new(pio), Arc::new(mmio)),
+            ExitHandler::new(Arc::new(pio), Arc::new(mmio), ExitClock::Monotonic),
             com,
             mmio_dev,
         )

@@ -8,6 +8,7 @@
 //! - [`exit`]: what to do with each exit (new exit reasons go there).
 //! - [`emulation`]: emulation-only-host repairs, behind one hook.
 
+pub mod clock;
 pub mod emulation;
 pub mod exit;
 pub mod handle;

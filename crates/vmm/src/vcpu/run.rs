@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use kvm_ioctls::VcpuFd;
 
+use super::clock::ExitClock;
 use super::emulation::{syscall, EmulationRepairs};
 use super::exit::{ExitAction, ExitHandler, Fatal};
 use super::handle;
@@ -56,7 +57,11 @@ impl Vcpu {
             injector,
             id,
             _kicks: handle::KickRegistration::new(fd.get_kvm_run()),
-            handler: ExitHandler::new(ready.pio.clone(), ready.mmio.clone()),
+            handler: ExitHandler::new(
+                ready.pio.clone(),
+                ready.mmio.clone(),
+                ExitClock::new(fd.get_tsc_khz().ok()),
+            ),
             repairs: ready.complete_gaps.then(EmulationRepairs::default),
             fd,
             ready,
