@@ -82,24 +82,32 @@ mod tests {
 
     #[test]
     fn both_clocks_measure_the_same_sleep() {
-        let khz = {
-            // The TSC rate, measured: a fake KVM_GET_TSC_KHZ answer.
+        // The TSC rate, measured: a stand-in for KVM_GET_TSC_KHZ. Each
+        // (TSC, Instant) pair is read between two TSC reads, again if a
+        // preemption came between them.
+        let pair = || loop {
             // SAFETY: RDTSC has no preconditions.
-            let (t0, i0) = (unsafe { std::arch::x86_64::_rdtsc() }, Instant::now());
-            std::thread::sleep(Duration::from_millis(50));
+            let (before, at) = (unsafe { std::arch::x86_64::_rdtsc() }, Instant::now());
             // SAFETY: as above.
-            let (t1, i1) = (unsafe { std::arch::x86_64::_rdtsc() }, Instant::now());
-            ((t1 - t0) as u128 * 1_000_000 / (i1 - i0).as_nanos()) as u32
+            let after = unsafe { std::arch::x86_64::_rdtsc() };
+            if after - before < 100_000 {
+                break (before / 2 + after / 2, at);
+            }
         };
-        for clock in [ExitClock::new(Some(khz)), ExitClock::Monotonic] {
-            let m = clock.now();
-            std::thread::sleep(Duration::from_millis(20));
-            let took = clock.since(m);
-            assert!(
-                took >= Duration::from_millis(19) && took < Duration::from_millis(200),
-                "{clock:?}: {took:?}"
-            );
-        }
+        let (t0, i0) = pair();
+        std::thread::sleep(Duration::from_millis(50));
+        let (t1, i1) = pair();
+        let khz = ((t1 - t0) as u128 * 1_000_000 / (i1 - i0).as_nanos()) as u32;
+        let tsc = ExitClock::new(Some(khz));
+        let (a, b) = (tsc.now(), ExitClock::Monotonic.now());
+        std::thread::sleep(Duration::from_millis(20));
+        let (by_tsc, by_instant) = (tsc.since(a), ExitClock::Monotonic.since(b));
+        assert!(by_instant >= Duration::from_millis(20));
+        let ratio = by_tsc.as_secs_f64() / by_instant.as_secs_f64();
+        assert!(
+            (0.9..1.1).contains(&ratio),
+            "{tsc:?}: {by_tsc:?} against {by_instant:?}"
+        );
         assert_eq!(ExitClock::new(None), ExitClock::Monotonic);
         assert_eq!(ExitClock::new(Some(0)), ExitClock::Monotonic);
     }
