@@ -7,6 +7,7 @@
 
 use super::ram::HostRam;
 use crate::vm::GuestMemory;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 
 /// Guest buffers as (address, length).
@@ -15,10 +16,7 @@ pub type Segments = Vec<(u64, usize)>;
 /// A chain's buffers: device-readable, then device-writable.
 pub type Buffers<'c> = (&'c [(u64, usize)], &'c [(u64, usize)]);
 
-const DESC_SIZE: u64 = 16;
-const F_NEXT: u16 = 1;
-const F_WRITE: u16 = 2;
-const F_INDIRECT: u16 = 4;
+const DESC_SIZE: u64 = std::mem::size_of::<Descriptor>() as u64;
 
 #[derive(Default)]
 pub struct Chain {
@@ -67,13 +65,11 @@ impl Chain {
             let Some(at) = table.checked_add(u64::from(next) * DESC_SIZE) else {
                 return;
             };
-            let Some(d) = ram.read_array::<16>(at) else {
+            let Some(d) = ram.read_obj::<Descriptor>(at) else {
                 return;
             };
-            let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
-            let len = u32::from_le_bytes(d[8..12].try_into().unwrap());
-            let flags = u16::from_le_bytes([d[12], d[13]]);
-            if flags & F_INDIRECT != 0 {
+            let (addr, len) = (d.addr().0, d.len());
+            if d.refers_to_indirect_table() {
                 let entries = len / DESC_SIZE as u32;
                 if indirect || len % DESC_SIZE as u32 != 0 || entries > u32::from(u16::MAX) {
                     return;
@@ -91,13 +87,13 @@ impl Chain {
                 return;
             }
             let seg = (addr, len as usize);
-            if flags & F_WRITE != 0 {
+            if d.is_write_only() {
                 self.writable.push(seg);
             } else {
                 self.readable.push(seg);
             }
-            if flags & F_NEXT != 0 {
-                next = u16::from_le_bytes([d[14], d[15]]);
+            if d.has_next() {
+                next = d.next();
                 ttl -= 1;
             } else {
                 ttl = 0;
@@ -136,8 +132,15 @@ pub fn total_len(segs: &[(u64, usize)]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use virtio_bindings::bindings::virtio_ring::{
+        VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+    };
     use virtio_queue::mock::MockSplitQueue;
     use vm_memory::{Bytes, GuestAddress};
+
+    const F_NEXT: u16 = VRING_DESC_F_NEXT as u16;
+    const F_WRITE: u16 = VRING_DESC_F_WRITE as u16;
+    const F_INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 
     const RAM: u64 = 0x10_0000;
     const RING: u64 = 0x1000;
@@ -162,7 +165,7 @@ mod tests {
     /// A descriptor as a driver gone wrong might write it: mostly sane,
     /// sometimes past RAM, past the address space, huge, or indirect
     /// (also misaligned, empty and nested).
-    fn random_desc(r: &mut Rng, size: u16, base: u64) -> [u8; 16] {
+    fn random_desc(r: &mut Rng, size: u16, base: u64) -> Descriptor {
         let mut flags = (r.below(4) as u16) & (F_NEXT | F_WRITE);
         let (mut addr, mut len) = (base + r.below(0x1000), r.below(0x3000) as u32);
         match r.below(16) {
@@ -181,12 +184,7 @@ mod tests {
             _ => {}
         }
         let next = r.below(u64::from(size) + 2) as u16;
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        d
+        Descriptor::new(addr, len, flags, next)
     }
 
     /// On random tables, the walk finds what virtio-queue's own iterator
@@ -203,15 +201,15 @@ mod tests {
             let vq = MockSplitQueue::create(&mem, GuestAddress(RING), size);
             let table = vq.desc_table_addr().0;
             for i in 0..u64::from(size) {
-                mem.write_slice(
-                    &random_desc(&mut r, size, 0x2_0000),
+                mem.write_obj(
+                    random_desc(&mut r, size, 0x2_0000),
                     GuestAddress(table + 16 * i),
                 )
                 .unwrap();
             }
             for i in 0..8 {
-                mem.write_slice(
-                    &random_desc(&mut r, 8, 0x6_0000),
+                mem.write_obj(
+                    random_desc(&mut r, 8, 0x6_0000),
                     GuestAddress(INDIRECT + 16 * i),
                 )
                 .unwrap();
@@ -259,12 +257,8 @@ mod tests {
         let mem = GuestMemory::from_ranges(&[(GuestAddress(0), RAM as usize)]).unwrap();
         let ram = HostRam::new(&mem);
         let desc = |i: u64, addr: u64, len: u32, flags: u16, next: u16| {
-            let mut d = [0u8; 16];
-            d[0..8].copy_from_slice(&addr.to_le_bytes());
-            d[8..12].copy_from_slice(&len.to_le_bytes());
-            d[12..14].copy_from_slice(&flags.to_le_bytes());
-            d[14..16].copy_from_slice(&next.to_le_bytes());
-            mem.write_slice(&d, GuestAddress(RING + 16 * i)).unwrap();
+            let d = Descriptor::new(addr, len, flags, next);
+            mem.write_obj(d, GuestAddress(RING + 16 * i)).unwrap();
         };
         desc(0, 0x2000, 10, F_NEXT, 1);
         desc(1, 0x3000, 20, 0, 0);

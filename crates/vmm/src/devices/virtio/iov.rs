@@ -124,10 +124,10 @@ impl<'m> IoVecs<'m> {
             }
             // One mapping per buffer: RAM ranges are never adjacent, so a
             // buffer that leaves its region is invalid anyway.
-            let base = ram.host_ptr(addr, len)?;
-            if dirty {
-                ram.mark_dirty(addr, len);
-            }
+            let base = match dirty {
+                true => ram.host_ptr_for_write(addr, len)?,
+                false => ram.host_ptr(addr, len)?,
+            };
             iov.push(libc::iovec {
                 iov_base: base.cast(),
                 iov_len: len,

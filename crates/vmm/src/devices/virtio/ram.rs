@@ -6,9 +6,8 @@
 //! Writes mark the region's dirty bitmap, as vm-memory's writes do.
 
 use crate::vm::GuestMemory;
-use std::marker::PhantomData;
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
-use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
+use vm_memory::{ByteValued, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 struct Region<'m> {
     start: u64,
@@ -17,10 +16,10 @@ struct Region<'m> {
     bitmap: &'m AtomicBitmap,
 }
 
-/// The host mappings of a `GuestMemory`, valid while it is borrowed.
+/// The host mappings of a `GuestMemory`, valid while it is borrowed (the
+/// regions' bitmaps borrow it).
 pub struct HostRam<'m> {
     regions: Vec<Region<'m>>,
-    _mem: PhantomData<&'m GuestMemory>,
 }
 
 impl<'m> HostRam<'m> {
@@ -38,10 +37,7 @@ impl<'m> HostRam<'m> {
                 })
             })
             .collect();
-        HostRam {
-            regions,
-            _mem: PhantomData,
-        }
+        HostRam { regions }
     }
 
     /// The region holding all of `[gpa, gpa + len)`, and `gpa`'s offset in
@@ -68,20 +64,20 @@ impl<'m> HostRam<'m> {
         self.find(gpa, len).is_some()
     }
 
-    /// Marks `[gpa, gpa + len)` dirty (a device wrote it behind
-    /// vm-memory's back, e.g. through an iovec). Outside RAM: nothing.
-    pub fn mark_dirty(&self, gpa: u64, len: usize) {
-        if let Some((r, off)) = self.find(gpa, len) {
-            r.bitmap.mark_dirty(off as usize, len);
-        }
+    /// Host address of `[gpa, gpa + len)` for the device to write behind
+    /// vm-memory's back (through an iovec): the range is marked dirty.
+    pub fn host_ptr_for_write(&self, gpa: u64, len: usize) -> Option<*mut u8> {
+        let (r, off) = self.find(gpa, len)?;
+        r.bitmap.mark_dirty(off as usize, len);
+        // SAFETY: `find` checked that off + len is inside the region's
+        // mapping, which lives as long as the borrowed GuestMemory.
+        Some(unsafe { r.host.add(off as usize) })
     }
 
-    /// `N` bytes at `gpa`, read once (the guest may be writing them).
-    pub fn read_array<const N: usize>(&self, gpa: u64) -> Option<[u8; N]> {
-        let p = self.host_ptr(gpa, N)?;
-        // SAFETY: N bytes at p are mapped guest RAM (host_ptr); [u8; N] has
-        // alignment 1; a volatile read because the guest shares the memory.
-        Some(unsafe { std::ptr::read_volatile(p.cast::<[u8; N]>()) })
+    /// A `T` read from `gpa` once, into a copy the guest cannot change.
+    pub fn read_obj<T: ByteValued + Default>(&self, gpa: u64) -> Option<T> {
+        let mut v = T::default();
+        self.read(gpa, v.as_mut_slice()).then_some(v)
     }
 
     /// Fills `buf` from `gpa`; false (and `buf` unspecified) if the range
@@ -107,15 +103,12 @@ impl<'m> HostRam<'m> {
         if data.is_empty() {
             return true;
         }
-        let Some((r, off)) = self.find(gpa, data.len()) else {
+        let Some(p) = self.host_ptr_for_write(gpa, data.len()) else {
             return false;
         };
-        // SAFETY: data.len() bytes at host + off are inside the region's
-        // mapping (find) and cannot overlap `data`, a host buffer.
-        unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), r.host.add(off as usize), data.len())
-        };
-        r.bitmap.mark_dirty(off as usize, data.len());
+        // SAFETY: data.len() bytes at p are mapped guest RAM
+        // (host_ptr_for_write) and cannot overlap `data`, a host buffer.
+        unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), p, data.len()) };
         true
     }
 }
@@ -135,13 +128,13 @@ mod tests {
         let mem = two_regions();
         let ram = HostRam::new(&mem);
         assert!(ram.write(0x3ffc, b"abcd"));
-        assert_eq!(ram.read_array::<4>(0x3ffc), Some(*b"abcd"));
+        assert_eq!(ram.read_obj::<[u8; 4]>(0x3ffc), Some(*b"abcd"));
         assert_eq!(
             mem.read_obj::<[u8; 4]>(GuestAddress(0x3ffc)).unwrap(),
             *b"abcd"
         );
         assert!(!ram.write(0x3ffe, b"abcd"), "runs past the first region");
-        assert!(ram.read_array::<2>(0x3fff).is_none());
+        assert!(ram.read_obj::<u16>(0x3fff).is_none());
         assert!(!ram.contains(0x4000, 1), "the hole between regions");
         assert!(ram.contains(0x11fff, 1) && !ram.contains(0x11fff, 2));
         assert!(ram.contains(0x10000, 0));
@@ -159,7 +152,7 @@ mod tests {
         let r1 = mem.iter().nth(1).unwrap();
         assert!(ram.write(0x10ff8, &[1; 16]));
         assert!(r1.bitmap().dirty_at(0) && r1.bitmap().dirty_at(0x1000));
-        ram.mark_dirty(0x2000, 1);
+        assert!(ram.host_ptr_for_write(0x2000, 1).is_some());
         assert!(mem.iter().next().unwrap().bitmap().dirty_at(0x2000));
         assert!(!mem.iter().next().unwrap().bitmap().dirty_at(0x1000));
     }
