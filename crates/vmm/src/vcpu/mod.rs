@@ -29,6 +29,7 @@ use crate::boot::Entry;
 use crate::devices::Bus;
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::vm::GuestMemory;
+use clock::ExitClock;
 pub use handle::{install_kick_handler, kick_signal, VcpuHandle};
 pub use state::{VcpuRequest, VcpuResponse, VcpuState};
 use stats::ExitStats;
@@ -160,9 +161,15 @@ pub struct Gates {
 
 /// Creates the vCPU, confines the thread, and for a boot configures the
 /// CPU from the plan: everything that can be done before the machine is
-/// complete.
-fn prepare(id: u8, vm: &VmFd, plan: Option<&Gate<CpuPlan>>) -> Result<Option<VcpuFd>, Error> {
+/// complete. The exit clock is read here too: KVM's TSC rate for a fresh
+/// vCPU is the host's (a restore may set the vCPU's own later).
+fn prepare(
+    id: u8,
+    vm: &VmFd,
+    plan: Option<&Gate<CpuPlan>>,
+) -> Result<Option<(VcpuFd, ExitClock)>, Error> {
     let fd = vm.create_vcpu(u64::from(id)).map_err(Error::Create)?;
+    let clock = ExitClock::new(fd.get_tsc_khz().ok());
     // Filtered before its first KVM_RUN (and before the gate).
     crate::confine::install(crate::confine::ThreadKind::Vcpu).map_err(Error::Confine)?;
     if let Some(plan) = plan {
@@ -171,7 +178,7 @@ fn prepare(id: u8, vm: &VmFd, plan: Option<&Gate<CpuPlan>>) -> Result<Option<Vcp
         };
         setup::configure_cpu(&fd, id, &plan)?;
     }
-    Ok(Some(fd))
+    Ok(Some((fd, clock)))
 }
 
 /// Spawns the thread for vCPU `id`: it creates and prepares the vCPU,
@@ -190,10 +197,10 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("vcpu {id}"))
         .spawn(move || {
-            let fd = match prepare(id, &vm, gates.plan.as_deref()) {
-                Ok(Some(fd)) => {
+            let (fd, clock) = match prepare(id, &vm, gates.plan.as_deref()) {
+                Ok(Some(prepared)) => {
                     let _ = created.send((id, Ok(())));
-                    fd
+                    prepared
                 }
                 Ok(None) => return VcpuOutcome::default(),
                 Err(e) => {
@@ -218,8 +225,15 @@ pub fn spawn(
                             return VcpuOutcome::default();
                         }
                     }
-                    let mut vcpu =
-                        run::Vcpu::new(id, fd, ready.clone(), vcpu_wakeup, requests, responses);
+                    let mut vcpu = run::Vcpu::new(
+                        id,
+                        fd,
+                        clock,
+                        ready.clone(),
+                        vcpu_wakeup,
+                        requests,
+                        responses,
+                    );
                     if let Start::Restore(states) = &ready.start {
                         // Answered to the restore, which stops the machine on error.
                         if !vcpu.restore(states.iter().find(|s| s.id == id)) {

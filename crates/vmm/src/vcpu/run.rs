@@ -44,6 +44,7 @@ impl Vcpu {
     pub fn new(
         id: u8,
         mut fd: VcpuFd,
+        clock: ExitClock,
         ready: Arc<MachineReady>,
         wakeup: Arc<Wakeup>,
         requests: Receiver<VcpuRequest>,
@@ -57,11 +58,7 @@ impl Vcpu {
             injector,
             id,
             _kicks: handle::KickRegistration::new(fd.get_kvm_run()),
-            handler: ExitHandler::new(
-                ready.pio.clone(),
-                ready.mmio.clone(),
-                ExitClock::new(fd.get_tsc_khz().ok()),
-            ),
+            handler: ExitHandler::new(ready.pio.clone(), ready.mmio.clone(), clock),
             repairs: ready.complete_gaps.then(EmulationRepairs::default),
             fd,
             ready,
