@@ -85,14 +85,17 @@ mod tests {
         // The TSC rate, measured: a stand-in for KVM_GET_TSC_KHZ. Each
         // (TSC, Instant) pair is read between two TSC reads, again if a
         // preemption came between them.
-        let pair = || loop {
-            // SAFETY: RDTSC has no preconditions.
-            let (before, at) = (unsafe { std::arch::x86_64::_rdtsc() }, Instant::now());
-            // SAFETY: as above.
-            let after = unsafe { std::arch::x86_64::_rdtsc() };
-            if after - before < 100_000 {
-                break (before / 2 + after / 2, at);
+        let pair = || {
+            for _ in 0..1000 {
+                // SAFETY: RDTSC has no preconditions.
+                let (before, at) = (unsafe { std::arch::x86_64::_rdtsc() }, Instant::now());
+                // SAFETY: as above.
+                let after = unsafe { std::arch::x86_64::_rdtsc() };
+                if after - before < 100_000 {
+                    return (before / 2 + after / 2, at);
+                }
             }
+            panic!("an Instant read took over 100,000 TSC ticks 1000 times in a row");
         };
         let (t0, i0) = pair();
         std::thread::sleep(Duration::from_millis(50));
