@@ -13,5 +13,5 @@ fi
 cargo build --release
 scripts/mkinitramfs.sh target/initramfs.cpio
 kernel=$(ls /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -n 1)
-exec target/release/tsubame run --kernel "$kernel" --initrd target/initramfs.cpio \
+exec target/x86_64-unknown-linux-gnu/release/tsubame run --kernel "$kernel" --initrd target/initramfs.cpio \
     --cpus 2 --memory 256 "$@"
