@@ -1,12 +1,11 @@
 //! A descriptor chain the driver made available, walked once into its
-//! device-readable and device-writable buffers. virtio-queue keeps the
-//! rings (available entries, used entries, notification suppression);
-//! the walk itself reads descriptors through `HostRam`, with the rules of
-//! virtio-queue's `DescriptorChain` iterator, into buffers a device reuses
-//! from chain to chain.
+//! device-readable and device-writable buffers. `ring` takes its head from
+//! the available ring; the walk reads descriptors through `HostRam`, with
+//! the rules of virtio-queue's `DescriptorChain` iterator, into buffers a
+//! device reuses from chain to chain.
 
 use super::ram::HostRam;
-use crate::vm::GuestMemory;
+use super::ring::{pop_avail, AvailEnd};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 
@@ -26,6 +25,8 @@ pub struct Chain {
     /// A buffer runs past the end of the address space (found by fuzzing:
     /// its end overflowed).
     malformed: bool,
+    /// The available index this batch of chains last read.
+    avail_end: AvailEnd,
 }
 
 impl Chain {
@@ -40,8 +41,8 @@ impl Chain {
 
     /// Takes the next chain the driver made available and walks it; false
     /// when there is none.
-    pub fn pop(&mut self, queue: &mut Queue, mem: &GuestMemory, ram: &HostRam) -> bool {
-        let Some(head) = queue.pop_descriptor_chain(mem).map(|c| c.head_index()) else {
+    pub fn pop(&mut self, queue: &mut Queue, ram: &HostRam) -> bool {
+        let Some(head) = pop_avail(queue, ram, &mut self.avail_end) else {
             return false;
         };
         self.walk(ram, queue.desc_table(), queue.size(), head);
@@ -132,6 +133,7 @@ pub fn total_len(segs: &[(u64, usize)]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vm::GuestMemory;
     use virtio_bindings::bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };

@@ -237,6 +237,7 @@ impl MmioTransport {
             for q in &mut b.queues {
                 q.reset();
             }
+            b.queues_set();
             b.active = false;
         }
         self.status = 0;
@@ -302,6 +303,7 @@ impl MmioTransport {
             }
             q.set_event_idx(event_idx);
         }
+        b.queues_set();
         b.device.activate(self.driver_features);
         b.active = true;
         // Host-side input may have arrived before the driver was ready (a

@@ -11,6 +11,7 @@ pub mod iov;
 pub mod mmio;
 pub mod net;
 pub mod ram;
+pub mod ring;
 pub mod ring_driver;
 pub mod rng;
 #[cfg(test)]
@@ -21,6 +22,7 @@ pub mod worker;
 use crate::vm::GuestMemory;
 use chain::Chain;
 use ram::HostRam;
+use ring::push_used;
 use std::os::fd::RawFd;
 use virtio_queue::Queue;
 
@@ -125,10 +127,10 @@ pub fn drain_queue(
         // chain made available in between is not missed.
         let _ = queue.disable_notification(mem);
         let mut popped = false;
-        while chain.pop(queue, mem, &ram) {
+        while chain.pop(queue, &ram) {
             popped = true;
             let len = handle(&chain, &ram);
-            used |= queue.add_used(mem, chain.head(), len).is_ok();
+            used |= push_used(queue, &ram, chain.head(), len);
             budget -= 1;
             if budget == 0 {
                 return Used::queue_if(index, used) | Used::again(index);

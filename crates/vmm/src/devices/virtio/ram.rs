@@ -6,6 +6,7 @@
 //! Writes mark the region's dirty bitmap, as vm-memory's writes do.
 
 use crate::vm::GuestMemory;
+use std::sync::atomic::{AtomicU16, Ordering};
 use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 use vm_memory::{ByteValued, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
@@ -96,6 +97,41 @@ impl<'m> HostRam<'m> {
         true
     }
 
+    /// The host address of the 2-aligned u16 at `gpa`, for a ring index.
+    fn u16_at(&self, gpa: u64, write: bool) -> Option<*mut u16> {
+        if !gpa.is_multiple_of(2) {
+            return None;
+        }
+        let p = if write {
+            self.host_ptr_for_write(gpa, 2)?
+        } else {
+            self.host_ptr(gpa, 2)?
+        };
+        (p as usize).is_multiple_of(2).then_some(p.cast())
+    }
+
+    /// The little-endian u16 at `gpa` (a ring index the driver publishes),
+    /// loaded atomically with `order`; None if it is not 2-aligned guest RAM.
+    pub fn load_u16(&self, gpa: u64, order: Ordering) -> Option<u16> {
+        let p = self.u16_at(gpa, false)?;
+        // SAFETY: p is 2 bytes of mapped guest RAM (`find`), 2-aligned
+        // (checked), for as long as the GuestMemory is borrowed; the guest
+        // may write it concurrently, which the atomic access allows.
+        Some(u16::from_le(unsafe { AtomicU16::from_ptr(p) }.load(order)))
+    }
+
+    /// Stores `v` little-endian at `gpa` with `order` (a ring index the
+    /// device publishes) and marks it dirty; false if it is not 2-aligned
+    /// guest RAM.
+    pub fn store_u16(&self, gpa: u64, v: u16, order: Ordering) -> bool {
+        let Some(p) = self.u16_at(gpa, true) else {
+            return false;
+        };
+        // SAFETY: as in `load_u16`.
+        unsafe { AtomicU16::from_ptr(p) }.store(v.to_le(), order);
+        true
+    }
+
     /// Writes `data` at `gpa` and marks it dirty; false (nothing written)
     /// if the range is not all guest RAM. Empty `data` writes nothing,
     /// anywhere.
@@ -155,5 +191,22 @@ mod tests {
         assert!(ram.host_ptr_for_write(0x2000, 1).is_some());
         assert!(mem.iter().next().unwrap().bitmap().dirty_at(0x2000));
         assert!(!mem.iter().next().unwrap().bitmap().dirty_at(0x1000));
+    }
+
+    #[test]
+    fn ring_indices_are_aligned_little_endian_u16s() {
+        let mem = two_regions();
+        let ram = HostRam::new(&mem);
+        assert!(ram.store_u16(0x10002, 0x1234, Ordering::Release));
+        assert_eq!(
+            mem.read_obj::<[u8; 2]>(GuestAddress(0x10002)).unwrap(),
+            [0x34, 0x12]
+        );
+        assert_eq!(ram.load_u16(0x10002, Ordering::Acquire), Some(0x1234));
+        assert!(mem.iter().nth(1).unwrap().bitmap().dirty_at(0));
+        assert_eq!(ram.load_u16(0x10003, Ordering::Acquire), None, "odd");
+        assert!(!ram.store_u16(0x3fff, 1, Ordering::Release), "odd");
+        assert_eq!(ram.load_u16(0x4000, Ordering::Acquire), None, "a hole");
+        assert!(!ram.store_u16(0x12000, 1, Ordering::Release), "past RAM");
     }
 }

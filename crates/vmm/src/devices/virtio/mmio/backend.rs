@@ -13,6 +13,8 @@ use virtio_queue::{Queue, QueueT};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::INT_USED_RING;
+use crate::devices::virtio::ram::HostRam;
+use crate::devices::virtio::ring::needs_notification;
 use crate::devices::virtio::{Used, VirtioDevice};
 use crate::devices::IrqLine;
 use crate::vm::GuestMemory;
@@ -66,6 +68,10 @@ pub struct Backend {
     pub(super) mem: GuestMemory,
     /// DRIVER_OK set and the device activated (cleared by a reset).
     pub(super) active: bool,
+    /// Each queue's used index when the transport last decided whether to
+    /// interrupt: the driver's EVENT_IDX is checked against the entries
+    /// added since.
+    checked_used: Vec<u16>,
     queue_events: Arc<[EventFd]>,
     interrupt: Arc<Interrupt>,
 }
@@ -80,6 +86,7 @@ impl Backend {
     ) -> Backend {
         Backend {
             device,
+            checked_used: queues.iter().map(|q| q.next_used()).collect(),
             queues,
             mem,
             active: false,
@@ -117,6 +124,12 @@ impl Backend {
         self.interrupt_for(used);
     }
 
+    /// The queues' used indices were set (activation, reset, restore):
+    /// later interrupts count from there.
+    pub(super) fn queues_set(&mut self) {
+        self.checked_used = self.queues.iter().map(|q| q.next_used()).collect();
+    }
+
     /// One interrupt for the queues that got used buffers, unless with
     /// EVENT_IDX the driver asked not to be told yet; queues the device
     /// left at its budget are woken again.
@@ -126,10 +139,14 @@ impl Backend {
                 let _ = e.write(1);
             }
         }
-        let mem = &self.mem;
-        let notify = self.queues.iter_mut().enumerate().any(|(i, q)| {
-            used.contains(i) && q.ready() && q.needs_notification(mem).unwrap_or(true)
-        });
+        let ram = HostRam::new(&self.mem);
+        let mut notify = false;
+        for (i, (q, since)) in self.queues.iter().zip(&mut self.checked_used).enumerate() {
+            if used.contains(i) && q.ready() {
+                notify |= needs_notification(q, &ram, *since);
+                *since = q.next_used();
+            }
+        }
         if notify {
             self.interrupt.raise(INT_USED_RING, self.device.name());
         }

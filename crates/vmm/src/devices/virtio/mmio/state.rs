@@ -120,6 +120,7 @@ impl MmioTransport {
         }
         b.device.restore(&s.device)?;
         b.queues = queues;
+        b.queues_set();
         drop(guard);
         self.status = s.status;
         self.device_features_sel = s.device_features_sel;

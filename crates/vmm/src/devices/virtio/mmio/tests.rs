@@ -196,3 +196,59 @@ fn queue_layout_is_frozen_once_running() {
     w(&mut t, QUEUE_READY, 0);
     assert_eq!(r(&mut t, QUEUE_READY), 1);
 }
+
+/// With EVENT_IDX the driver's `used_event` decides: one interrupt when
+/// the used index passes it, none for the entries before or after.
+#[test]
+fn event_idx_interrupts_once_the_used_index_passes_used_event() {
+    use crate::devices::virtio::{ram::HostRam, ring::push_used};
+    use vm_memory::Bytes;
+    let (mut t, _, _) = transport();
+    let s = bring_up(&mut t, VIRTIO_F_VERSION_1 | RING_EVENT_IDX);
+    assert_eq!(s & STATUS_DRIVER_OK, STATUS_DRIVER_OK);
+    // Queue 0: 8 entries, the driver's area at 0x1800; used_event follows
+    // its ring.
+    let used_event = GuestAddress(0x1800 + 4 + 2 * 8);
+    let used_then_interrupted = |t: &mut MmioTransport, n: usize| {
+        let backend = t.backend();
+        let mut guard = backend.lock().unwrap();
+        let b = &mut *guard;
+        let ram = HostRam::new(&b.mem);
+        for _ in 0..n {
+            assert!(push_used(&mut b.queues[0], &ram, 0, 0));
+        }
+        drop(ram);
+        b.interrupt_for(Used::queue(0));
+        drop(guard);
+        let raised = r(t, INTERRUPT_STATUS) & INT_USED_RING != 0;
+        w(t, INTERRUPT_ACK, INT_USED_RING);
+        raised
+    };
+    t.backend()
+        .lock()
+        .unwrap()
+        .mem
+        .write_obj(2u16, used_event)
+        .unwrap();
+    assert!(!used_then_interrupted(&mut t, 1), "used 0: not yet");
+    assert!(!used_then_interrupted(&mut t, 1), "used 1: not yet");
+    assert!(used_then_interrupted(&mut t, 1), "used 2: asked for");
+    assert!(!used_then_interrupted(&mut t, 2), "used 3, 4: already told");
+    t.backend()
+        .lock()
+        .unwrap()
+        .mem
+        .write_obj(4u16, used_event)
+        .unwrap();
+    assert!(
+        !used_then_interrupted(&mut t, 1),
+        "used 5: 4 was passed before"
+    );
+    t.backend()
+        .lock()
+        .unwrap()
+        .mem
+        .write_obj(7u16, used_event)
+        .unwrap();
+    assert!(used_then_interrupted(&mut t, 3), "used 6, 7, 8: passes 7");
+}

@@ -10,6 +10,7 @@ use super::chain::Chain;
 use super::iov::{write_bytes, IoVecs};
 use super::mmio::RING_EVENT_IDX;
 use super::ram::HostRam;
+use super::ring::push_used;
 use super::{
     drain_queue, more_after_enabling, read_config_bytes, DeviceState, Used, VirtioDevice,
     CHAIN_BUDGET, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -94,7 +95,7 @@ impl Net {
         let mut used = false;
         let mut looked_again = false;
         for _ in 0..CHAIN_BUDGET {
-            if !chain.pop(queue, mem, &ram) {
+            if !chain.pop(queue, &ram) {
                 // Out of buffers: ask to be told when more come, and look
                 // once more in case some came in between. Finding nothing
                 // the second time means a ring that cannot be read (as in
@@ -113,7 +114,7 @@ impl Net {
             let Some(iov) = IoVecs::writable(&ram, writable).filter(|v| !v.is_empty()) else {
                 // A chain no frame can go into: hand it back empty.
                 self.stats.rx_bad_buffers += 1;
-                used |= queue.add_used(mem, head, 0).is_ok();
+                used |= push_used(queue, &ram, head, 0);
                 continue;
             };
             match self.tap.read_frame(iov.as_slice()) {
@@ -123,9 +124,9 @@ impl Net {
                     if write_bytes(&ram, writable, 10, &1u16.to_le_bytes()) {
                         self.stats.rx_frames += 1;
                     }
-                    used |= queue.add_used(mem, head, n as u32).is_ok();
+                    used |= push_used(queue, &ram, head, n as u32);
                 }
-                Ok(Some(_)) => used |= queue.add_used(mem, head, 0).is_ok(),
+                Ok(Some(_)) => used |= push_used(queue, &ram, head, 0),
                 Ok(None) => {
                     queue.go_to_previous_position();
                     return Used::queue_if(RX, used);

@@ -9,6 +9,7 @@ pub mod packet;
 use super::chain::Chain;
 use super::iov::{in_memory, read_bytes, skip_front, total_len, write_bytes};
 use super::ram::HostRam;
+use super::ring::push_used;
 use super::{
     drain_queue, DeviceState, Used, VirtioDevice, CHAIN_BUDGET, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
@@ -66,7 +67,7 @@ impl Vsock {
         let mut chain = Chain::new();
         let mut used = false;
         for _ in 0..CHAIN_BUDGET {
-            if !chain.pop(queue, mem, &ram) {
+            if !chain.pop(queue, &ram) {
                 return Used::queue_if(RX, used);
             }
             let head = chain.head();
@@ -74,7 +75,7 @@ impl Vsock {
             let room = total_len(writable);
             if room == 0 || !in_memory(&ram, writable) {
                 // No packet can go there: hand it back empty.
-                used |= queue.add_used(mem, head, 0).is_ok();
+                used |= push_used(queue, &ram, head, 0);
                 continue;
             }
             let Some((h, data)) = self.host.to_guest(room - HEADER_LEN) else {
@@ -84,10 +85,10 @@ impl Vsock {
             let mut bytes = h.to_bytes().to_vec();
             bytes.extend_from_slice(&data);
             if write_bytes(&ram, writable, 0, &bytes) {
-                used |= queue.add_used(mem, head, bytes.len() as u32).is_ok();
+                used |= push_used(queue, &ram, head, bytes.len() as u32);
             } else {
                 self.host.unsend(h, data);
-                used |= queue.add_used(mem, head, 0).is_ok();
+                used |= push_used(queue, &ram, head, 0);
             }
         }
         Used::queue_if(RX, used) | Used::again(RX)
@@ -138,7 +139,7 @@ impl VirtioDevice for Vsock {
         };
         let ram = HostRam::new(mem);
         let mut chain = Chain::new();
-        if !chain.pop(q, mem, &ram) {
+        if !chain.pop(q, &ram) {
             log::warn!("virtio-vsock: no event buffer for the transport reset");
             return Used::NONE;
         }
@@ -149,7 +150,7 @@ impl VirtioDevice for Vsock {
         } else {
             0
         };
-        Used::queue_if(EVENT, q.add_used(mem, head, len).is_ok())
+        Used::queue_if(EVENT, push_used(q, &ram, head, len))
     }
 
     fn name(&self) -> &'static str {
