@@ -4,6 +4,7 @@
 //! when it is mapped.
 
 use super::ram::HostRam;
+use smallvec::SmallVec;
 use std::marker::PhantomData;
 
 pub use super::chain::{total_len, Segments};
@@ -96,7 +97,10 @@ pub fn in_memory(ram: &HostRam, segs: &[(u64, usize)]) -> bool {
 /// Mapped guest buffers, valid while the guest memory they came from is
 /// borrowed.
 pub struct IoVecs<'m> {
-    iov: Vec<libc::iovec>,
+    /// Inline up to four: a request's data (virtio-blk) or a frame
+    /// (virtio-net) takes one or two buffers, and a heap allocation per
+    /// request was a tenth of the device's own time.
+    iov: SmallVec<[libc::iovec; 4]>,
     /// Index of the first iovec not yet consumed (see `advance`).
     first: usize,
     _mem: PhantomData<&'m HostRam<'m>>,
@@ -117,7 +121,7 @@ impl<'m> IoVecs<'m> {
     }
 
     fn map(ram: &'m HostRam<'m>, segs: &[(u64, usize)], dirty: bool) -> Option<IoVecs<'m>> {
-        let mut iov = Vec::with_capacity(segs.len());
+        let mut iov = SmallVec::with_capacity(segs.len());
         for &(addr, len) in segs {
             if len == 0 {
                 continue;
