@@ -133,6 +133,7 @@ pub fn total_len(segs: &[(u64, usize)]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::virtio::test_util::Rng;
     use crate::vm::GuestMemory;
     use virtio_bindings::bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
@@ -149,20 +150,6 @@ mod tests {
     /// Where the random indirect descriptors point; the buffers in that
     /// table lie at 0x6_0000, the others at 0x2_0000.
     const INDIRECT: u64 = 0x8000;
-
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
 
     /// A descriptor as a driver gone wrong might write it: mostly sane,
     /// sometimes past RAM, past the address space, huge, or indirect

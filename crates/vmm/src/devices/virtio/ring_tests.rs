@@ -1,22 +1,8 @@
 use super::*;
+use crate::devices::virtio::test_util::Rng;
 use crate::vm::GuestMemory;
 use virtio_queue::QueueState;
 use vm_memory::{Bytes, GuestAddress};
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
 
 const MEM: usize = 0x1_0000;
 const AVAIL: u64 = 0x2000;

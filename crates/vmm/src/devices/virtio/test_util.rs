@@ -42,3 +42,19 @@ pub fn used_lengths(mem: &GuestMemory, q: &MockSplitQueue<GuestMemory>) -> Vec<u
         })
         .collect()
 }
+
+/// xorshift64: the same random driver behaviour on every run.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
