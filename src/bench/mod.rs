@@ -214,7 +214,7 @@ fn bare_loop(kernel_image: &[u8], expected: u32) -> Result<f64, String> {
     let e = |x: &dyn std::fmt::Display| x.to_string();
     let hv = Hypervisor::open(Path::new("/dev/kvm")).map_err(|x| e(&x))?;
     let layout = MemoryLayout::new(16).map_err(|x| e(&x))?;
-    let memory = Vm::anonymous_memory(&layout).map_err(|x| e(&x))?;
+    let memory = Vm::anonymous_memory(&layout, false).map_err(|x| e(&x))?;
     let vm = Vm::create(
         &hv,
         layout.clone(),

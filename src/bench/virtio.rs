@@ -10,7 +10,6 @@ use super::{median, write_guest, BenchArgs, LOAD_ADDR, MMIO_ADDR};
 use vm_memory::{Bytes, GuestAddress};
 use vmm::devices::virtio::ring_driver::RingDriver;
 use vmm::devices::virtio::VirtioDevice;
-use vmm::vm::GuestMemory;
 
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
@@ -23,6 +22,10 @@ struct BlkLoad {
     random: bool,
     write: bool,
 }
+
+/// Guest RAM as a VM has it by default: no dirty page tracking (it is
+/// for Diff snapshots), so device writes mark no bitmap.
+const TRACK_DIRTY: bool = false;
 
 const BLK_IMAGE: u64 = 64 << 20;
 const BLK_BYTES_PER_RUN: u64 = 128 << 20;
@@ -55,8 +58,7 @@ fn blk_device_run(image: &Path, load: &BlkLoad, offsets: &[u64]) -> Result<Durat
     const HDR: u64 = 0x10_0000;
     const STATUS: u64 = 0x18_0000;
     const DATA: u64 = 0x20_0000;
-    let mem = vmm::vm::GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)])
-        .map_err(|e| e.to_string())?;
+    let mem = vmm::vm::anonymous_ram(&[(GuestAddress(0), 16 << 20)], TRACK_DIRTY)?;
     // Touched first, as the plain run's buffers are: the guest's RAM is
     // resident, and page faults on it are no part of the device's cost.
     mem.write_slice(&vec![0x5au8; BLK_BATCH * load.block], GuestAddress(DATA))
@@ -319,7 +321,7 @@ fn net_run(tap_name: &str) -> Result<NetFigures, String> {
     let (inj, addr) = injector(tap_name)?;
     let mut dev = Net::new(tap, [0x0e, 0, 0, 0, 0, 2]);
     let fd = dev.io_source().ok_or("no tap fd")?;
-    let mem = GuestMemory::from_ranges(&[(GuestAddress(0), 16 << 20)]).map_err(err)?;
+    let mem = vmm::vm::anonymous_ram(&[(GuestAddress(0), 16 << 20)], TRACK_DIRTY)?;
     let (mut rxd, rxq) = RingDriver::new(&mem, 0x1_0000, NET_BATCH as u16).map_err(err)?;
     let (mut txd, txq) = RingDriver::new(&mem, 0x2_0000, NET_BATCH as u16).map_err(err)?;
     let mut queues = vec![rxq, txq];

@@ -10,13 +10,13 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::{MmapRegionBuilder, NewBitmap};
+use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     FileOffset, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
 };
 
 use crate::vm::layout::MemoryLayout;
-use crate::vm::GuestMemory;
+use crate::vm::{dirty_bitmap, GuestMemory};
 
 pub const PAGE: usize = 4096;
 
@@ -29,13 +29,18 @@ pub struct Written {
     pub file_len: u64,
 }
 
-/// Maps `file` as guest RAM laid out as `layout`, copy-on-write.
-pub fn map_file(file: &File, layout: &MemoryLayout) -> std::io::Result<GuestMemory> {
+/// Maps `file` as guest RAM laid out as `layout`, copy-on-write, with
+/// dirty bitmaps when `track_dirty`.
+pub fn map_file(
+    file: &File,
+    layout: &MemoryLayout,
+    track_dirty: bool,
+) -> std::io::Result<GuestMemory> {
     let mut regions = Vec::new();
     let mut offset = 0u64;
     for (addr, len) in layout.ranges() {
         let fo = FileOffset::new(file.try_clone()?, offset);
-        let region = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
+        let region = MmapRegionBuilder::new_with_bitmap(len, dirty_bitmap(len, track_dirty))
             .with_file_offset(fo)
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
@@ -295,7 +300,7 @@ mod tests {
         );
 
         assert_eq!(rebase(&full_p, &diff_p).unwrap(), 2 * PAGE as u64);
-        let restored = map_file(&File::open(&full_p).unwrap(), &layout).unwrap();
+        let restored = map_file(&File::open(&full_p).unwrap(), &layout, true).unwrap();
         let read = |a: u64, n: usize| {
             let mut b = vec![0u8; n];
             restored.read_slice(&mut b, GuestAddress(a)).unwrap();
@@ -310,7 +315,7 @@ mod tests {
         restored
             .write_slice(b"guest", GuestAddress(0x1000))
             .unwrap();
-        let again = map_file(&File::open(&full_p).unwrap(), &layout).unwrap();
+        let again = map_file(&File::open(&full_p).unwrap(), &layout, true).unwrap();
         let mut b = [0u8; 5];
         again.read_slice(&mut b, GuestAddress(0x1000)).unwrap();
         assert_eq!(&b, b"FIRST");

@@ -407,7 +407,7 @@ pub fn build(cfg: &VmConfig) -> Result<Machine, Error> {
     // Inputs first: a bad file or size fails fast, before any KVM state.
     let (layout, kernel_image) = check_inputs(cfg)?;
     crate::trace::mark("inputs checked");
-    let memory = Vm::anonymous_memory(&layout)?;
+    let memory = Vm::anonymous_memory(&layout, cfg.track_dirty_pages)?;
     crate::trace::mark("guest memory mapped");
     let created = create(cfg, layout, memory, Purpose::Boot)?;
     boot(created, cfg, &kernel_image)

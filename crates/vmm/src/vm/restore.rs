@@ -172,7 +172,7 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
             expected: layout.total(),
         });
     }
-    let memory = memory::map_file(&mem_file, &layout).map_err(mem_err)?;
+    let memory = memory::map_file(&mem_file, &layout, cfg.track_dirty_pages).map_err(mem_err)?;
     crate::trace::mark("restore: memory mapped");
     let created = builder::create(&cfg, layout, memory, builder::Purpose::Restore)?;
     created.vcpus_ready()?;

@@ -3,19 +3,41 @@
 //! descriptor, a request header or a status byte costs a bounds check and
 //! a copy. (vm-memory's `Bytes` runs every such access through its generic
 //! slice iterator: about half of virtio-blk's own time per 4 KiB request.)
-//! Writes mark the region's dirty bitmap, as vm-memory's writes do.
+//! Writes mark the region's dirty bitmap, as vm-memory's writes do, when
+//! it has one (dirty pages tracked: `vm::dirty_bitmap`).
 
 use crate::vm::GuestMemory;
 use std::sync::atomic::{AtomicU16, Ordering};
-use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{ByteValued, GuestMemoryBackend, GuestMemoryRegion, MemoryRegionAddress};
 
 struct Region<'m> {
     start: u64,
     len: u64,
     host: *mut u8,
-    bitmap: &'m AtomicBitmap,
+    /// None when dirty pages are not tracked (an empty bitmap).
+    bitmap: Option<&'m AtomicBitmap>,
 }
+
+impl Region<'_> {
+    /// Marks the pages of `[off, off + len)` dirty: bit indices by shift,
+    /// not by vm-memory's division by a page size it keeps at run time.
+    fn mark_dirty(&self, off: u64, len: usize) {
+        let Some(bitmap) = self.bitmap else {
+            return;
+        };
+        if len == 0 {
+            return;
+        }
+        let first = (off >> PAGE_SHIFT) as usize;
+        let last = ((off + len as u64 - 1) >> PAGE_SHIFT) as usize;
+        for page in first..=last {
+            bitmap.set_bit(page);
+        }
+    }
+}
+
+const PAGE_SHIFT: u32 = crate::vm::DIRTY_PAGE.trailing_zeros();
 
 /// The host mappings of a `GuestMemory`, valid while it is borrowed (the
 /// regions' bitmaps borrow it).
@@ -29,12 +51,13 @@ impl<'m> HostRam<'m> {
             .iter()
             .filter_map(|r| {
                 let host = r.get_host_address(MemoryRegionAddress(0)).ok()?;
+                // The region's own bitmap (its slice view starts at 0).
+                let bitmap: &AtomicBitmap = std::ops::Deref::deref(r).bitmap();
                 Some(Region {
                     start: r.start_addr().0,
                     len: r.len(),
                     host,
-                    // The region's own bitmap (its slice view starts at 0).
-                    bitmap: std::ops::Deref::deref(r).bitmap(),
+                    bitmap: (bitmap.len() > 0).then_some(bitmap),
                 })
             })
             .collect();
@@ -69,7 +92,7 @@ impl<'m> HostRam<'m> {
     /// vm-memory's back (through an iovec): the range is marked dirty.
     pub fn host_ptr_for_write(&self, gpa: u64, len: usize) -> Option<*mut u8> {
         let (r, off) = self.find(gpa, len)?;
-        r.bitmap.mark_dirty(off as usize, len);
+        r.mark_dirty(off, len);
         // SAFETY: `find` checked that off + len is inside the region's
         // mapping, which lives as long as the borrowed GuestMemory.
         Some(unsafe { r.host.add(off as usize) })
@@ -152,6 +175,7 @@ impl<'m> HostRam<'m> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vm_memory::bitmap::Bitmap;
     use vm_memory::{Bytes, GuestAddress};
 
     fn two_regions() -> GuestMemory {
@@ -208,5 +232,54 @@ mod tests {
         assert!(!ram.store_u16(0x3fff, 1, Ordering::Release), "odd");
         assert_eq!(ram.load_u16(0x4000, Ordering::Acquire), None, "a hole");
         assert!(!ram.store_u16(0x12000, 1, Ordering::Release), "past RAM");
+    }
+    /// Without dirty page tracking the bitmaps are empty and a device
+    /// write marks nothing; with it, the pages HostRam marks (by shift)
+    /// are exactly those vm-memory's own marking (by division) would.
+    #[test]
+    fn marks_match_vm_memory_and_are_skipped_untracked() {
+        use crate::vm::anonymous_ram;
+        let ranges = [(GuestAddress(0), 0x10000), (GuestAddress(0x20000), 0x8000)];
+        let untracked = anonymous_ram(&ranges, false).unwrap();
+        let ram = HostRam::new(&untracked);
+        assert!(ram.write(0x0ff8, &[1; 16]) && ram.store_u16(0x20002, 7, Ordering::Release));
+        assert_eq!(ram.read_obj::<u8>(0x1000), Some(1), "the write lands");
+        let empty = |r: &vm_memory::GuestRegionMmap<AtomicBitmap>| {
+            let b: &AtomicBitmap = std::ops::Deref::deref(r).bitmap();
+            b.len() == 0
+        };
+        assert!(untracked.iter().all(empty));
+
+        let mut rng = super::super::test_util::Rng(0x5eed);
+        for _ in 0..500 {
+            let (ours, theirs) = (
+                anonymous_ram(&ranges, true).unwrap(),
+                anonymous_ram(&ranges, true).unwrap(),
+            );
+            let ram = HostRam::new(&ours);
+            for _ in 0..4 {
+                let (region, size) = if rng.below(2) == 0 {
+                    (0, 0x10000)
+                } else {
+                    (1, 0x8000)
+                };
+                let off = rng.below(size);
+                let len = rng.below(size - off + 1) as usize;
+                let start = ranges[region].0 .0;
+                let marked = ram.host_ptr_for_write(start + off, len).is_some();
+                assert!(marked, "{off:#x}+{len:#x} lies in region {region}");
+                let r = theirs.iter().nth(region).unwrap();
+                r.bitmap().mark_dirty(off as usize, len);
+            }
+            for (a, b) in ours.iter().zip(theirs.iter()) {
+                for page in (0..a.len() as usize).step_by(crate::vm::DIRTY_PAGE) {
+                    assert_eq!(
+                        a.bitmap().dirty_at(page),
+                        b.bitmap().dirty_at(page),
+                        "page {page:#x}"
+                    );
+                }
+            }
+        }
     }
 }
