@@ -25,6 +25,12 @@ struct Buffer {
     busy: bool,
     /// The console is gone: the writer ends once the buffer is empty.
     closed: bool,
+    /// The writer waits for bytes: only then does a write wake it. (A
+    /// condvar's notify is a system call whether or not anyone waits,
+    /// and the UART writes a byte at a time.)
+    writer_waits: bool,
+    /// Threads in `drain`, which the writer's progress wakes.
+    drainers: u32,
 }
 
 #[derive(Default)]
@@ -59,16 +65,22 @@ impl ConsoleOut {
                         let mut b = s.buf.lock().unwrap_or_else(|e| e.into_inner());
                         while b.bytes.is_empty() {
                             b.busy = false;
-                            s.changed.notify_all();
+                            if b.drainers > 0 {
+                                s.changed.notify_all();
+                            }
                             if b.closed {
                                 return;
                             }
+                            b.writer_waits = true;
                             b = s.changed.wait(b).unwrap_or_else(|e| e.into_inner());
+                            b.writer_waits = false;
                         }
                         let n = b.bytes.len().min(64 * 1024);
                         b.taken += n as u64;
                         b.busy = true;
-                        s.changed.notify_all();
+                        if b.drainers > 0 {
+                            s.changed.notify_all();
+                        }
                         b.bytes.drain(..n).collect()
                     };
                     crate::faults::forbidden_call("console");
@@ -100,7 +112,13 @@ impl Write for ConsoleOut {
         let n = data.len().min(room);
         b.bytes.extend(&data[..n]);
         b.dropped += (data.len() - n) as u64;
-        self.shared.changed.notify_all();
+        let wake = b.writer_waits;
+        // Woken while this thread still held the lock, the writer would
+        // block on it at once: two more system calls per byte.
+        drop(b);
+        if wake {
+            self.shared.changed.notify_all();
+        }
         // The UART has no back-pressure: what did not fit is gone.
         Ok(data.len())
     }
@@ -120,6 +138,7 @@ impl ConsoleOut {
         let mut b = self.shared.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = b.taken;
         let mut since = Instant::now();
+        b.drainers += 1;
         while !b.bytes.is_empty() || b.busy {
             if b.taken != seen {
                 seen = b.taken;
@@ -136,6 +155,7 @@ impl ConsoleOut {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+        b.drainers -= 1;
     }
 }
 
