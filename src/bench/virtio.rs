@@ -58,7 +58,7 @@ const BLK_DATA: u64 = 0x20_0000;
 
 /// Guest memory for a run, its data buffers touched (resident) first.
 fn blk_memory(load: &BlkLoad) -> Result<GuestMemory, String> {
-    let mem = vmm::vm::anonymous_ram(&[(GuestAddress(0), 16 << 20)], TRACK_DIRTY)?;
+    let mem = vmm::vm::guest_ram(&[(GuestAddress(0), 16 << 20)], TRACK_DIRTY, None)?;
     mem.write_slice(
         &vec![0x5au8; BLK_BATCH * load.block],
         GuestAddress(BLK_DATA),
@@ -353,7 +353,7 @@ fn net_run(tap_name: &str) -> Result<NetFigures, String> {
     let (inj, addr) = injector(tap_name)?;
     let mut dev = Net::new(tap, [0x0e, 0, 0, 0, 0, 2]);
     let fd = dev.io_source().ok_or("no tap fd")?;
-    let mem = vmm::vm::anonymous_ram(&[(GuestAddress(0), 16 << 20)], TRACK_DIRTY)?;
+    let mem = vmm::vm::guest_ram(&[(GuestAddress(0), 16 << 20)], TRACK_DIRTY, None)?;
     let (mut rxd, rxq) = RingDriver::new(&mem, 0x1_0000, NET_BATCH as u16).map_err(err)?;
     let (mut txd, txq) = RingDriver::new(&mem, 0x2_0000, NET_BATCH as u16).map_err(err)?;
     let mut queues = vec![rxq, txq];

@@ -10,15 +10,13 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::mmap::MmapRegionBuilder;
-use vm_memory::{
-    FileOffset, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
-};
+use vm_memory::{GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress};
 
 use crate::vm::layout::MemoryLayout;
-use crate::vm::{dirty_bitmap, GuestMemory};
+use crate::vm::GuestMemory;
 
-pub const PAGE: usize = 4096;
+/// Pages of the memory file, KVM's dirty log and the devices' bitmaps.
+pub const PAGE: usize = crate::vm::DIRTY_PAGE;
 
 /// What a memory file write did.
 #[derive(Clone, Copy, Debug, Default)]
@@ -36,22 +34,7 @@ pub fn map_file(
     layout: &MemoryLayout,
     track_dirty: bool,
 ) -> std::io::Result<GuestMemory> {
-    let mut regions = Vec::new();
-    let mut offset = 0u64;
-    for (addr, len) in layout.ranges() {
-        let fo = FileOffset::new(file.try_clone()?, offset);
-        let region = MmapRegionBuilder::new_with_bitmap(len, dirty_bitmap(len, track_dirty))
-            .with_file_offset(fo)
-            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
-            .build()
-            .map_err(|e| std::io::Error::other(format!("mmap: {e}")))?;
-        let r = GuestRegionMmap::new(region, addr)
-            .ok_or_else(|| std::io::Error::other("a memory region wraps around"))?;
-        regions.push(r);
-        offset += len as u64;
-    }
-    GuestMemory::from_regions(regions).map_err(|e| std::io::Error::other(e.to_string()))
+    crate::vm::guest_ram(&layout.ranges(), track_dirty, Some(file)).map_err(std::io::Error::other)
 }
 
 /// Guest RAM as one byte slice per region, for reading.

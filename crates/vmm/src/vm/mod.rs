@@ -7,6 +7,8 @@ pub mod layout;
 pub mod restore;
 pub mod virtio;
 
+use std::fs::File;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use kvm_bindings::{
@@ -18,7 +20,8 @@ use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, Vm
 use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
-    GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+    FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    GuestRegionMmap,
 };
 
 use crate::irqchip::IrqchipMode;
@@ -38,24 +41,34 @@ pub const DIRTY_PAGE: usize = 4096;
 /// so that no device write pays for marks nobody reads (marking was ~7 %
 /// of a received frame's time).
 pub fn dirty_bitmap(len: usize, track: bool) -> AtomicBitmap {
-    let page = std::num::NonZeroUsize::new(DIRTY_PAGE).unwrap_or(std::num::NonZeroUsize::MIN);
-    AtomicBitmap::new(if track { len } else { 0 }, page)
+    const PAGE: NonZeroUsize = NonZeroUsize::new(DIRTY_PAGE).unwrap();
+    AtomicBitmap::new(if track { len } else { 0 }, PAGE)
 }
 
-/// Anonymous guest RAM at `ranges` (address, bytes), as vm-memory's
-/// `from_ranges` maps it, with [`dirty_bitmap`]s.
-pub fn anonymous_ram(
+/// Guest RAM at `ranges` (address, bytes), with [`dirty_bitmap`]s:
+/// anonymous, as vm-memory's `from_ranges` maps it, or `file` (a
+/// snapshot's memory file, region after region) mapped copy-on-write.
+pub fn guest_ram(
     ranges: &[(GuestAddress, usize)],
     track_dirty: bool,
+    file: Option<&File>,
 ) -> Result<GuestMemory, String> {
+    let mut offset = 0u64;
     let regions = ranges
         .iter()
         .map(|&(addr, len)| {
-            let region = MmapRegionBuilder::new_with_bitmap(len, dirty_bitmap(len, track_dirty))
-                .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
-                .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE)
-                .build()
-                .map_err(|e| e.to_string())?;
+            let mut region =
+                MmapRegionBuilder::new_with_bitmap(len, dirty_bitmap(len, track_dirty))
+                    .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+                    .with_mmap_flags(libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_PRIVATE);
+            if let Some(file) = file {
+                let fd = file.try_clone().map_err(|e| e.to_string())?;
+                region = region
+                    .with_file_offset(FileOffset::new(fd, offset))
+                    .with_mmap_flags(libc::MAP_NORESERVE | libc::MAP_PRIVATE);
+                offset += len as u64;
+            }
+            let region = region.build().map_err(|e| format!("mmap: {e}"))?;
             GuestRegionMmap::new(region, addr)
                 .ok_or_else(|| format!("region at {:#x} wraps around", addr.0))
         })
@@ -105,7 +118,7 @@ impl Vm {
         layout: &MemoryLayout,
         track_dirty: bool,
     ) -> Result<GuestMemory, Error> {
-        anonymous_ram(&layout.ranges(), track_dirty).map_err(|reason| Error::Memory {
+        guest_ram(&layout.ranges(), track_dirty, None).map_err(|reason| Error::Memory {
             mib: layout.total() >> 20,
             reason,
         })

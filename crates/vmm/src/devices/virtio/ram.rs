@@ -238,9 +238,9 @@ mod tests {
     /// are exactly those vm-memory's own marking (by division) would.
     #[test]
     fn marks_match_vm_memory_and_are_skipped_untracked() {
-        use crate::vm::anonymous_ram;
+        use crate::vm::guest_ram;
         let ranges = [(GuestAddress(0), 0x10000), (GuestAddress(0x20000), 0x8000)];
-        let untracked = anonymous_ram(&ranges, false).unwrap();
+        let untracked = guest_ram(&ranges, false, None).unwrap();
         let ram = HostRam::new(&untracked);
         assert!(ram.write(0x0ff8, &[1; 16]) && ram.store_u16(0x20002, 7, Ordering::Release));
         assert_eq!(ram.read_obj::<u8>(0x1000), Some(1), "the write lands");
@@ -253,8 +253,8 @@ mod tests {
         let mut rng = super::super::test_util::Rng(0x5eed);
         for _ in 0..500 {
             let (ours, theirs) = (
-                anonymous_ram(&ranges, true).unwrap(),
-                anonymous_ram(&ranges, true).unwrap(),
+                guest_ram(&ranges, true, None).unwrap(),
+                guest_ram(&ranges, true, None).unwrap(),
             );
             let ram = HostRam::new(&ours);
             for _ in 0..4 {
