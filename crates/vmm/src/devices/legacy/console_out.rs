@@ -135,6 +135,10 @@ impl ConsoleOut {
     /// writer keeps making progress (a stuck stdout ends the wait after
     /// [`STALL`]). The machine drains at its end.
     pub fn drain(&self) {
+        self.drain_within(STALL);
+    }
+
+    fn drain_within(&self, stall: Duration) {
         let mut b = self.shared.buf.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = b.taken;
         let mut since = Instant::now();
@@ -144,7 +148,7 @@ impl ConsoleOut {
                 seen = b.taken;
                 since = Instant::now();
             }
-            let left = STALL.saturating_sub(since.elapsed());
+            let left = stall.saturating_sub(since.elapsed());
             if left.is_zero() {
                 break;
             }
@@ -209,5 +213,32 @@ mod tests {
         let seen = m.lock().unwrap().1.clone();
         assert!(seen.ends_with(b"end"), "{} bytes", seen.len());
         assert!(seen.iter().take(seen.len() - 3).all(|&b| b == b'x'));
+    }
+
+    /// A drain is woken by the writer's progress, not by its stall
+    /// time-out (here 20 s, so that only a missed wake-up takes that long).
+    #[test]
+    fn drain_returns_when_the_writer_has_written() {
+        let gate = Gate::default();
+        let mut out = ConsoleOut::spawn(gate.clone()).unwrap();
+        out.write_all(b"held").unwrap();
+        let stall = Duration::from_secs(20);
+        std::thread::scope(|s| {
+            let drainer = s.spawn(|| {
+                let t = Instant::now();
+                out.drain_within(stall);
+                t.elapsed()
+            });
+            // Released only once the drain waits, so that it needs the wake.
+            while out.shared.buf.lock().unwrap().drainers == 0 {
+                std::thread::yield_now();
+            }
+            let (m, c) = &*gate.0;
+            m.lock().unwrap().0 = true;
+            c.notify_all();
+            let took = drainer.join().unwrap();
+            assert!(took < stall / 2, "drain waited {took:?}: no wake-up");
+        });
+        assert_eq!(gate.0 .0.lock().unwrap().1, b"held");
     }
 }
