@@ -125,13 +125,16 @@ impl ExitHandler {
         if kind.is_pio() && CONSOLE_PORTS.contains(&addr) {
             return;
         }
-        let mut b = [0u8; 8];
-        let len = data.len().min(8);
-        b[..len].copy_from_slice(&data[..len]);
+        // Little-endian, byte by byte: a copy of a run-time length was a
+        // memcpy call on every exit.
+        let value = data[..data.len().min(8)]
+            .iter()
+            .rev()
+            .fold(0u64, |v, &b| (v << 8) | u64::from(b));
         self.history[self.next] = Some(Access {
             kind,
             addr,
-            value: u64::from_le_bytes(b),
+            value,
             len: data.len(),
         });
         self.next = (self.next + 1) % HISTORY;
@@ -418,6 +421,15 @@ mod tests {
         let hist = h.history();
         assert_eq!(hist.len(), HISTORY);
         assert_eq!(hist.last().unwrap().value, 99);
+        // Values are little-endian, whatever the width.
+        h.handle(VcpuExit::MmioWrite(0xd000_0000, &[1, 2, 3, 4, 5, 6, 7, 8]));
+        h.handle(VcpuExit::MmioWrite(0xd000_0000, &[0xaa, 0xbb]));
+        let hist = h.history();
+        let last: Vec<(u64, usize)> = hist[HISTORY - 2..]
+            .iter()
+            .map(|a| (a.value, a.len))
+            .collect();
+        assert_eq!(last, [(0x0807_0605_0403_0201, 8), (0xbbaa, 2)]);
     }
 
     #[test]
