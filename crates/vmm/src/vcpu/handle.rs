@@ -6,7 +6,8 @@
 //! repeating (no periodic re-kicks).
 
 use std::cell::Cell;
-use std::sync::mpsc::Sender;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvError, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
@@ -55,6 +56,67 @@ impl KickRegistration {
 impl Drop for KickRegistration {
     fn drop(&mut self) {
         KVM_RUN.with(|c| c.set(std::ptr::null_mut()));
+    }
+}
+
+/// The controller's requests to one vCPU. The vCPU looks for one before
+/// every KVM_RUN; a channel's `try_recv` costs a full fence each time,
+/// so a count of requests sent says first whether there is any.
+pub fn request_channel() -> (RequestSender, RequestReceiver) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sent = Arc::new(AtomicU64::new(0));
+    (
+        RequestSender {
+            tx,
+            sent: sent.clone(),
+        },
+        RequestReceiver { rx, sent, taken: 0 },
+    )
+}
+
+pub struct RequestSender {
+    tx: Sender<VcpuRequest>,
+    sent: Arc<AtomicU64>,
+}
+
+impl RequestSender {
+    /// Queues `request`; false when the vCPU thread is gone. A sender
+    /// kicks after this, so a request counted after the vCPU looked is
+    /// seen at its next look.
+    pub fn send(&self, request: VcpuRequest) -> bool {
+        let sent = self.tx.send(request).is_ok();
+        if sent {
+            self.sent.fetch_add(1, Ordering::Release);
+        }
+        sent
+    }
+}
+
+pub struct RequestReceiver {
+    rx: Receiver<VcpuRequest>,
+    sent: Arc<AtomicU64>,
+    /// Requests taken off the channel.
+    taken: u64,
+}
+
+impl RequestReceiver {
+    /// The next request, if one was sent: one load when none was.
+    pub fn try_recv(&mut self) -> Option<VcpuRequest> {
+        // Not equal: a request sent and not yet taken, or one a blocking
+        // `recv` took before its sender counted it (the channel says).
+        if self.sent.load(Ordering::Acquire) == self.taken {
+            return None;
+        }
+        let request = self.rx.try_recv().ok()?;
+        self.taken += 1;
+        Some(request)
+    }
+
+    /// Waits for the next request; an error when every sender is gone.
+    pub fn recv(&mut self) -> Result<VcpuRequest, RecvError> {
+        let request = self.rx.recv()?;
+        self.taken += 1;
+        Ok(request)
     }
 }
 
@@ -136,7 +198,7 @@ struct Woken {
 /// One vCPU thread, as the controller sees it.
 pub struct VcpuHandle {
     pub id: u8,
-    requests: Sender<VcpuRequest>,
+    requests: RequestSender,
     wakeup: Arc<Wakeup>,
     thread: JoinHandle<VcpuOutcome>,
 }
@@ -144,7 +206,7 @@ pub struct VcpuHandle {
 impl VcpuHandle {
     pub fn new(
         id: u8,
-        requests: Sender<VcpuRequest>,
+        requests: RequestSender,
         wakeup: Arc<Wakeup>,
         thread: JoinHandle<VcpuOutcome>,
     ) -> Self {
@@ -176,5 +238,39 @@ impl VcpuHandle {
     /// Waits for the thread (after an `Exit` request, or a gate abort).
     pub fn join(self) -> std::thread::Result<VcpuOutcome> {
         self.thread.join()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_arrive_once_in_order_by_either_receive() {
+        let (tx, mut rx) = request_channel();
+        assert_eq!(rx.try_recv(), None);
+        assert!(tx.send(VcpuRequest::Pause) && tx.send(VcpuRequest::ReportStats));
+        assert_eq!(rx.try_recv(), Some(VcpuRequest::Pause));
+        assert_eq!(rx.recv(), Ok(VcpuRequest::ReportStats));
+        assert_eq!(rx.try_recv(), None);
+        // A request sent from another thread while this one waits in
+        // `recv`, then more: each is taken exactly once.
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            for r in [VcpuRequest::Resume, VcpuRequest::Save, VcpuRequest::Exit] {
+                assert!(tx.send(r));
+            }
+            tx
+        });
+        assert_eq!(rx.recv(), Ok(VcpuRequest::Resume));
+        let tx = sender.join().unwrap();
+        assert_eq!(rx.try_recv(), Some(VcpuRequest::Save));
+        assert_eq!(rx.try_recv(), Some(VcpuRequest::Exit));
+        assert_eq!(rx.try_recv(), None);
+        drop(tx);
+        assert!(rx.recv().is_err(), "every sender gone");
+        let (tx, rx) = request_channel();
+        drop(rx);
+        assert!(!tx.send(VcpuRequest::Pause), "the vCPU thread is gone");
     }
 }

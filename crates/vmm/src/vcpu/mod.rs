@@ -18,7 +18,7 @@ pub mod setup;
 pub mod state;
 pub mod stats;
 
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex};
 
 use kvm_bindings::CpuId;
@@ -192,7 +192,7 @@ pub fn spawn(
     created: Sender<(u8, Result<(), Error>)>,
     responses: Sender<(u8, VcpuResponse)>,
 ) -> std::io::Result<VcpuHandle> {
-    let (requests_tx, requests) = mpsc::channel();
+    let (requests_tx, requests) = handle::request_channel();
     let vcpu_wakeup = wakeup.clone();
     let thread = std::thread::Builder::new()
         .name(format!("vcpu {id}"))

@@ -3,7 +3,7 @@
 //! it is stopped (paused), wait for the next request.
 
 use std::collections::BTreeMap;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +13,7 @@ use super::clock::ExitClock;
 use super::emulation::{syscall, EmulationRepairs};
 use super::exit::{ExitAction, ExitHandler, Fatal};
 use super::handle;
-use super::handle::Wakeup;
+use super::handle::{RequestReceiver, Wakeup};
 use super::state::{VcpuRequest, VcpuResponse, VcpuState};
 use super::stats::ExitKind;
 use super::{report, MachineReady, VcpuOutcome};
@@ -34,7 +34,7 @@ pub struct Vcpu {
     repairs: Option<EmulationRepairs>,
     /// vCPU 0 with Tsubame's PIC: injection and the halted state.
     injector: Option<Injector>,
-    requests: Receiver<VcpuRequest>,
+    requests: RequestReceiver,
     responses: Sender<(u8, VcpuResponse)>,
     state: VcpuState,
     samples: BTreeMap<(u64, u8, u64), u64>,
@@ -47,7 +47,7 @@ impl Vcpu {
         clock: ExitClock,
         ready: Arc<MachineReady>,
         wakeup: Arc<Wakeup>,
-        requests: Receiver<VcpuRequest>,
+        requests: RequestReceiver,
         responses: Sender<(u8, VcpuResponse)>,
     ) -> Vcpu {
         let injector = match (&ready.irqchip, id) {
@@ -77,7 +77,7 @@ impl Vcpu {
         loop {
             match self.state {
                 VcpuState::Running => {
-                    while let Ok(request) = self.requests.try_recv() {
+                    while let Some(request) = self.requests.try_recv() {
                         self.apply(request);
                     }
                     if self.ready.lifecycle.is_stopping() {
