@@ -9,6 +9,7 @@
 
 mod api;
 mod confine;
+mod dispatch;
 mod irqchip;
 mod pfrepair;
 mod snapshot;
@@ -299,6 +300,10 @@ fn bench_exits(args: &BenchArgs, dir: &Path) -> Result<(), String> {
         if kind == ExitType::Pio {
             confinement_cost(args, &path)?;
         }
+    }
+    println!("  Tsubame's own dispatch per exit, synthetic exits without KVM (bus, device lock, stats, history):");
+    for (name, ns) in dispatch::dispatch_ns(args.runs)? {
+        println!("    {name:<32} {ns:6.1} ns");
     }
     Ok(())
 }
