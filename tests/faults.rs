@@ -34,6 +34,23 @@ fn a_vcpu_thread_that_panics_stops_a_one_vcpu_machine() {
     assert_thread_died(&r, "vcpu 0", "vcpu-panic");
 }
 
+/// A vCPU that reaches the start gate only after the builder has every
+/// "created" report, and has gone on to its main loop, still starts: the
+/// gate waits for it (it opens when the last vCPU arrives).
+#[test]
+fn a_vcpu_late_at_the_start_gate_still_runs_the_guest() {
+    for cpus in ["1", "2"] {
+        let args = ["run", "--kernel", &kernel("hello64"), "--cpus", cpus];
+        let r = run_with_fault(&args, "vcpu-late-at-gate");
+        assert_eq!(r.status, 0, "{cpus} vCPUs: {}", r.output());
+        assert!(
+            r.stdout.contains("Hello from a 64-bit guest"),
+            "{cpus} vCPUs: {}",
+            r.output()
+        );
+    }
+}
+
 #[test]
 fn a_vcpu_thread_that_panics_stops_the_other_vcpus() {
     let r = run_with_fault(

@@ -12,6 +12,9 @@ pub const VIRTIO_PANIC: &str = "virtio-panic";
 pub const VIRTIO_ERROR: &str = "virtio-error";
 /// The API thread panics at its first request.
 pub const API_PANIC: &str = "api-panic";
+/// vCPU 0 reaches the start gate 200 ms after reporting itself created:
+/// after the builder has every report and has moved on.
+pub const VCPU_LATE_AT_GATE: &str = "vcpu-late-at-gate";
 /// Emulation-only hosts: the guest keeps KVM's PV TLB flush feature, the
 /// trigger of issue 10's TLS fault (tests/linux_process_starts.rs' control).
 pub const SHOW_PV_TLB_FLUSH: &str = "show-pv-tlb-flush";

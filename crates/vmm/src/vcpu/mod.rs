@@ -11,6 +11,7 @@
 pub mod clock;
 pub mod emulation;
 pub mod exit;
+mod gate;
 pub mod handle;
 pub mod report;
 pub mod run;
@@ -30,6 +31,7 @@ use crate::devices::Bus;
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::vm::GuestMemory;
 use clock::ExitClock;
+pub use gate::StartGate;
 pub use handle::{install_kick_handler, kick_signal, VcpuHandle};
 pub use state::{VcpuRequest, VcpuResponse, VcpuState};
 use stats::ExitStats;
@@ -69,14 +71,12 @@ enum GateState<T> {
 }
 
 /// A barrier that hands every waiter the same `T` once opened, or `None`
-/// if aborted. [`StartGate`] is the one between "vCPU created" and "first
-/// KVM_RUN".
+/// if aborted: the [`CpuPlan`]'s. ([`StartGate`], between "vCPU created"
+/// and "first KVM_RUN", also counts its vCPUs.)
 pub struct Gate<T> {
     state: Mutex<GateState<T>>,
     opened: Condvar,
 }
-
-pub type StartGate = Gate<MachineReady>;
 
 impl<T> Default for Gate<T> {
     fn default() -> Self {
@@ -199,6 +199,9 @@ pub fn spawn(
         .spawn(move || {
             let (fd, clock) = match prepare(id, &vm, gates.plan.as_deref()) {
                 Ok(Some(prepared)) => {
+                    if id == 0 {
+                        crate::trace::mark("vcpu 0 prepared");
+                    }
                     let _ = created.send((id, Ok(())));
                     prepared
                 }
@@ -209,10 +212,16 @@ pub fn spawn(
                 }
             };
             drop(created);
+            if id == 0 && crate::faults::armed(crate::faults::VCPU_LATE_AT_GATE) {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
             let gate = gates.start;
-            let Some(ready) = gate.wait() else {
+            let Some(ready) = gate.arrive_and_wait() else {
                 return VcpuOutcome::default();
             };
+            if id == 0 {
+                crate::trace::mark("vcpu 0 through the gate");
+            }
             // A panic from here on stops the machine, naming this thread.
             let lifecycle = ready.lifecycle.clone();
             lifecycle
@@ -254,7 +263,7 @@ mod tests {
 
     #[test]
     fn gate_releases_waiters_or_aborts_them() {
-        let gate = Arc::new(StartGate::default());
+        let gate = Arc::new(Gate::<u32>::default());
         let g = gate.clone();
         let waiter = std::thread::spawn(move || g.wait().is_none());
         std::thread::sleep(Duration::from_millis(10));

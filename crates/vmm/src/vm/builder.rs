@@ -104,11 +104,17 @@ struct PendingVcpus {
     threads: Vec<VcpuHandle>,
     /// Each thread's "created and prepared" report.
     created: mpsc::Receiver<(u8, Result<(), vcpu::Error>)>,
+    /// Every report came, and said so.
+    all_created: bool,
 }
 
 impl PendingVcpus {
-    /// Waits until every vCPU is created and prepared.
-    fn wait_created(&self) -> Result<(), Error> {
+    /// Waits until every vCPU is created and prepared (at once after the
+    /// first time).
+    fn wait_created(&mut self) -> Result<(), Error> {
+        if self.all_created {
+            return Ok(());
+        }
         for _ in 0..self.threads.len() {
             match self.created.recv() {
                 Ok((_, Ok(()))) => {}
@@ -116,9 +122,14 @@ impl PendingVcpus {
                 Err(_) => return Err(Error::Thread(std::io::Error::other("a vCPU thread died"))),
             }
         }
+        self.all_created = true;
+        crate::trace::mark("vcpus created");
         Ok(())
     }
 
+    /// The threads, for a machine that starts: the gate opens when the
+    /// last vCPU arrives, which may be after this (each reports "created"
+    /// before it arrives), so it must not be aborted now.
     fn release(mut self) -> Vec<VcpuHandle> {
         std::mem::take(&mut self.threads)
     }
@@ -126,6 +137,10 @@ impl PendingVcpus {
 
 impl Drop for PendingVcpus {
     fn drop(&mut self) {
+        if self.threads.is_empty() {
+            // Released (or none): nothing to stop.
+            return;
+        }
         if let Some(plan) = &self.plan {
             plan.abort();
         }
@@ -487,7 +502,7 @@ pub fn create(
     // 3. vCPU threads: each creates its vCPU, then waits at the gate.
     vcpu::install_kick_handler().map_err(|e| Error::Thread(e.into()))?;
     let lifecycle = Arc::new(Lifecycle::new()?);
-    let gate = Arc::new(StartGate::default());
+    let gate = Arc::new(StartGate::new(usize::from(cpus)));
     let plan = (purpose == Purpose::Boot).then(|| Arc::new(Gate::<CpuPlan>::default()));
     let (created_tx, created_rx) = mpsc::channel();
     let (responses_tx, vcpu_responses) = mpsc::channel();
@@ -496,6 +511,7 @@ pub fn create(
         plan: plan.clone(),
         threads: Vec::new(),
         created: created_rx,
+        all_created: false,
     };
     let wakeups: Vec<Arc<vcpu::handle::Wakeup>> = (0..cpus).map(|_| Arc::default()).collect();
     for (id, wakeup) in (0..cpus).zip(&wakeups) {
@@ -634,22 +650,20 @@ pub fn boot(mut c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Resul
     );
     log::info!("guest command line: {}", c.cmdline);
     crate::trace::mark("kernel loaded");
-    c.vcpus_ready()?;
     for e in &boot.e820 {
         log::debug!("e820: {e}");
     }
-    // 6. Machine init complete: open the gate.
+    // 6. Machine init complete: the gate opens once every vCPU is there.
     let entry = boot.entry;
-    Ok(c.start(Start::Boot(entry), cfg.sample_rip, Some(boot)))
+    c.start(Start::Boot(entry), cfg.sample_rip, Some(boot))
 }
 
 impl CreatedMachine {
-    /// Waits until every vCPU thread has created and prepared its vCPU;
-    /// the start gate may open only then.
-    pub(super) fn vcpus_ready(&self) -> Result<(), Error> {
+    /// Waits until every vCPU thread has created and prepared its vCPU
+    /// (a restore sets the VM's state only then).
+    pub(super) fn vcpus_ready(&mut self) -> Result<(), Error> {
         self.pending.wait_created()?;
         log::debug!("{} vCPU(s) created, waiting for machine init", self.cpus);
-        crate::trace::mark("vcpus created");
         Ok(())
     }
 
@@ -673,13 +687,21 @@ impl CreatedMachine {
         self.device_thread.as_ref()
     }
 
-    /// Opens the start gate: every vCPU configures itself for `start` and
-    /// runs (a restored one parks instead, until resumed).
-    pub(super) fn start(self, start: Start, sample_rip: bool, boot: Option<BootSetup>) -> Machine {
+    /// Hands the complete machine to the start gate, which opens when
+    /// every vCPU is there (now, or when the last one arrives): each
+    /// configures itself for `start` and runs (a restored one parks
+    /// instead, until resumed). Fails, and the gate never opens, if a vCPU
+    /// could not be created.
+    pub(super) fn start(
+        mut self,
+        start: Start,
+        sample_rip: bool,
+        boot: Option<BootSetup>,
+    ) -> Result<Machine, Error> {
         let restoring = matches!(start, Start::Restore(_));
         let pio = Arc::new(self.devices.pio);
         let mmio = Arc::new(self.devices.mmio);
-        self.gate.open(Arc::new(MachineReady {
+        self.gate.machine_ready(Arc::new(MachineReady {
             pio: pio.clone(),
             mmio: mmio.clone(),
             lifecycle: self.lifecycle.clone(),
@@ -693,9 +715,10 @@ impl CreatedMachine {
             irqchip: self.chips.chip.clone(),
             ioapic: self.chips.ioapic.clone(),
         }));
-        crate::trace::mark("start gate opened");
+        crate::trace::mark("machine ready");
+        self.pending.wait_created()?;
         let vcpus = self.pending.release();
-        Machine {
+        Ok(Machine {
             vm: self.vm,
             lifecycle: self.lifecycle,
             vcpus,
@@ -721,7 +744,7 @@ impl CreatedMachine {
                 cmdline: self.cmdline,
                 boot,
             },
-        }
+        })
     }
 }
 

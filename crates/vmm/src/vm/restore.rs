@@ -174,13 +174,13 @@ pub fn restore(base: &VmConfig, req: &LoadRequest) -> Result<Machine, Error> {
     }
     let memory = memory::map_file(&mem_file, &layout, cfg.track_dirty_pages).map_err(mem_err)?;
     crate::trace::mark("restore: memory mapped");
-    let created = builder::create(&cfg, layout, memory, builder::Purpose::Restore)?;
+    let mut created = builder::create(&cfg, layout, memory, builder::Purpose::Restore)?;
     created.vcpus_ready()?;
     crate::trace::mark("restore: machine created");
     put_state(&created, &snap, req)?;
     crate::trace::mark("restore: VM and device state set");
 
-    let machine = created.start(Start::Restore(snap.vcpus), cfg.sample_rip, None);
+    let machine = created.start(Start::Restore(snap.vcpus), cfg.sample_rip, None)?;
     if let Err(why) = wait_for_vcpus(&machine) {
         machine
             .lifecycle()
