@@ -265,6 +265,7 @@ impl Machine {
                 .map(|_| ConsoleInput::default()),
             error: None,
         });
+        crate::trace::mark("main loop started");
         // A signal that arrived before the loop started still counts.
         if let Some(sig) = signals::take() {
             self.lifecycle.request_stop(StopReason::Signal(sig));
