@@ -44,5 +44,10 @@ api PUT /machine-config '{"vcpu_count":1,"mem_size_mib":128}'
 api PUT /actions '{"action_type":"InstanceStart"}'
 wait "$pid"
 
-python3 scripts/startup-ld.py "$work"/*.ran >link/startup.ld
+# The earlier script's patterns stay (startup-ld.py --keep), unless
+# STARTUP_LAYOUT_FRESH=1 asks for this trace's alone.
+keep=(--keep link/startup.ld)
+[ "${STARTUP_LAYOUT_FRESH:-0}" = 1 ] && keep=()
+python3 scripts/startup-ld.py "${keep[@]}" "$work"/*.ran >"$work/startup.ld"
+mv "$work/startup.ld" link/startup.ld
 echo "link/startup.ld: $(grep -c '^    \*' link/startup.ld) patterns from $(cat "$work"/*.ran | sort -u | wc -l) functions"
