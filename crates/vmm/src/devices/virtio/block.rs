@@ -338,6 +338,9 @@ fn transfer(
     write: bool,
 ) -> Result<(), Fault> {
     use std::os::fd::AsRawFd;
+    if let [(addr, len)] = segs {
+        return transfer_one(file, ram, *addr, *len, offset, write);
+    }
     let iov = match write {
         true => IoVecs::new(ram, segs),
         false => IoVecs::writable(ram, segs),
@@ -371,6 +374,55 @@ fn transfer(
         }
         done += n as usize;
         iov.advance(n as usize);
+    }
+    Ok(())
+}
+
+/// `transfer` of one buffer (the usual request): the guest range mapped
+/// once and `pread`/`pwrite` straight into it, without the iovec list a
+/// chain of several needs (a tenth of the device's own time per 4 KiB
+/// read went to building and advancing it).
+fn transfer_one(
+    file: &File,
+    ram: &HostRam,
+    addr: u64,
+    len: usize,
+    offset: u64,
+    write: bool,
+) -> Result<(), Fault> {
+    use std::os::fd::AsRawFd;
+    if len == 0 {
+        return Ok(());
+    }
+    let base = match write {
+        true => ram.host_ptr(addr, len),
+        false => ram.host_ptr_for_write(addr, len),
+    }
+    .ok_or(Fault::Io)?;
+    let fd = file.as_raw_fd();
+    let mut done = 0usize;
+    while done < len {
+        let at = i64::try_from(offset + done as u64).map_err(|_| Fault::Io)?;
+        // SAFETY: [base, base + len) is guest memory that `ram` keeps
+        // mapped and checked (host_ptr); the kernel touches only the
+        // len - done bytes from base + done.
+        let n = unsafe {
+            let p = base.add(done).cast();
+            match write {
+                true => libc::pwrite(fd, p, len - done, at),
+                false => libc::pread(fd, p, len - done, at),
+            }
+        };
+        if n < 0 {
+            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Fault::Io);
+        }
+        if n == 0 {
+            return Err(Fault::Io);
+        }
+        done += n as usize;
     }
     Ok(())
 }
@@ -608,6 +660,33 @@ mod tests {
         let mut got = vec![0u8; 1024];
         r.mem.read_slice(&mut got, GuestAddress(DATA)).unwrap();
         assert_eq!(got, image(&r)[1024..2048]);
+    }
+
+    /// A read fills guest memory behind vm-memory's back, so it marks the
+    /// pages it filled dirty (a Diff snapshot must carry them), and only
+    /// those: one buffer (pread) and two (preadv).
+    #[test]
+    fn reads_mark_the_pages_they_fill_dirty() {
+        use vm_memory::bitmap::Bitmap;
+        use vm_memory::GuestMemoryBackend;
+        let dirty = |r: &Rig, at: u64| r.mem.iter().next().unwrap().bitmap().dirty_at(at as usize);
+        let mut r = rig(16, false);
+        header(&r, H, T_IN, 0);
+        assert!(!dirty(&r, DATA) && !dirty(&r, DATA + 0x1000));
+        let used = run(&mut r, &[(H, 16, false), (DATA, 4096, true), (ST, 1, true)]);
+        assert_eq!(used, Some(4097));
+        assert!(dirty(&r, DATA), "the buffer's page");
+        assert!(!dirty(&r, DATA + 0x1000), "the page past it");
+        let mut r = rig(16, false);
+        header(&r, H, T_IN, 0);
+        let two = [
+            (H, 16, false),
+            (DATA, 512, true),
+            (0x5000, 512, true),
+            (ST, 1, true),
+        ];
+        assert_eq!(run(&mut r, &two), Some(1025));
+        assert!(dirty(&r, DATA) && dirty(&r, 0x5000) && !dirty(&r, 0x4000));
     }
 
     #[test]
