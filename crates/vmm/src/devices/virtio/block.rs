@@ -363,19 +363,25 @@ fn transfer(
                 (false, _) => libc::preadv(fd, v.as_ptr(), v.len() as i32, at),
             }
         };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Fault::Io);
-        }
-        if n == 0 {
-            return Err(Fault::Io);
-        }
-        done += n as usize;
-        iov.advance(n as usize);
+        let Some(n) = progress(n)? else {
+            continue;
+        };
+        done += n;
+        iov.advance(n);
     }
     Ok(())
+}
+
+/// What a `pread`/`pwrite` returned `n` means for a transfer: bytes
+/// moved, `None` to retry (interrupted), or a failure (an error, or the
+/// end of the file inside the disk's size).
+fn progress(n: isize) -> Result<Option<usize>, Fault> {
+    match n {
+        n if n > 0 => Ok(Some(n as usize)),
+        0 => Err(Fault::Io),
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => Ok(None),
+        _ => Err(Fault::Io),
+    }
 }
 
 /// `transfer` of one buffer (the usual request): the guest range mapped
@@ -413,16 +419,10 @@ fn transfer_one(
                 false => libc::pread(fd, p, len - done, at),
             }
         };
-        if n < 0 {
-            if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(Fault::Io);
-        }
-        if n == 0 {
-            return Err(Fault::Io);
-        }
-        done += n as usize;
+        let Some(n) = progress(n)? else {
+            continue;
+        };
+        done += n;
     }
     Ok(())
 }
