@@ -7,11 +7,10 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitClock {
-    /// The TSC, at `khz` kHz: `ns_per_tick` is 10^6 / khz in 32.32 fixed
-    /// point, so a reading costs a multiply and a shift (a 128-bit
-    /// division was about a tenth of Tsubame's own time per exit).
+    /// The TSC, `ns_per_tick` being 10^6 / its kHz in 32.32 fixed point,
+    /// so a reading costs a multiply and a shift (a 128-bit division was
+    /// about a tenth of Tsubame's own time per exit).
     Tsc {
-        khz: u64,
         ns_per_tick: u64,
     },
     Monotonic,
@@ -46,7 +45,6 @@ impl ExitClock {
     pub fn new(tsc_khz: Option<u32>) -> ExitClock {
         match tsc_khz {
             Some(khz) if khz > 0 && invariant_tsc() => ExitClock::Tsc {
-                khz: u64::from(khz),
                 ns_per_tick: ns_per_tick(u64::from(khz)),
             },
             _ => ExitClock::Monotonic,
@@ -68,7 +66,7 @@ impl ExitClock {
     #[inline]
     pub fn since(self, m: Mark) -> Duration {
         match (self, m) {
-            (ExitClock::Tsc { ns_per_tick, .. }, Mark::Tsc(t)) => {
+            (ExitClock::Tsc { ns_per_tick }, Mark::Tsc(t)) => {
                 // SAFETY: as in `now`.
                 let ticks = unsafe { std::arch::x86_64::_rdtsc() }.saturating_sub(t);
                 Duration::from_nanos(ticks_to_ns(ticks, ns_per_tick))

@@ -96,7 +96,8 @@ impl<T> StartGate<T> {
     }
 
     /// Whether the gate has opened.
-    pub fn is_open(&self) -> bool {
+    #[cfg(test)]
+    fn is_open(&self) -> bool {
         matches!(*self.lock(), State::Open(_))
     }
 }

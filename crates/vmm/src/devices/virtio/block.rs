@@ -352,15 +352,10 @@ fn transfer(
         let v = iov.as_slice();
         // SAFETY: every iovec points into guest memory that `iov` keeps
         // mapped and bounds-checked; the kernel touches only those bytes.
-        // One buffer (the usual request) needs no iovec for the kernel to
-        // copy in: pread/pwrite.
-        let fd = file.as_raw_fd();
         let n = unsafe {
-            match (write, v) {
-                (true, [one]) => libc::pwrite(fd, one.iov_base, one.iov_len, at),
-                (false, [one]) => libc::pread(fd, one.iov_base, one.iov_len, at),
-                (true, _) => libc::pwritev(fd, v.as_ptr(), v.len() as i32, at),
-                (false, _) => libc::preadv(fd, v.as_ptr(), v.len() as i32, at),
+            match write {
+                true => libc::pwritev(file.as_raw_fd(), v.as_ptr(), v.len() as i32, at),
+                false => libc::preadv(file.as_raw_fd(), v.as_ptr(), v.len() as i32, at),
             }
         };
         let Some(n) = progress(n)? else {
