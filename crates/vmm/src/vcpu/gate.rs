@@ -1,7 +1,9 @@
-//! The start gate between "vCPU created" and "first KVM_RUN". It opens
-//! when the machine is complete (the builder hands over what the vCPUs
-//! run with) and every vCPU has arrived prepared, whichever comes last,
-//! and the party that completes it goes straight on. The builder used to
+//! Gates the vCPU threads pass before their first KVM_RUN: the CPU plan's
+//! (opened when the plan is ready) and the start gate between "vCPU
+//! created" and "first KVM_RUN", which opens when the machine is complete
+//! (the builder hands over what the vCPUs run with) and every vCPU has
+//! arrived prepared, whichever comes last; the party that completes it
+//! goes straight on. The builder used to
 //! wait for the vCPUs and then open the gate: two sleeping threads woken
 //! one after the other on the start path, 0.1-0.2 ms each on the
 //! emulation-only host, where the vCPU that arrives last now just runs.
@@ -19,17 +21,29 @@ enum State<T> {
     Aborted,
 }
 
-/// Generic in what it hands over only so that tests need no machine.
-pub struct StartGate<T = MachineReady> {
+/// A barrier that hands every waiter the same `T` once opened, or `None`
+/// if aborted; with `arrivals`, it opens only once that many have
+/// arrived too.
+pub struct Gate<T> {
     vcpus: usize,
     state: Mutex<State<T>>,
     opened: Condvar,
 }
 
-impl<T> StartGate<T> {
-    /// A gate for `vcpus` vCPU threads.
-    pub fn new(vcpus: usize) -> StartGate<T> {
-        StartGate {
+/// The start gate.
+pub type StartGate = Gate<MachineReady>;
+
+impl<T> Default for Gate<T> {
+    /// A gate that opens with its value alone.
+    fn default() -> Self {
+        Gate::new(0)
+    }
+}
+
+impl<T> Gate<T> {
+    /// A gate that also waits for `vcpus` arrivals.
+    pub fn new(vcpus: usize) -> Gate<T> {
+        Gate {
             vcpus,
             state: Mutex::new(State::Closed {
                 ready: None,
@@ -53,19 +67,28 @@ impl<T> StartGate<T> {
             if *arrived == self.vcpus {
                 *s = State::Open(ready.clone());
                 self.opened.notify_all();
-                crate::trace::mark("start gate opened");
+                if self.vcpus > 0 {
+                    crate::trace::mark("start gate opened");
+                }
             }
         }
     }
 
-    /// The machine is complete: the gate opens now if every vCPU has
-    /// arrived, else when the last one does. Ignored once aborted.
-    pub fn machine_ready(&self, value: Arc<T>) {
+    /// The value is ready (the machine is complete): the gate opens now
+    /// if every vCPU has arrived, else when the last one does. Ignored
+    /// once aborted.
+    pub fn open(&self, value: Arc<T>) {
         let mut s = self.lock();
         if let State::Closed { ready, .. } = &mut *s {
             *ready = Some(value);
         }
         self.open_if_complete(&mut s);
+    }
+
+    /// Waits for the gate to open, without counting as an arrival.
+    pub fn wait(&self) -> Option<Arc<T>> {
+        let s = self.lock();
+        self.wait_open(s)
     }
 
     /// A prepared vCPU arrives and waits for the gate to open: what the
@@ -76,6 +99,10 @@ impl<T> StartGate<T> {
             *arrived += 1;
         }
         self.open_if_complete(&mut s);
+        self.wait_open(s)
+    }
+
+    fn wait_open(&self, mut s: std::sync::MutexGuard<'_, State<T>>) -> Option<Arc<T>> {
         loop {
             match &*s {
                 State::Closed { .. } => s = self.opened.wait(s).unwrap_or_else(|e| e.into_inner()),

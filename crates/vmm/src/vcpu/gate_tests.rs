@@ -3,7 +3,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 /// Runs `n` threads that arrive at `gate` and report what they got.
-fn arrivals(gate: &Arc<StartGate<u32>>, n: usize) -> mpsc::Receiver<Option<u32>> {
+fn arrivals(gate: &Arc<Gate<u32>>, n: usize) -> mpsc::Receiver<Option<u32>> {
     let (tx, rx) = mpsc::channel();
     for _ in 0..n {
         let (g, tx) = (gate.clone(), tx.clone());
@@ -17,10 +17,10 @@ const LONG: Duration = Duration::from_secs(10);
 
 #[test]
 fn opens_when_the_machine_is_ready_after_every_vcpu() {
-    let gate = Arc::new(StartGate::new(3));
+    let gate = Arc::new(Gate::new(3));
     let got = arrivals(&gate, 3);
     assert!(got.recv_timeout(SHORT).is_err(), "no machine yet");
-    gate.machine_ready(Arc::new(7));
+    gate.open(Arc::new(7));
     for _ in 0..3 {
         assert_eq!(got.recv_timeout(LONG), Ok(Some(7)));
     }
@@ -29,8 +29,8 @@ fn opens_when_the_machine_is_ready_after_every_vcpu() {
 
 #[test]
 fn the_last_vcpu_to_arrive_opens_it() {
-    let gate = Arc::new(StartGate::new(2));
-    gate.machine_ready(Arc::new(5));
+    let gate = Arc::new(Gate::new(2));
+    gate.open(Arc::new(5));
     let first = arrivals(&gate, 1);
     assert!(first.recv_timeout(SHORT).is_err(), "one vCPU still missing");
     assert!(!gate.is_open());
@@ -42,22 +42,22 @@ fn the_last_vcpu_to_arrive_opens_it() {
 #[test]
 fn a_missing_vcpu_keeps_it_closed_until_aborted() {
     // A vCPU that failed to be created never arrives.
-    let gate = Arc::new(StartGate::new(2));
+    let gate = Arc::new(Gate::new(2));
     let got = arrivals(&gate, 1);
-    gate.machine_ready(Arc::new(1));
+    gate.open(Arc::new(1));
     assert!(got.recv_timeout(SHORT).is_err());
     gate.abort();
     assert_eq!(got.recv_timeout(LONG), Ok(None));
     // Aborted for good: a late arrival and a late machine change nothing.
-    gate.machine_ready(Arc::new(2));
+    gate.open(Arc::new(2));
     assert_eq!(gate.arrive_and_wait(), None);
     assert!(!gate.is_open());
 }
 
 #[test]
 fn an_open_gate_stays_open() {
-    let gate = StartGate::new(1);
-    gate.machine_ready(Arc::new(9));
+    let gate = Gate::new(1);
+    gate.open(Arc::new(9));
     assert_eq!(gate.arrive_and_wait().map(|v| *v), Some(9));
     gate.abort();
     assert!(gate.is_open());

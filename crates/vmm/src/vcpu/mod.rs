@@ -20,7 +20,7 @@ pub mod state;
 pub mod stats;
 
 use std::sync::mpsc::Sender;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use kvm_bindings::CpuId;
 use kvm_ioctls::{VcpuFd, VmFd};
@@ -31,7 +31,7 @@ use crate::devices::Bus;
 use crate::lifecycle::{Lifecycle, StopReason};
 use crate::vm::GuestMemory;
 use clock::ExitClock;
-pub use gate::StartGate;
+pub use gate::{Gate, StartGate};
 pub use handle::{install_kick_handler, kick_signal, VcpuHandle};
 pub use state::{VcpuRequest, VcpuResponse, VcpuState};
 use stats::ExitStats;
@@ -62,57 +62,6 @@ pub enum Start {
     Boot(Entry),
     /// One state per vCPU, by id; restored vCPUs park until resumed.
     Restore(Vec<crate::persist::vcpu::VcpuState>),
-}
-
-enum GateState<T> {
-    Closed,
-    Open(Arc<T>),
-    Aborted,
-}
-
-/// A barrier that hands every waiter the same `T` once opened, or `None`
-/// if aborted: the [`CpuPlan`]'s. ([`StartGate`], between "vCPU created"
-/// and "first KVM_RUN", also counts its vCPUs.)
-pub struct Gate<T> {
-    state: Mutex<GateState<T>>,
-    opened: Condvar,
-}
-
-impl<T> Default for Gate<T> {
-    fn default() -> Self {
-        Gate {
-            state: Mutex::new(GateState::Closed),
-            opened: Condvar::new(),
-        }
-    }
-}
-
-impl<T> Gate<T> {
-    /// Lets every waiter go on with `value`.
-    pub fn open(&self, value: Arc<T>) {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = GateState::Open(value);
-        self.opened.notify_all();
-    }
-
-    /// Machine init failed: waiters exit without running.
-    pub fn abort(&self) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if matches!(*s, GateState::Closed) {
-            *s = GateState::Aborted;
-        }
-        self.opened.notify_all();
-    }
-
-    fn wait(&self) -> Option<Arc<T>> {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            match &*s {
-                GateState::Closed => s = self.opened.wait(s).unwrap_or_else(|e| e.into_inner()),
-                GateState::Open(v) => return Some(v.clone()),
-                GateState::Aborted => return None,
-            }
-        }
-    }
 }
 
 /// What a booting vCPU needs to configure itself before the start gate

@@ -701,7 +701,7 @@ impl CreatedMachine {
         let restoring = matches!(start, Start::Restore(_));
         let pio = Arc::new(self.devices.pio);
         let mmio = Arc::new(self.devices.mmio);
-        self.gate.machine_ready(Arc::new(MachineReady {
+        self.gate.open(Arc::new(MachineReady {
             pio: pio.clone(),
             mmio: mmio.clone(),
             lifecycle: self.lifecycle.clone(),
