@@ -4,8 +4,8 @@
 //! the rules of virtio-queue's `DescriptorChain` iterator, into buffers a
 //! device reuses from chain to chain.
 
-use super::ram::HostRam;
-use super::ring::{pop_avail, AvailEnd};
+use super::ram::{HostRam, Span};
+use super::ring::{pop_avail, push_used, Rings};
 use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 
@@ -18,19 +18,19 @@ pub type Buffers<'c> = (&'c [(u64, usize)], &'c [(u64, usize)]);
 const DESC_SIZE: u64 = std::mem::size_of::<Descriptor>() as u64;
 
 #[derive(Default)]
-pub struct Chain {
+pub struct Chain<'m> {
     head: u16,
     readable: Segments,
     writable: Segments,
     /// A buffer runs past the end of the address space (found by fuzzing:
     /// its end overflowed).
     malformed: bool,
-    /// The available index this batch of chains last read.
-    avail_end: AvailEnd,
+    /// The queue's rings, looked up at this batch's first pop.
+    rings: Option<Rings<'m>>,
 }
 
-impl Chain {
-    pub fn new() -> Chain {
+impl<'m> Chain<'m> {
+    pub fn new() -> Chain<'m> {
         Chain::default()
     }
 
@@ -41,12 +41,23 @@ impl Chain {
 
     /// Takes the next chain the driver made available and walks it; false
     /// when there is none.
-    pub fn pop(&mut self, queue: &mut Queue, ram: &HostRam) -> bool {
-        let Some(head) = pop_avail(queue, ram, &mut self.avail_end) else {
+    pub fn pop(&mut self, queue: &mut Queue, ram: &HostRam<'m>) -> bool {
+        let rings = self.rings.get_or_insert_with(|| Rings::new(queue, ram));
+        let Some(head) = pop_avail(queue, ram, rings) else {
             return false;
         };
-        self.walk(ram, queue.desc_table(), queue.size(), head);
+        let table = rings.desc;
+        self.walk_in(ram, table, queue.desc_table(), queue.size(), head);
         true
+    }
+
+    /// Returns the last chain popped to the driver, `len` bytes written
+    /// into it (see `ring::push_used`).
+    pub fn push_used(&self, queue: &mut Queue, ram: &HostRam<'m>, len: u32) -> bool {
+        match &self.rings {
+            Some(rings) => push_used(queue, ram, rings, self.head, len),
+            None => push_used(queue, ram, &Rings::new(queue, ram), self.head, len),
+        }
     }
 
     /// Walks the chain at `head` of the descriptor table at `table` with
@@ -54,19 +65,39 @@ impl Chain {
     /// descriptors, one indirect table (16-byte entries, not nested), a
     /// descriptor outside RAM or an index outside the table ends the chain,
     /// and so does a total past 4 GiB.
-    pub fn walk(&mut self, ram: &HostRam, table: u64, size: u16, head: u16) {
+    pub fn walk(&mut self, ram: &HostRam<'m>, table: u64, size: u16, head: u16) {
+        let mapped = ram.span(table, usize::from(size) * DESC_SIZE as usize);
+        self.walk_in(ram, mapped, table, size, head);
+    }
+
+    /// `walk`, with the table already looked up in guest RAM (`mapped`)
+    /// when all of it is there; each table is looked up once, not once per
+    /// descriptor.
+    fn walk_in(
+        &mut self,
+        ram: &HostRam<'m>,
+        mapped: Option<Span<'m>>,
+        table: u64,
+        size: u16,
+        head: u16,
+    ) {
         self.head = head;
         self.readable.clear();
         self.writable.clear();
         self.malformed = false;
         let (mut table, mut size, mut next, mut ttl) = (table, size, head, size);
+        let mut mapped = mapped;
         let mut indirect = false;
         let mut total = 0u32;
         while ttl > 0 && next < size {
             let Some(at) = table.checked_add(u64::from(next) * DESC_SIZE) else {
                 return;
             };
-            let Some(d) = ram.read_obj::<Descriptor>(at) else {
+            let d = match &mapped {
+                Some(t) => t.read_obj::<Descriptor>(at),
+                None => ram.read_obj::<Descriptor>(at),
+            };
+            let Some(d) = d else {
                 return;
             };
             let (addr, len) = (d.addr().0, d.len());
@@ -77,6 +108,7 @@ impl Chain {
                 }
                 (table, size, next, ttl, indirect) =
                     (addr, entries as u16, 0, entries as u16, true);
+                mapped = ram.span(addr, len as usize);
                 continue;
             }
             let Some(t) = total.checked_add(len) else {

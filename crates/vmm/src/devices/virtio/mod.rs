@@ -22,7 +22,6 @@ pub mod worker;
 use crate::vm::GuestMemory;
 use chain::Chain;
 use ram::HostRam;
-use ring::push_used;
 use std::os::fd::RawFd;
 use virtio_queue::Queue;
 
@@ -130,7 +129,7 @@ pub fn drain_queue(
         while chain.pop(queue, &ram) {
             popped = true;
             let len = handle(&chain, &ram);
-            used |= push_used(queue, &ram, chain.head(), len);
+            used |= chain.push_used(queue, &ram, len);
             budget -= 1;
             if budget == 0 {
                 return Used::queue_if(index, used) | Used::again(index);

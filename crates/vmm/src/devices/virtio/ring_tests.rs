@@ -52,7 +52,9 @@ fn run(r: &mut Rng, seen: &mut [u32; 6]) {
         f(&mb);
     };
     both(&|m| m.write_obj(start, GuestAddress(AVAIL + 2)).unwrap());
-    let (mut end, mut since, mut popped) = (AvailEnd::default(), start, Vec::new());
+    let (mut since, mut popped) = (start, Vec::new());
+    // The rings looked up once, as a batch does.
+    let mut rings = Rings::new(&qb, &HostRam::new(&mb));
     for _ in 0..64 {
         let ram = HostRam::new(&mb);
         match r.below(5) {
@@ -79,13 +81,13 @@ fn run(r: &mut Rng, seen: &mut [u32; 6]) {
                 });
                 // A device turn that starts now reads the new index
                 // (virtio-queue reads it for every chain).
-                end = AvailEnd::default();
+                rings.forget_avail_index();
             }
             // The device takes some.
             1 => {
                 for _ in 0..r.below(6) {
                     let a = qa.pop_descriptor_chain(&ma).map(|c| c.head_index());
-                    let b = pop_avail(&mut qb, &ram, &mut end);
+                    let b = pop_avail(&mut qb, &ram, &mut rings);
                     assert_eq!(a, b, "popped head");
                     assert_eq!(qa.next_avail(), qb.next_avail());
                     seen[usize::from(a.is_some())] += 1;
@@ -101,7 +103,7 @@ fn run(r: &mut Rng, seen: &mut [u32; 6]) {
                     };
                     let len = r.next() as u32;
                     let a = qa.add_used(&ma, head, len).is_ok();
-                    let b = push_used(&mut qb, &ram, head, len);
+                    let b = push_used(&mut qb, &ram, &rings, head, len);
                     assert_eq!(a, b, "used {head} accepted");
                     assert_eq!(qa.next_used(), qb.next_used());
                     seen[2 + usize::from(a)] += 1;
@@ -153,15 +155,15 @@ fn a_batch_reads_the_available_index_once() {
     let mut q = queue(8, false, USED);
     mem.write_obj(3u16, GuestAddress(AVAIL + 2)).unwrap();
     let ram = HostRam::new(&mem);
-    let mut end = AvailEnd::default();
-    assert_eq!(pop_avail(&mut q, &ram, &mut end), Some(0));
+    let mut rings = Rings::new(&q, &ram);
+    assert_eq!(pop_avail(&mut q, &ram, &mut rings), Some(0));
     // The driver publishes more: this batch finishes what it saw first,
     // then reads the index again.
     mem.write_obj(5u16, GuestAddress(AVAIL + 2)).unwrap();
-    assert_eq!(end.0, Some(3));
+    assert_eq!(rings.end, Some(3));
     for _ in 0..4 {
-        assert!(pop_avail(&mut q, &ram, &mut end).is_some());
+        assert!(pop_avail(&mut q, &ram, &mut rings).is_some());
     }
-    assert_eq!(end.0, Some(5));
-    assert_eq!(pop_avail(&mut q, &ram, &mut end), None);
+    assert_eq!(rings.end, Some(5));
+    assert_eq!(pop_avail(&mut q, &ram, &mut rings), None);
 }

@@ -201,7 +201,10 @@ fn queue_layout_is_frozen_once_running() {
 /// the used index passes it, none for the entries before or after.
 #[test]
 fn event_idx_interrupts_once_the_used_index_passes_used_event() {
-    use crate::devices::virtio::{ram::HostRam, ring::push_used};
+    use crate::devices::virtio::{
+        ram::HostRam,
+        ring::{push_used, Rings},
+    };
     use vm_memory::Bytes;
     let (mut t, _, _) = transport();
     let s = bring_up(&mut t, VIRTIO_F_VERSION_1 | RING_EVENT_IDX);
@@ -214,8 +217,9 @@ fn event_idx_interrupts_once_the_used_index_passes_used_event() {
         let mut guard = backend.lock().unwrap();
         let b = &mut *guard;
         let ram = HostRam::new(&b.mem);
+        let rings = Rings::new(&b.queues[0], &ram);
         for _ in 0..n {
-            assert!(push_used(&mut b.queues[0], &ram, 0, 0));
+            assert!(push_used(&mut b.queues[0], &ram, &rings, 0, 0));
         }
         drop(ram);
         b.interrupt_for(Used::queue(0));

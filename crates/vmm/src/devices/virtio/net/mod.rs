@@ -10,7 +10,6 @@ use super::chain::Chain;
 use super::iov::{write_bytes, IoVecs};
 use super::mmio::RING_EVENT_IDX;
 use super::ram::HostRam;
-use super::ring::push_used;
 use super::{
     drain_queue, more_after_enabling, read_config_bytes, DeviceState, Used, VirtioDevice,
     CHAIN_BUDGET, TYPE_NET, VIRTIO_F_VERSION_1,
@@ -107,14 +106,13 @@ impl Net {
                 return Used::queue_if(RX, used);
             };
             looked_again = false;
-            let head = chain.head();
             let writable = chain
                 .device_writable(VNET_HDR_LEN + ETH_HLEN)
                 .unwrap_or_default();
             let Some(iov) = IoVecs::writable(&ram, writable).filter(|v| !v.is_empty()) else {
                 // A chain no frame can go into: hand it back empty.
                 self.stats.rx_bad_buffers += 1;
-                used |= push_used(queue, &ram, head, 0);
+                used |= chain.push_used(queue, &ram, 0);
                 continue;
             };
             match self.tap.read_frame(iov.as_slice()) {
@@ -124,9 +122,9 @@ impl Net {
                     if write_bytes(&ram, writable, 10, &1u16.to_le_bytes()) {
                         self.stats.rx_frames += 1;
                     }
-                    used |= push_used(queue, &ram, head, n as u32);
+                    used |= chain.push_used(queue, &ram, n as u32);
                 }
-                Ok(Some(_)) => used |= push_used(queue, &ram, head, 0),
+                Ok(Some(_)) => used |= chain.push_used(queue, &ram, 0),
                 Ok(None) => {
                     queue.go_to_previous_position();
                     return Used::queue_if(RX, used);

@@ -9,7 +9,6 @@ pub mod packet;
 use super::chain::Chain;
 use super::iov::{in_memory, read_bytes, skip_front, total_len, write_bytes};
 use super::ram::HostRam;
-use super::ring::push_used;
 use super::{
     drain_queue, DeviceState, Used, VirtioDevice, CHAIN_BUDGET, TYPE_VSOCK, VIRTIO_F_VERSION_1,
 };
@@ -70,12 +69,11 @@ impl Vsock {
             if !chain.pop(queue, &ram) {
                 return Used::queue_if(RX, used);
             }
-            let head = chain.head();
             let writable = chain.device_writable(HEADER_LEN).unwrap_or_default();
             let room = total_len(writable);
             if room == 0 || !in_memory(&ram, writable) {
                 // No packet can go there: hand it back empty.
-                used |= push_used(queue, &ram, head, 0);
+                used |= chain.push_used(queue, &ram, 0);
                 continue;
             }
             let Some((h, data)) = self.host.to_guest(room - HEADER_LEN) else {
@@ -85,10 +83,10 @@ impl Vsock {
             let mut bytes = h.to_bytes().to_vec();
             bytes.extend_from_slice(&data);
             if write_bytes(&ram, writable, 0, &bytes) {
-                used |= push_used(queue, &ram, head, bytes.len() as u32);
+                used |= chain.push_used(queue, &ram, bytes.len() as u32);
             } else {
                 self.host.unsend(h, data);
-                used |= push_used(queue, &ram, head, 0);
+                used |= chain.push_used(queue, &ram, 0);
             }
         }
         Used::queue_if(RX, used) | Used::again(RX)
@@ -143,14 +141,13 @@ impl VirtioDevice for Vsock {
             log::warn!("virtio-vsock: no event buffer for the transport reset");
             return Used::NONE;
         }
-        let head = chain.head();
         let writable = chain.device_writable(4).unwrap_or_default();
         let len = if write_bytes(&ram, writable, 0, &EVENT_TRANSPORT_RESET.to_le_bytes()) {
             4
         } else {
             0
         };
-        Used::queue_if(EVENT, push_used(q, &ram, head, len))
+        Used::queue_if(EVENT, chain.push_used(q, &ram, len))
     }
 
     fn name(&self) -> &'static str {
