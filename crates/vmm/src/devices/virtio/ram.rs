@@ -1,8 +1,9 @@
 //! Guest RAM as the device thread touches it on the data path: each
 //! region's host mapping is looked up once per batch of chains, and each
 //! queue's rings once per batch too (`Span`), so a descriptor, a request
-//! header or a status byte costs a bounds check and a copy. (vm-memory's `Bytes` runs every such access through its generic
-//! slice iterator: about half of virtio-blk's own time per 4 KiB request.)
+//! header or a status byte costs a bounds check and a copy. (vm-memory's
+//! `Bytes` runs every such access through its generic slice iterator:
+//! about half of virtio-blk's own time per 4 KiB request.)
 //! Writes mark the region's dirty bitmap, as vm-memory's writes do, when
 //! it has one (dirty pages tracked: `vm::dirty_bitmap`).
 
