@@ -1,0 +1,443 @@
+//! virtio-blk on a raw image file (virtio 1.2, 5.2).
+//!
+//! Requests are parsed from the chain's readable and writable bytes, never
+//! from its descriptor layout: a header split across descriptors, or data
+//! and status in one descriptor, work like any other legal chain. Every
+//! sector range is checked against the image before the file is touched.
+
+mod io;
+
+use super::chain::Chain;
+use super::iov::{read_bytes, skip_front_into, take_front_into, total_len, write_bytes};
+use super::ram::HostRam;
+use super::{
+    drain_queue, read_config_bytes, DeviceState, Used, VirtioDevice, TYPE_BLOCK, VIRTIO_F_VERSION_1,
+};
+use crate::devices::virtio::mmio::RING_EVENT_IDX;
+use crate::vm::GuestMemory;
+use io::{punch_or_zero, transfer};
+use std::fs::File;
+use std::path::Path;
+use virtio_queue::Queue;
+use vm_memory::ByteValued;
+
+pub const SECTOR_SIZE: u64 = 512;
+const SECTOR_SHIFT: u32 = 9;
+pub const QUEUE_SIZE: u16 = 256;
+
+pub const F_RO: u64 = 1 << 5;
+pub const F_FLUSH: u64 = 1 << 9;
+pub const F_DISCARD: u64 = 1 << 13;
+pub const F_WRITE_ZEROES: u64 = 1 << 14;
+
+pub const T_IN: u32 = 0;
+pub const T_OUT: u32 = 1;
+pub const T_FLUSH: u32 = 4;
+pub const T_GET_ID: u32 = 8;
+pub const T_DISCARD: u32 = 11;
+pub const T_WRITE_ZEROES: u32 = 13;
+
+pub const S_OK: u8 = 0;
+pub const S_IOERR: u8 = 1;
+pub const S_UNSUPP: u8 = 2;
+
+/// Length of the GET_ID answer.
+pub const ID_BYTES: usize = 20;
+/// Largest data transfer of one request; bounds the bounce buffer.
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Largest discard / write-zeroes range, in sectors.
+const MAX_RANGE_SECTORS: u32 = 1 << 16;
+const MAX_RANGE_SEGMENTS: u32 = 1;
+
+/// `struct virtio_blk_outhdr`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct RequestHeader {
+    pub request_type: u32,
+    pub reserved: u32,
+    pub sector: u64,
+}
+// SAFETY: plain integers, no padding (4 + 4 + 8 bytes, 8-aligned).
+unsafe impl ByteValued for RequestHeader {}
+
+/// `struct virtio_blk_discard_write_zeroes`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Segment {
+    pub sector: u64,
+    pub num_sectors: u32,
+    pub flags: u32,
+}
+// SAFETY: plain integers, no padding (8 + 4 + 4 bytes, 8-aligned).
+unsafe impl ByteValued for Segment {}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Image(#[from] super::image::Error),
+    #[error("disk image {path}: size {size} is not a multiple of 512 bytes")]
+    Size { path: String, size: u64 },
+}
+
+/// Why a request failed: the status the driver sees.
+#[derive(Debug, PartialEq, Eq)]
+enum Fault {
+    /// Malformed or out-of-range request, or a host I/O error.
+    Io,
+    Unsupported,
+}
+
+/// What a disk has done, for metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BlockCounters {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub flushes: u64,
+    pub discards: u64,
+    /// Requests answered with an I/O error or as unsupported.
+    pub errors: u64,
+    /// Chains that could carry no status at all.
+    pub malformed: u64,
+}
+
+/// What a snapshot records of a disk: the image is not copied, so a
+/// restore checks it is still the image the guest knew.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct BlockState {
+    pub sectors: u64,
+    pub read_only: bool,
+    /// (st_dev, st_ino) at snapshot time.
+    pub identity: (u64, u64),
+}
+
+pub struct Block {
+    counters: BlockCounters,
+    file: File,
+    /// Image size in sectors, fixed at open.
+    sectors: u64,
+    read_only: bool,
+    id: [u8; ID_BYTES],
+    features: u64,
+    config: Vec<u8>,
+    /// A request's data buffers (header and status trimmed off), kept
+    /// from request to request.
+    data_out: Vec<(u64, usize)>,
+    data_in: Vec<(u64, usize)>,
+}
+
+impl Block {
+    pub fn open(path: &Path, read_only: bool, id: Option<&str>) -> Result<Block, Error> {
+        let name = path.display().to_string();
+        let super::image::Image { file, size } = super::image::open(path, read_only)?;
+        if size % SECTOR_SIZE != 0 {
+            return Err(Error::Size { path: name, size });
+        }
+        let id_text = id.map(str::to_owned).unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        Ok(Block::with_file(
+            file,
+            size / SECTOR_SIZE,
+            read_only,
+            &id_text,
+        ))
+    }
+
+    pub fn with_file(file: File, sectors: u64, read_only: bool, id_text: &str) -> Block {
+        let mut id = [0u8; ID_BYTES];
+        let n = id_text.len().min(ID_BYTES);
+        id[..n].copy_from_slice(&id_text.as_bytes()[..n]);
+        let mut features =
+            VIRTIO_F_VERSION_1 | RING_EVENT_IDX | F_FLUSH | F_DISCARD | F_WRITE_ZEROES;
+        if read_only {
+            features |= F_RO;
+        }
+        Block {
+            counters: BlockCounters::default(),
+            file,
+            sectors,
+            read_only,
+            id,
+            features,
+            config: config_space(sectors),
+            data_out: Vec::new(),
+            data_in: Vec::new(),
+        }
+    }
+
+    pub fn sectors(&self) -> u64 {
+        self.sectors
+    }
+
+    /// Byte range of `count` bytes at `sector`, if it lies inside the image.
+    fn range(&self, sector: u64, count: u64) -> Result<u64, Fault> {
+        let start = sector.checked_mul(SECTOR_SIZE).ok_or(Fault::Io)?;
+        let end = start.checked_add(count).ok_or(Fault::Io)?;
+        if end > self.sectors * SECTOR_SIZE {
+            return Err(Fault::Io);
+        }
+        Ok(start)
+    }
+
+    /// Executes one request. Returns the status and how many bytes were
+    /// written into the driver's buffers before the status byte.
+    fn execute(
+        &mut self,
+        header: RequestHeader,
+        ram: &HostRam,
+        io: ChainIo<'_>,
+    ) -> Result<u32, Fault> {
+        let ChainIo { data_out, data_in } = io;
+        match header.request_type {
+            // Data moves straight between the file and guest memory
+            // (preadv/pwritev on the chain's buffers): no bounce buffer.
+            T_IN => {
+                let len = total_len(data_in);
+                if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
+                    return Err(Fault::Io);
+                }
+                let offset = self.range(header.sector, len as u64)?;
+                transfer(&self.file, ram, data_in, offset, false)?;
+                self.counters.reads += 1;
+                self.counters.read_bytes += len as u64;
+                Ok(len as u32)
+            }
+            T_OUT => {
+                if self.read_only {
+                    return Err(Fault::Io);
+                }
+                let len = total_len(data_out);
+                if !len.is_multiple_of(SECTOR_SIZE as usize) || len > MAX_REQUEST_BYTES {
+                    return Err(Fault::Io);
+                }
+                let offset = self.range(header.sector, len as u64)?;
+                transfer(&self.file, ram, data_out, offset, true)?;
+                self.counters.writes += 1;
+                self.counters.write_bytes += len as u64;
+                Ok(0)
+            }
+            T_FLUSH => {
+                if !self.read_only {
+                    self.file.sync_data().map_err(|_| Fault::Io)?;
+                }
+                self.counters.flushes += 1;
+                Ok(0)
+            }
+            T_GET_ID => {
+                scatter(ram, data_in, &self.id)?;
+                Ok(ID_BYTES as u32)
+            }
+            T_DISCARD | T_WRITE_ZEROES => {
+                if self.read_only {
+                    return Err(Fault::Io);
+                }
+                let zeroes = header.request_type == T_WRITE_ZEROES;
+                let segments = total_len(data_out) / std::mem::size_of::<Segment>();
+                if segments == 0 || segments > MAX_RANGE_SEGMENTS as usize {
+                    return Err(Fault::Io);
+                }
+                let mut seg = Segment::default();
+                gather(ram, data_out, seg.as_mut_slice())?;
+                // Only bit 0 (unmap, write-zeroes only) is defined.
+                if seg.flags & !1 != 0 || (!zeroes && seg.flags != 0) {
+                    return Err(Fault::Unsupported);
+                }
+                if seg.num_sectors > MAX_RANGE_SECTORS {
+                    return Err(Fault::Io);
+                }
+                let len = u64::from(seg.num_sectors) << SECTOR_SHIFT;
+                let offset = self.range(seg.sector, len)?;
+                punch_or_zero(&self.file, offset, len, zeroes).map_err(|_| Fault::Io)?;
+                self.counters.discards += 1;
+                Ok(0)
+            }
+            _ => Err(Fault::Unsupported),
+        }
+    }
+
+    /// Handles one chain; returns the used length: data written plus the
+    /// status byte, or 0 when the chain cannot carry a status (dropped).
+    fn handle_chain(&mut self, chain: &Chain, ram: &HostRam) -> u32 {
+        let Some((readable, writable)) = chain.buffers() else {
+            self.counters.malformed += 1;
+            return 0;
+        };
+        // The status is the chain's last writable byte, wherever it sits;
+        // with no writable byte there is nowhere to answer: dropped.
+        let Some(&(last, last_len)) = writable.iter().rev().find(|s| s.1 > 0) else {
+            self.counters.malformed += 1;
+            return 0;
+        };
+        let status_addr = last + last_len as u64 - 1;
+        let writable_len = total_len(writable);
+        let mut header = RequestHeader::default();
+        let mut data_out = std::mem::take(&mut self.data_out);
+        let mut data_in = std::mem::take(&mut self.data_in);
+        let result = match gather(ram, readable, header.as_mut_slice()) {
+            Ok(()) => {
+                skip_front_into(
+                    readable,
+                    std::mem::size_of::<RequestHeader>(),
+                    &mut data_out,
+                );
+                take_front_into(writable, writable_len - 1, &mut data_in);
+                let io = ChainIo {
+                    data_out: &data_out,
+                    data_in: &data_in,
+                };
+                self.execute(header, ram, io)
+            }
+            Err(f) => Err(f),
+        };
+        (self.data_out, self.data_in) = (data_out, data_in);
+        let (code, written) = match result {
+            Ok(n) => (S_OK, n),
+            Err(Fault::Io) => (S_IOERR, 0),
+            Err(Fault::Unsupported) => (S_UNSUPP, 0),
+        };
+        if code != S_OK {
+            self.counters.errors += 1;
+        }
+        if !ram.write(status_addr, &[code]) {
+            self.counters.malformed += 1;
+            return 0;
+        }
+        written + 1
+    }
+}
+
+/// What a request sees of its chain: (address, length) pieces of the
+/// data, the readable ones after the header and the writable ones before
+/// the status.
+struct ChainIo<'r> {
+    data_out: &'r [(u64, usize)],
+    data_in: &'r [(u64, usize)],
+}
+
+/// Fills `buf` from the start of `segs`.
+fn gather(ram: &HostRam, segs: &[(u64, usize)], buf: &mut [u8]) -> Result<(), Fault> {
+    read_bytes(ram, segs, buf).then_some(()).ok_or(Fault::Io)
+}
+
+/// Writes `data` over the start of `segs`.
+fn scatter(ram: &HostRam, segs: &[(u64, usize)], data: &[u8]) -> Result<(), Fault> {
+    write_bytes(ram, segs, 0, data)
+        .then_some(())
+        .ok_or(Fault::Io)
+}
+
+/// `struct virtio_blk_config` up to the write-zeroes fields.
+fn config_space(sectors: u64) -> Vec<u8> {
+    let mut c = vec![0u8; 60];
+    c[0..8].copy_from_slice(&sectors.to_le_bytes());
+    // max_discard_sectors, max_discard_seg, discard_sector_alignment.
+    c[36..40].copy_from_slice(&MAX_RANGE_SECTORS.to_le_bytes());
+    c[40..44].copy_from_slice(&MAX_RANGE_SEGMENTS.to_le_bytes());
+    c[44..48].copy_from_slice(&1u32.to_le_bytes());
+    // max_write_zeroes_sectors, max_write_zeroes_seg, write_zeroes_may_unmap.
+    c[48..52].copy_from_slice(&MAX_RANGE_SECTORS.to_le_bytes());
+    c[52..56].copy_from_slice(&MAX_RANGE_SEGMENTS.to_le_bytes());
+    c[56] = 1;
+    c
+}
+
+impl VirtioDevice for Block {
+    fn name(&self) -> &'static str {
+        "virtio-blk"
+    }
+
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn save(&mut self) -> Result<DeviceState, String> {
+        use std::os::unix::fs::MetadataExt;
+        // Every request completed before the pause; what the guest wrote
+        // reaches the image before the snapshot says it did.
+        if !self.read_only {
+            self.file
+                .sync_data()
+                .map_err(|e| format!("virtio-blk: flushing the image: {e}"))?;
+        }
+        let m = self
+            .file
+            .metadata()
+            .map_err(|e| format!("virtio-blk: {e}"))?;
+        Ok(DeviceState::Block(BlockState {
+            sectors: self.sectors,
+            read_only: self.read_only,
+            identity: (m.dev(), m.ino()),
+        }))
+    }
+
+    fn restore(&mut self, state: &DeviceState) -> Result<(), String> {
+        use std::os::unix::fs::MetadataExt;
+        let DeviceState::Block(s) = state else {
+            return Err(format!("virtio-blk: the snapshot has {state:?} here"));
+        };
+        if s.sectors != self.sectors {
+            return Err(format!(
+                "disk image changed size since the snapshot: {} bytes then, {} now",
+                s.sectors * SECTOR_SIZE,
+                self.sectors * SECTOR_SIZE
+            ));
+        }
+        if s.read_only != self.read_only {
+            return Err(format!(
+                "disk was read-only={} at the snapshot, read-only={} now",
+                s.read_only, self.read_only
+            ));
+        }
+        if let Ok(m) = self.file.metadata() {
+            if (m.dev(), m.ino()) != s.identity {
+                // A copied image (another host) is legitimate; said once.
+                log::warn!(
+                    "virtio-blk: the image is not the same file as at the snapshot (a copy?)"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Vec<(&'static str, u64)> {
+        let c = self.counters;
+        vec![
+            ("reads", c.reads),
+            ("read_bytes", c.read_bytes),
+            ("writes", c.writes),
+            ("write_bytes", c.write_bytes),
+            ("flushes", c.flushes),
+            ("discards", c.discards),
+            ("errors", c.errors),
+            ("malformed", c.malformed),
+        ]
+    }
+
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemory) -> Used {
+        let Some(queue) = queues.get_mut(index) else {
+            return Used::NONE;
+        };
+        drain_queue(index, queue, mem, |chain, ram| {
+            self.handle_chain(chain, ram)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
