@@ -201,8 +201,13 @@ pub struct RunArgs {
     /// The KVM device.
     #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
     pub kvm_device: PathBuf,
-    /// A virtio-blk disk on a raw image (repeatable).
-    #[arg(long, value_name = "path=FILE[,readonly=on][,id=NAME]")]
+    /// A virtio-blk disk on a raw image (repeatable); engine: io_uring
+    /// reads (async), pread/pwrite (sync), or io_uring where the kernel
+    /// allows it (auto, the default).
+    #[arg(
+        long,
+        value_name = "path=FILE[,readonly=on][,id=NAME][,engine=auto|sync|async]"
+    )]
     pub disk: Vec<DiskConfig>,
     /// A virtio-rng device fed by the host's getrandom.
     #[arg(long)]

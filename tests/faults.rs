@@ -84,6 +84,49 @@ fn a_device_thread_whose_event_loop_fails_stops_the_machine() {
     assert_thread_died(&r, "virtio", "virtio-error");
 }
 
+/// Without io_uring a disk falls back to the synchronous engine and says
+/// so, unless `engine=async` asked for io_uring: then the start fails
+/// naming the disk.
+#[test]
+fn a_kernel_without_io_uring_leaves_disks_on_the_synchronous_engine() {
+    let img = scratch("fault-no-uring").join("disk.img");
+    let mut data = vec![0u8; 8 * 512];
+    data[..8].copy_from_slice(b"HOSTDISK");
+    std::fs::write(&img, &data).unwrap();
+    let args = |engine: &str| {
+        vec![
+            "run".to_string(),
+            "--kernel".into(),
+            kernel("virtioblk"),
+            "--disk".into(),
+            format!("path={},engine={engine}", img.display()),
+        ]
+    };
+    let auto = args("auto");
+    let auto: Vec<&str> = auto.iter().map(String::as_str).collect();
+    let r = run_with_fault(&auto, "no-io-uring");
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(
+        r.stdout.contains("flush 0000000000000000"),
+        "{}",
+        r.output()
+    );
+    assert!(
+        r.stderr.contains("no io_uring") && r.stderr.contains("synchronous engine"),
+        "{}",
+        r.output()
+    );
+    let strict = args("async");
+    let strict: Vec<&str> = strict.iter().map(String::as_str).collect();
+    let r = run_with_fault(&strict, "no-io-uring");
+    assert_eq!(r.status, 1, "{}", r.output());
+    assert!(
+        r.stderr.contains("disk.img") && r.stderr.contains("engine=async needs io_uring"),
+        "{}",
+        r.output()
+    );
+}
+
 #[test]
 fn an_api_thread_that_panics_stops_the_running_machine() {
     let sock = scratch("fault-api").join("api.sock");

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use crate::boot::BootPath;
+use crate::devices::virtio::block::IoEngine;
 use crate::vm::layout::MIB;
 
 /// Where the serial console goes.
@@ -34,6 +35,8 @@ pub struct DiskConfig {
     pub read_only: bool,
     /// What GET_ID answers (at most 20 bytes); default: the file name.
     pub id: Option<String>,
+    /// How its data moves (`engine=auto|sync|async`).
+    pub engine: IoEngine,
 }
 
 /// Splits `key=value,key=value`, refusing keys not in `known`.
@@ -66,11 +69,13 @@ impl std::str::FromStr for DiskConfig {
         let mut path = None;
         let mut read_only = false;
         let mut id = None;
-        for (key, value) in key_values(s, &["path", "readonly", "id"])? {
+        let mut engine = IoEngine::default();
+        for (key, value) in key_values(s, &["path", "readonly", "id", "engine"])? {
             match key {
                 "path" if value.is_empty() => return Err("path=: empty path".into()),
                 "path" => path = Some(PathBuf::from(value)),
                 "readonly" => read_only = on_off(key, value)?,
+                "engine" => engine = value.parse()?,
                 _ if value.len() <= 20 => id = Some(value.to_string()),
                 _ => return Err(format!("id={value}: at most 20 bytes")),
             }
@@ -80,6 +85,7 @@ impl std::str::FromStr for DiskConfig {
             path,
             read_only,
             id,
+            engine,
         })
     }
 }
@@ -280,17 +286,22 @@ mod tests {
 
     #[test]
     fn disk_options_parse_and_errors_name_the_problem() {
-        let d: DiskConfig = "path=/a.img,readonly=on,id=root".parse().unwrap();
+        let d: DiskConfig = "path=/a.img,readonly=on,id=root,engine=sync"
+            .parse()
+            .unwrap();
         assert_eq!(
             d,
             DiskConfig {
                 path: "/a.img".into(),
                 read_only: true,
-                id: Some("root".into())
+                id: Some("root".into()),
+                engine: IoEngine::Sync,
             }
         );
         let d: DiskConfig = "path=b.img".parse().unwrap();
-        assert!(!d.read_only && d.id.is_none());
+        assert!(!d.read_only && d.id.is_none() && d.engine == IoEngine::Auto);
+        let d: DiskConfig = "path=b.img,engine=async".parse().unwrap();
+        assert_eq!(d.engine, IoEngine::Async);
         for (bad, needle) in [
             ("readonly=on", "path=FILE is required"),
             ("path=", "empty path"),
@@ -298,6 +309,10 @@ mod tests {
             ("path=a,speed=9", "unknown key `speed`"),
             ("path=a,id=123456789012345678901", "at most 20"),
             ("a.img", "`a.img`: expected key=value"),
+            (
+                "path=a,engine=uring",
+                "engine=uring: expected auto, sync or async",
+            ),
         ] {
             let e = bad.parse::<DiskConfig>().unwrap_err();
             assert!(e.contains(needle), "{bad}: {e}");

@@ -15,6 +15,8 @@ pub const API_PANIC: &str = "api-panic";
 /// vCPU 0 reaches the start gate 200 ms after reporting itself created:
 /// after the builder has every report and has moved on.
 pub const VCPU_LATE_AT_GATE: &str = "vcpu-late-at-gate";
+/// The kernel refuses virtio-blk an io_uring (as with io_uring_disabled=2).
+pub const NO_IO_URING: &str = "no-io-uring";
 /// Emulation-only hosts: the guest keeps KVM's PV TLB flush feature, the
 /// trigger of issue 10's TLS fault (tests/linux_process_starts.rs' control).
 pub const SHOW_PV_TLB_FLUSH: &str = "show-pv-tlb-flush";

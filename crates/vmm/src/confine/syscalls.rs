@@ -121,6 +121,8 @@ const DEVICE: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_fstat,
     libc::SYS_statx,
+    // virtio-blk's batched reads; the ring itself can only read.
+    libc::SYS_io_uring_enter,
 ];
 
 const CONSOLE: &[i64] = &[libc::SYS_writev, libc::SYS_poll];
@@ -244,6 +246,8 @@ pub fn name(nr: i64) -> Option<&'static str> {
         (libc::SYS_ftruncate, "ftruncate"),
         (libc::SYS_epoll_wait, "epoll_wait"),
         (libc::SYS_poll, "poll"),
+        (libc::SYS_io_uring_enter, "io_uring_enter"),
+        (libc::SYS_io_uring_setup, "io_uring_setup"),
     ];
     NAMES.iter().find(|(n, _)| *n == nr).map(|(_, s)| *s)
 }

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig, MAX_VCPUS};
+use crate::devices::virtio::block::IoEngine;
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,11 +156,20 @@ impl Drive {
             None | Some("Unsafe") | Some("Writeback") => {}
             Some(c) => return Err(format!("Invalid cache_type {c} (Unsafe or Writeback).")),
         }
-        match self.io_engine.as_deref() {
-            None | Some("Sync") => {}
-            Some(e) => return Err(format!("io_engine {e} is not supported by Tsubame (Sync).")),
-        }
+        self.engine()?;
         no_rate_limiter(&self.rate_limiter, "drive")
+    }
+
+    /// `io_engine`: Sync or Async as Firecracker has them; left out, the
+    /// batched engine where the kernel allows it (the guest sees no
+    /// difference).
+    pub fn engine(&self) -> Result<IoEngine, String> {
+        match self.io_engine.as_deref() {
+            None => Ok(IoEngine::Auto),
+            Some("Sync") => Ok(IoEngine::Sync),
+            Some("Async") => Ok(IoEngine::Async),
+            Some(e) => Err(format!("Invalid io_engine {e} (Sync or Async).")),
+        }
     }
 }
 
@@ -517,6 +527,7 @@ impl VmResources {
                 path: PathBuf::from(d.path_on_host.clone().unwrap_or_default()),
                 read_only: d.is_read_only,
                 id: Some(d.drive_id.chars().take(20).collect()),
+                engine: d.engine().unwrap_or_default(),
             })
             .collect();
         cfg.nets = self

@@ -85,10 +85,22 @@ fn drives_replace_by_id_and_one_root_is_allowed() {
     };
     assert!(r.set_drive(limited).unwrap_err().contains("rate limiters"));
     let engine = Drive {
-        io_engine: Some("Async".into()),
+        io_engine: Some("Turbo".into()),
         ..d("z", false)
     };
-    assert!(r.set_drive(engine).unwrap_err().contains("Async"));
+    assert!(r.set_drive(engine).unwrap_err().contains("io_engine Turbo"));
+    for (engine, want) in [
+        (None, IoEngine::Auto),
+        (Some("Sync"), IoEngine::Sync),
+        (Some("Async"), IoEngine::Async),
+    ] {
+        let d = Drive {
+            io_engine: engine.map(str::to_owned),
+            ..d("z", false)
+        };
+        assert_eq!(d.engine(), Ok(want));
+        r.set_drive(d).unwrap();
+    }
 }
 
 #[test]
@@ -104,12 +116,13 @@ fn instance_start_config_puts_the_root_drive_first_and_on_the_cmdline() {
         boot_args: Some("console=ttyS0 -- init-arg".into()),
     })
     .unwrap();
-    for (id, root) in [("data", false), ("rootfs", true)] {
+    for (id, root, engine) in [("data", false, Some("Sync")), ("rootfs", true, None)] {
         r.set_drive(Drive {
             drive_id: id.into(),
             path_on_host: Some("/dev/null".into()),
             is_root_device: root,
             is_read_only: root,
+            io_engine: engine.map(str::to_owned),
             ..Drive::default()
         })
         .unwrap();
@@ -118,6 +131,8 @@ fn instance_start_config_puts_the_root_drive_first_and_on_the_cmdline() {
     let cfg = r.to_vm_config(&VmConfig::new("")).unwrap();
     assert_eq!(cfg.disks[0].id.as_deref(), Some("rootfs"));
     assert!(cfg.disks[0].read_only);
+    assert_eq!(cfg.disks[0].engine, IoEngine::Auto);
+    assert_eq!(cfg.disks[1].engine, IoEngine::Sync);
     assert_eq!(
         cfg.cmdline.as_deref(),
         Some("console=ttyS0 root=/dev/vda ro -- init-arg")

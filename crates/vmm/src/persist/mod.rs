@@ -151,6 +151,8 @@ impl MachineShape {
                     path: d.path.clone(),
                     read_only: d.read_only,
                     id: d.id.clone(),
+                    // A host choice, not the guest's: not in the snapshot.
+                    engine: Default::default(),
                 })
                 .collect(),
             rng: self.rng,

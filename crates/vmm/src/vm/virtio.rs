@@ -64,6 +64,7 @@ pub fn plan(cfg: &VmConfig) -> Result<Vec<Planned>, Error> {
             &d.path,
             d.read_only,
             d.id.as_deref(),
+            d.engine,
         )?));
     }
     if cfg.rng {

@@ -54,9 +54,14 @@ impl<'m> Chain<'m> {
     /// Returns the last chain popped to the driver, `len` bytes written
     /// into it (see `ring::push_used`).
     pub fn push_used(&self, queue: &mut Queue, ram: &HostRam<'m>, len: u32) -> bool {
+        self.push_used_for(queue, ram, self.head, len)
+    }
+
+    /// Returns the chain at `head`, one this batch popped earlier.
+    pub fn push_used_for(&self, queue: &mut Queue, ram: &HostRam<'m>, head: u16, len: u32) -> bool {
         match &self.rings {
-            Some(rings) => push_used(queue, ram, rings, self.head, len),
-            None => push_used(queue, ram, &Rings::new(queue, ram), self.head, len),
+            Some(rings) => push_used(queue, ram, rings, head, len),
+            None => push_used(queue, ram, &Rings::new(queue, ram), head, len),
         }
     }
 

@@ -108,13 +108,46 @@ impl std::ops::BitOrAssign for Used {
 /// work; the budget keeps that from holding the device thread forever.
 pub const CHAIN_BUDGET: usize = 128;
 
+/// How a device answers the chains of one turn of [`drain_chains`].
+pub trait ChainWork {
+    /// Answers `chain` now (`Some(used length)`), or starts it (`None`):
+    /// the next `finish` answers it.
+    fn start(&mut self, chain: &Chain, ram: &HostRam) -> Option<u32>;
+    /// Completes every chain started, calling `done(head, used length)`
+    /// for each, in the order they were started.
+    fn finish(&mut self, ram: &HostRam, done: &mut dyn FnMut(u16, u32));
+}
+
+/// A device that answers every chain at once.
+struct AtOnce<F>(F);
+
+impl<F: FnMut(&Chain, &HostRam) -> u32> ChainWork for AtOnce<F> {
+    fn start(&mut self, chain: &Chain, ram: &HostRam) -> Option<u32> {
+        Some((self.0)(chain, ram))
+    }
+
+    fn finish(&mut self, _: &HostRam, _: &mut dyn FnMut(u16, u32)) {}
+}
+
 /// Takes the available chains of queue `index`, at most [`CHAIN_BUDGET`],
 /// `handle` returning each one's used length.
 pub fn drain_queue(
     index: usize,
     queue: &mut Queue,
     mem: &GuestMemory,
-    mut handle: impl FnMut(&Chain, &HostRam) -> u32,
+    handle: impl FnMut(&Chain, &HostRam) -> u32,
+) -> Used {
+    drain_chains(index, queue, mem, &mut AtOnce(handle))
+}
+
+/// [`drain_queue`] for a device that may start chains and answer them
+/// later in the turn: they are returned in the order they were taken, and
+/// all before the turn ends (nothing is in flight between turns).
+pub fn drain_chains(
+    index: usize,
+    queue: &mut Queue,
+    mem: &GuestMemory,
+    work: &mut dyn ChainWork,
 ) -> Used {
     use virtio_queue::QueueT;
     let ram = HostRam::new(mem);
@@ -128,13 +161,24 @@ pub fn drain_queue(
         let mut popped = false;
         while chain.pop(queue, &ram) {
             popped = true;
-            let len = handle(&chain, &ram);
-            used |= chain.push_used(queue, &ram, len);
+            if let Some(len) = work.start(&chain, &ram) {
+                // Chains started earlier go back first.
+                work.finish(&ram, &mut |head, len| {
+                    used |= chain.push_used_for(queue, &ram, head, len)
+                });
+                used |= chain.push_used(queue, &ram, len);
+            }
             budget -= 1;
             if budget == 0 {
+                work.finish(&ram, &mut |head, len| {
+                    used |= chain.push_used_for(queue, &ram, head, len)
+                });
                 return Used::queue_if(index, used) | Used::again(index);
             }
         }
+        work.finish(&ram, &mut |head, len| {
+            used |= chain.push_used_for(queue, &ram, head, len)
+        });
         // A later round runs only because "more" was announced; finding
         // nothing then means a ring the queue cannot read: stop.
         if (round > 0 && !popped) || !more_after_enabling(queue, mem) {

@@ -91,6 +91,19 @@ impl RingDriver {
     pub fn used_idx(&self, mem: &GuestMemory) -> u16 {
         mem.read_obj(GuestAddress(self.used + 2)).unwrap_or(0)
     }
+
+    /// Used entry `i` (counted from the start): the chain's head and the
+    /// length the device wrote.
+    pub fn used_entry(&self, mem: &GuestMemory, i: u16) -> Option<(u32, u32)> {
+        let at = self.used + 4 + 8 * u64::from(i % self.size);
+        let e: [u32; 2] = mem.read_obj(GuestAddress(at)).ok()?;
+        Some((u32::from_le(e[0]), u32::from_le(e[1])))
+    }
+
+    /// The head the next `post` will use.
+    pub fn next_head(&self) -> u16 {
+        self.next_desc
+    }
 }
 
 #[cfg(test)]
