@@ -368,27 +368,38 @@ impl Block {
             return Some(0);
         };
         let status_addr = last + last_len as u64 - 1;
-        let writable_len = total_len(writable);
-        let mut header = RequestHeader::default();
-        let mut data_out = std::mem::take(&mut self.data_out);
-        let mut data_in = std::mem::take(&mut self.data_in);
-        let result = match gather(ram, readable, header.as_mut_slice()) {
-            Ok(()) => {
-                skip_front_into(
-                    readable,
-                    std::mem::size_of::<RequestHeader>(),
-                    &mut data_out,
-                );
-                take_front_into(writable, writable_len - 1, &mut data_in);
-                let io = ChainIo {
-                    data_out: &data_out,
-                    data_in: &data_in,
-                };
-                self.execute(header, ram, io)
+        const HEADER: usize = std::mem::size_of::<RequestHeader>();
+        let (mut out_buf, mut in_buf) = (
+            std::mem::take(&mut self.data_out),
+            std::mem::take(&mut self.data_in),
+        );
+        // The usual chain (header, data, status byte, each in its own
+        // buffers) is read in place; any other layout is cut into copies.
+        let header = match readable.first() {
+            Some(&(at, len)) if len >= HEADER => ram.read_obj::<RequestHeader>(at).ok_or(Fault::Io),
+            _ => {
+                let mut h = RequestHeader::default();
+                gather(ram, readable, h.as_mut_slice()).map(|()| h)
             }
-            Err(f) => Err(f),
         };
-        (self.data_out, self.data_in) = (data_out, data_in);
+        let result = header.and_then(|header| {
+            let data_out: &[(u64, usize)] = match readable {
+                [(_, HEADER), rest @ ..] => rest,
+                _ => {
+                    skip_front_into(readable, HEADER, &mut out_buf);
+                    &out_buf
+                }
+            };
+            let data_in: &[(u64, usize)] = match writable {
+                [rest @ .., (_, 1)] => rest,
+                _ => {
+                    take_front_into(writable, total_len(writable) - 1, &mut in_buf);
+                    &in_buf
+                }
+            };
+            self.execute(header, ram, ChainIo { data_out, data_in })
+        });
+        (self.data_out, self.data_in) = (out_buf, in_buf);
         match result {
             Ok(Answer::Later(op)) => {
                 if self.ops.len() >= MAX_BATCH {
