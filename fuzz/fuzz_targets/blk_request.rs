@@ -2,6 +2,8 @@
 //! 16-entry queue (descriptors at 0, available ring at 0x100, used ring at
 //! 0x200, all within the first KiB) and whatever the descriptors point at. Any chain must end in a
 //! status or be dropped; never a panic, never an access outside memory.
+//! The first byte picks read-only (bit 0) and the batched io_uring engine
+//! (bit 1), whose reads complete at the end of the turn.
 #![no_main]
 
 mod common;
@@ -15,6 +17,9 @@ fuzz_target!(|data: &[u8]| {
     let (file, sectors) = common::disk();
     let read_only = data.first().is_some_and(|b| b & 1 != 0);
     let mut blk = Block::with_file(file, sectors, read_only, "fuzz");
+    if data.first().is_some_and(|b| b & 2 != 0) {
+        blk.use_uring().expect("this kernel has io_uring");
+    }
     let mut q = common::queue(0);
     blk.process_queue(0, std::slice::from_mut(&mut q), &mem);
 });
