@@ -18,7 +18,8 @@ fuzz_target!(|data: &[u8]| {
     let read_only = data.first().is_some_and(|b| b & 1 != 0);
     let mut blk = Block::with_file(file, sectors, read_only, "fuzz");
     if data.first().is_some_and(|b| b & 2 != 0) {
-        blk.use_uring().expect("this kernel has io_uring");
+        // Where the kernel has no io_uring, the input runs on sync alone.
+        let _ = blk.use_uring();
     }
     let mut q = common::queue(0);
     blk.process_queue(0, std::slice::from_mut(&mut q), &mem);

@@ -178,17 +178,20 @@ impl<'m> HostRam<'m> {
         HostRam { regions }
     }
 
-    /// The region holding all of `[gpa, gpa + len)`. A range that spans
-    /// two regions is refused: RAM ranges are never adjacent (the layout
-    /// leaves holes between them).
-    fn find(&self, gpa: u64, len: usize) -> Option<&Span<'m>> {
-        self.regions.iter().find(|r| r.locate(gpa, len).is_some())
+    /// The region `gpa` lies in (or ends at): the access's own span method
+    /// then checks the whole range, once. A range that spans two regions
+    /// is refused there: RAM ranges are never adjacent (the layout leaves
+    /// holes between them).
+    fn find(&self, gpa: u64) -> Option<&Span<'m>> {
+        self.regions
+            .iter()
+            .find(|r| gpa.wrapping_sub(r.start) <= r.len)
     }
 
     /// `[gpa, gpa + len)` as a span of its own, when all of it is guest
     /// RAM: a ring looked up once, then accessed without a search.
     pub fn span(&self, gpa: u64, len: usize) -> Option<Span<'m>> {
-        let r = self.find(gpa, len)?;
+        let r = self.find(gpa)?;
         let off = r.locate(gpa, len)?;
         Some(Span {
             start: gpa,
@@ -201,54 +204,50 @@ impl<'m> HostRam<'m> {
 
     /// Host address of `[gpa, gpa + len)`, if it lies in guest RAM.
     pub fn host_ptr(&self, gpa: u64, len: usize) -> Option<*mut u8> {
-        self.find(gpa, len)?.host_ptr(gpa, len)
+        self.find(gpa)?.host_ptr(gpa, len)
     }
 
     /// Whether all of `[gpa, gpa + len)` is guest RAM.
     pub fn contains(&self, gpa: u64, len: usize) -> bool {
-        self.find(gpa, len).is_some()
+        self.find(gpa).is_some_and(|r| r.locate(gpa, len).is_some())
     }
 
     /// Host address of `[gpa, gpa + len)` for the device to write behind
     /// vm-memory's back (through an iovec): the range is marked dirty.
     pub fn host_ptr_for_write(&self, gpa: u64, len: usize) -> Option<*mut u8> {
-        self.find(gpa, len)?.host_ptr_for_write(gpa, len)
+        self.find(gpa)?.host_ptr_for_write(gpa, len)
     }
 
     /// A `T` read from `gpa` once, into a copy the guest cannot change.
     pub fn read_obj<T: ByteValued>(&self, gpa: u64) -> Option<T> {
-        self.find(gpa, std::mem::size_of::<T>())?.read_obj(gpa)
+        self.find(gpa)?.read_obj(gpa)
     }
 
     /// Fills `buf` from `gpa`; false (and `buf` unspecified) if the range
     /// is not all guest RAM. An empty `buf` reads nothing, anywhere (as
     /// vm-memory's reads).
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        buf.is_empty() || self.find(gpa, buf.len()).is_some_and(|r| r.read(gpa, buf))
+        buf.is_empty() || self.find(gpa).is_some_and(|r| r.read(gpa, buf))
     }
 
     /// The little-endian u16 at `gpa` (a ring index the driver publishes),
     /// loaded atomically with `order`; None if it is not 2-aligned guest RAM.
     pub fn load_u16(&self, gpa: u64, order: Ordering) -> Option<u16> {
-        self.find(gpa, 2)?.load_u16(gpa, order)
+        self.find(gpa)?.load_u16(gpa, order)
     }
 
     /// Stores `v` little-endian at `gpa` with `order` (a ring index the
     /// device publishes) and marks it dirty; false if it is not 2-aligned
     /// guest RAM.
     pub fn store_u16(&self, gpa: u64, v: u16, order: Ordering) -> bool {
-        self.find(gpa, 2)
-            .is_some_and(|r| r.store_u16(gpa, v, order))
+        self.find(gpa).is_some_and(|r| r.store_u16(gpa, v, order))
     }
 
     /// Writes `data` at `gpa` and marks it dirty; false (nothing written)
     /// if the range is not all guest RAM. Empty `data` writes nothing,
     /// anywhere.
     pub fn write(&self, gpa: u64, data: &[u8]) -> bool {
-        data.is_empty()
-            || self
-                .find(gpa, data.len())
-                .is_some_and(|r| r.write(gpa, data))
+        data.is_empty() || self.find(gpa).is_some_and(|r| r.write(gpa, data))
     }
 }
 

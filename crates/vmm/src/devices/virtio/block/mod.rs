@@ -161,8 +161,8 @@ pub struct Block {
     data_in: Vec<(u64, usize)>,
     /// The batched engine, when the disk has one.
     uring: Option<Uring>,
-    /// Reads and writes started this turn, and their chains' heads and
-    /// status bytes; all complete before the turn ends.
+    /// Reads started this turn, and their chains' heads and status
+    /// bytes; all complete before the turn ends.
     ops: Vec<Op>,
     waiting: Vec<(u16, u64)>,
     /// Chains answered but not yet returned: (head, used length).
@@ -212,6 +212,7 @@ impl Block {
     }
 
     /// Whether the data moves through io_uring.
+    #[cfg(test)]
     pub fn batched(&self) -> bool {
         self.uring.is_some()
     }
@@ -266,6 +267,12 @@ impl Block {
         io: ChainIo<'_>,
     ) -> Result<Answer, Fault> {
         let ChainIo { data_out, data_in } = io;
+        // Anything but a read follows the reads started before it (a
+        // write must not overtake them, a flush or discard must see them
+        // done).
+        if header.request_type != T_IN {
+            self.complete(ram);
+        }
         match header.request_type {
             // Data moves straight between the file and guest memory
             // (preadv/pwritev on the chain's buffers): no bounce buffer.
@@ -289,16 +296,10 @@ impl Block {
                 if self.uring.is_some() && len > 0 && !write {
                     return Ok(Answer::Later(Op::read(segs, offset)));
                 }
-                if write {
-                    self.complete(ram);
-                }
                 transfer(&self.file, ram, segs, offset, write)?;
                 Ok(Answer::Now(self.count(write, len)))
             }
-            // Requests that must follow the writes before them wait for
-            // those to complete.
             T_FLUSH => {
-                self.complete(ram);
                 if !self.read_only {
                     self.file.sync_data().map_err(|_| Fault::Io)?;
                 }
@@ -310,7 +311,6 @@ impl Block {
                 Ok(Answer::Now(ID_BYTES as u32))
             }
             T_DISCARD | T_WRITE_ZEROES => {
-                self.complete(ram);
                 if self.read_only {
                     return Err(Fault::Io);
                 }
