@@ -142,8 +142,19 @@ pub fn set_reg(regs: &mut kvm_regs, r: Register, value: u64) -> Option<()> {
     Some(())
 }
 
-fn mnemonic_name(insn: &Instruction) -> String {
-    format!("{:?}", insn.mnemonic()).to_lowercase()
+/// The instruction's mnemonic in lower case ("popcnt"), as the crash
+/// report's disassembly spells it. Through the formatter, not `Mnemonic`'s
+/// `Debug`: that table is 30 KiB of string pointers that every start of
+/// the (position-independent) binary would relocate.
+pub(super) fn mnemonic_name(insn: &Instruction) -> String {
+    use iced_x86::{FormatMnemonicOptions, Formatter, IntelFormatter};
+    let mut name = String::new();
+    IntelFormatter::new().format_mnemonic_options(
+        insn,
+        &mut name,
+        FormatMnemonicOptions::NO_PREFIXES,
+    );
+    name
 }
 
 /// The address of memory operand `op`.
@@ -681,6 +692,25 @@ mod tests {
             c.run(&[0xf3, 0x0f, 0xb8, 0x07]).unwrap_err(),
             Error::Memory(MemFault { write: false, .. })
         ));
+    }
+
+    /// The formatter's names are `Mnemonic`'s in lower case, without
+    /// prefixes (completion counts and errors are keyed by them).
+    #[test]
+    fn mnemonic_names_are_the_lower_case_mnemonics() {
+        let cases: [&[u8]; 6] = [
+            &[0xf3, 0x0f, 0xb8, 0x07],       // popcnt eax, [rdi]
+            &[0xf2, 0x0f, 0x38, 0xf1, 0xc1], // crc32 eax, ecx
+            &[0xf3, 0xa4],                   // rep movsb
+            &[0xf0, 0x01, 0x07],             // lock add [rdi], eax
+            &[0x0f, 0x01, 0xd0],             // xgetbv
+            &[0xcc],                         // int3
+        ];
+        for bytes in cases {
+            let insn = Decoder::with_ip(64, bytes, 0, DecoderOptions::NONE).decode();
+            let want = format!("{:?}", insn.mnemonic()).to_lowercase();
+            assert_eq!(mnemonic_name(&insn), want, "{bytes:x?}");
+        }
     }
 
     #[test]

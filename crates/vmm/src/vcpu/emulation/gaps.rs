@@ -213,7 +213,7 @@ pub fn handle_emulation_failure(fd: &VcpuFd, mem: &GuestMemory, ie: &InternalErr
         Ok(o) => o,
         Err(e) => return Handled::No(e.to_string()),
     };
-    let name = format!("{:?}", insn.mnemonic()).to_lowercase();
+    let name = complete::mnemonic_name(&insn);
     let new_regs = cpu.regs;
     if new_regs != regs {
         if let Err(e) = fd.set_regs(&new_regs) {
