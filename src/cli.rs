@@ -199,7 +199,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "kernel|split|userspace", default_value = "kernel")]
     pub irqchip: vmm::irqchip::IrqchipMode,
     /// The KVM device.
-    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    #[arg(long, value_name = "PATH", default_value = vmm::config::DEFAULT_KVM_DEVICE)]
     pub kvm_device: PathBuf,
     /// A virtio-blk disk on a raw image (repeatable); engine: io_uring
     /// reads (async), pread/pwrite (sync), or io_uring where the kernel

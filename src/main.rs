@@ -21,6 +21,7 @@ use vmm::VmConfig;
 
 fn main() -> ExitCode {
     vmm::mark_start();
+    create_vm_ahead();
     let cli = match cli::parse() {
         Ok(cli) => cli,
         Err(code) => return code,
@@ -47,6 +48,23 @@ fn main() -> ExitCode {
         Some(cli::Command::SnapshotEditor(args)) => snapshot::editor(args),
         Some(cli::Command::Jail(args)) => jail::main(args),
         None => firecracker_style(cli.api),
+    }
+}
+
+/// `tsubame run` and `tsubame restore` make a VM: its KVM_CREATE_VM
+/// starts now, on a helper thread, while the command line is parsed (see
+/// `vmm::vm::ahead`). Only as the first argument, before anything else
+/// could start a thread (the jailer must be single-threaded to unshare),
+/// and not for another `--kvm-device`. A wrong guess costs the helper's
+/// work, nothing else: the builder makes the VM itself.
+fn create_vm_ahead() {
+    let args: Vec<_> = std::env::args_os().skip(1).collect();
+    let makes_vm = args.first().is_some_and(|a| a == "run" || a == "restore");
+    let other_device = args
+        .iter()
+        .any(|a| a.as_encoded_bytes().starts_with(b"--kvm-device"));
+    if makes_vm && !other_device {
+        vmm::vm::ahead::start(Path::new(vmm::config::DEFAULT_KVM_DEVICE));
     }
 }
 

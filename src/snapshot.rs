@@ -42,7 +42,7 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub clock_realtime: bool,
     /// The KVM device.
-    #[arg(long, value_name = "PATH", default_value = "/dev/kvm")]
+    #[arg(long, value_name = "PATH", default_value = vmm::config::DEFAULT_KVM_DEVICE)]
     pub kvm_device: PathBuf,
     /// Print exit statistics and memory use when the VM stops.
     #[arg(long)]

@@ -62,6 +62,32 @@ fn emulation_only_host_is_announced() {
     );
 }
 
+/// `tsubame run` creates its VM while the command line is parsed, and
+/// boots on it; not when `run` is not the first argument or another KVM
+/// device is named (the builder makes the VM, as it always could).
+#[test]
+fn the_vm_is_created_ahead_only_for_a_leading_run() {
+    const AHEAD: &str = "VM created ahead";
+    let k = kernel("hello64");
+    let r = run(&["run", "--kernel", &k, "--log-level", "debug"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(r.stderr.contains(AHEAD), "{}", r.output());
+    let r = run(&["--log-level", "debug", "run", "--kernel", &k]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(!r.stderr.contains(AHEAD), "{}", r.output());
+    let r = run(&[
+        "run",
+        "--kernel",
+        &k,
+        "--log-level",
+        "debug",
+        "--kvm-device",
+        "/dev/kvm",
+    ]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(!r.stderr.contains(AHEAD), "{}", r.output());
+}
+
 #[test]
 fn serial_input_reaches_the_guest() {
     let r = run_with(

@@ -176,6 +176,9 @@ impl std::str::FromStr for VsockConfig {
 }
 
 pub const DEFAULT_MEMORY_MIB: u64 = 128;
+
+/// The KVM device a VM is made on unless `--kvm-device` says otherwise.
+pub const DEFAULT_KVM_DEVICE: &str = "/dev/kvm";
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0";
 /// MADT LAPIC entries and the MP table carry 8-bit APIC IDs; 255 is broadcast.
 pub const MAX_VCPUS: usize = 254;
@@ -222,7 +225,7 @@ pub struct VmConfig {
 impl VmConfig {
     pub fn new(kernel: impl Into<PathBuf>) -> VmConfig {
         VmConfig {
-            kvm_device: PathBuf::from("/dev/kvm"),
+            kvm_device: PathBuf::from(DEFAULT_KVM_DEVICE),
             kernel: kernel.into(),
             initrd: None,
             cmdline: None,

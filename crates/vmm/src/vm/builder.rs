@@ -447,8 +447,14 @@ pub fn create(
     let virtio_plan = super::virtio::plan(cfg)?;
     crate::confine::landlock::grant_config(cfg);
 
-    // 1. KVM.
-    let hv = Hypervisor::open(&cfg.kvm_device)?;
+    // 1. KVM: opened here, or ahead while the command line was parsed.
+    let (hv, created_ahead) = match super::ahead::take(&cfg.kvm_device) {
+        Some((hv, fd)) => (hv, Some(fd)),
+        None => (Hypervisor::open(&cfg.kvm_device)?, None),
+    };
+    if created_ahead.is_some() {
+        log::debug!("VM created ahead, while the command line was parsed");
+    }
     crate::trace::mark("kvm opened");
     log::info!("host: {}", hv.host);
     let max = hv.max_vcpus.min(config::MAX_VCPUS);
@@ -477,14 +483,11 @@ pub fn create(
 
     // 2. The VM: memory, irqchip, PIT.
     let complete_gaps = profile.emulated && cfg.complete_gaps;
-    let vm = Vm::create(
-        &hv,
-        layout.clone(),
-        memory,
-        cfg.track_dirty_pages,
-        complete_gaps,
-        cfg.irqchip,
-    )?;
+    let (dirty, irqchip) = (cfg.track_dirty_pages, cfg.irqchip);
+    let vm = match created_ahead {
+        Some(fd) => Vm::set_up(fd, layout.clone(), memory, dirty, complete_gaps, irqchip)?,
+        None => Vm::create(&hv, layout.clone(), memory, dirty, complete_gaps, irqchip)?,
+    };
     if cfg.irqchip.in_kernel() {
         log::info!("irqchip: kernel (KVM's PIC, IOAPIC, LAPICs and PIT)");
     } else if cfg.irqchip.lapic_in_kernel() {

@@ -2,6 +2,7 @@
 //! interrupt controllers and timer. Everything here is KVM state; devices
 //! live in `devices`, and the order of the whole life in `builder`.
 
+pub mod ahead;
 pub mod builder;
 pub mod layout;
 pub mod restore;
@@ -137,6 +138,19 @@ impl Vm {
         irqchip: IrqchipMode,
     ) -> Result<Vm, Error> {
         let fd = hv.kvm.create_vm().map_err(Error::CreateVm)?;
+        Vm::set_up(fd, layout, memory, dirty_log, trap_lstar, irqchip)
+    }
+
+    /// `create`'s work on a VM that KVM_CREATE_VM just made and nothing
+    /// has touched yet (one created ahead, see [`ahead`]).
+    pub fn set_up(
+        fd: VmFd,
+        layout: MemoryLayout,
+        memory: GuestMemory,
+        dirty_log: bool,
+        trap_lstar: bool,
+        irqchip: IrqchipMode,
+    ) -> Result<Vm, Error> {
         // First, while the VM's SRCU has never had a grace period: the
         // filter's synchronize_srcu then takes the expedited path (tens of
         // µs) instead of waiting a whole grace period (~15 ms here) as it
