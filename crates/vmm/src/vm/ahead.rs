@@ -6,22 +6,43 @@
 //! builds no VM) leaves it unused: the builder then opens the device
 //! itself, and reports its own errors.
 //!
-//! The helper only opens and creates: the VM gets its memory, irqchip and
-//! filters from the builder, in the order `Vm::create` keeps. It ends
+//! The helper hands the opened device over first and then creates the
+//! VM, so the builder can ask KVM for its CPUID while the VM is still
+//! being made. It only opens and creates: the VM gets its memory, irqchip
+//! and filters from the builder, in the order `Vm::create` keeps. It ends
 //! before the builder goes on, long before any thread is confined or any
 //! guest code runs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use kvm_ioctls::VmFd;
 
 use crate::kvm::Hypervisor;
 
-type Created = Option<(Hypervisor, VmFd)>;
+struct Pending {
+    device: PathBuf,
+    opened: Receiver<Arc<Hypervisor>>,
+    created: JoinHandle<Option<VmFd>>,
+}
 
-static AHEAD: Mutex<Option<(PathBuf, JoinHandle<Created>)>> = Mutex::new(None);
+static AHEAD: Mutex<Option<Pending>> = Mutex::new(None);
+
+/// The device opened ahead, and the VM the helper is making on it.
+pub struct Early {
+    pub hv: Arc<Hypervisor>,
+    created: JoinHandle<Option<VmFd>>,
+}
+
+impl Early {
+    /// The VM, once the helper has made it; `None` if KVM refused (the
+    /// builder then asks again and reports why).
+    pub fn vm(self) -> Option<VmFd> {
+        self.created.join().ok().flatten()
+    }
+}
 
 /// Starts opening `path` and creating a VM on a helper thread. A second
 /// call while one is pending does nothing; a thread that cannot be
@@ -32,27 +53,44 @@ pub fn start(path: &Path) {
         return;
     }
     let owned = path.to_owned();
+    let (tx, opened) = sync_channel(1);
     let spawned = std::thread::Builder::new()
         .name("vm ahead".into())
         // Two ioctls and a few small reads: no need for 2 MiB.
         .stack_size(64 << 10)
         .spawn(move || {
-            let hv = Hypervisor::open(&owned).ok()?;
-            let fd = hv.kvm.create_vm().ok()?;
-            Some((hv, fd))
+            let hv = Arc::new(Hypervisor::open(&owned).ok()?);
+            let _ = tx.send(hv.clone());
+            hv.kvm.create_vm().ok()
         });
-    if let Ok(handle) = spawned {
-        *ahead = Some((path.to_owned(), handle));
+    if let Ok(created) = spawned {
+        *ahead = Some(Pending {
+            device: path.to_owned(),
+            opened,
+            created,
+        });
     }
 }
 
-/// The VM created ahead for `path`, waiting for the helper if it is still
-/// at work; `None` when none was started, it was for another device, or
-/// it failed (the caller opens the device itself and sees why).
-pub fn take(path: &Path) -> Created {
-    let (made_for, handle) = AHEAD.lock().unwrap_or_else(|e| e.into_inner()).take()?;
-    let created = handle.join().ok().flatten();
-    (made_for == path).then_some(created).flatten()
+/// The device opened ahead for `path`, waiting for the helper to open it
+/// if need be; `None` when none was started, it was for another device,
+/// or the open failed (the caller opens the device itself and sees why).
+pub fn take(path: &Path) -> Option<Early> {
+    let pending = AHEAD.lock().unwrap_or_else(|e| e.into_inner()).take()?;
+    let Ok(hv) = pending.opened.recv() else {
+        let _ = pending.created.join();
+        return None;
+    };
+    let early = Early {
+        hv,
+        created: pending.created,
+    };
+    if pending.device != path {
+        // Not ours: the helper's VM is closed once made.
+        drop(early.vm());
+        return None;
+    }
+    Some(early)
 }
 
 #[cfg(test)]
@@ -74,8 +112,10 @@ mod tests {
         );
         assert!(take(kvm).is_none(), "dropped by the mismatched take");
         start(kvm);
-        let (hv, fd) = take(kvm).expect("created ahead");
-        assert!(hv.max_vcpus >= 1);
+        let early = take(kvm).expect("opened ahead");
+        assert!(early.hv.max_vcpus >= 1);
+        early.hv.kvm.get_api_version();
+        let fd = early.vm().expect("created ahead");
         fd.create_vcpu(0).expect("a usable VM");
         assert!(take(kvm).is_none(), "handed out once");
         start(Path::new("/nonexistent/kvm"));
