@@ -91,7 +91,15 @@ pub(crate) fn bench_startup(args: &BenchArgs, dir: &Path) -> Result<(), String> 
     for i in 0..runs {
         // Rotate the order so no variant always runs after the same one.
         for k in 0..VARIANTS {
-            match (i + k) % VARIANTS {
+            let variant = (i + k) % VARIANTS;
+            // The in-kernel irqchip's teardown leaves the kernel work to
+            // finish after its process has gone; the run after it paid for
+            // that (the unconfined split run, always next, was slower than
+            // the confined one). A discarded run absorbs it.
+            if k > 0 && matches!((variant + VARIANTS - 1) % VARIANTS, 1..=3) {
+                bare_run(&bare, &raw, &[])?;
+            }
+            match variant {
                 0 => plain.push(bare_run(&bare, &raw, &[])?),
                 1 => devices.push(bare_run(&bare, &raw, &["--devices"])?),
                 2 => kernel.push(tsubame_run(&elf, &[])?.0),
