@@ -218,6 +218,7 @@ fn bare_loop(kernel_image: &[u8], expected: u32) -> Result<f64, String> {
     let memory = Vm::anonymous_memory(&layout, false).map_err(|x| e(&x))?;
     let vm = Vm::create(
         &hv,
+        None,
         layout.clone(),
         memory,
         false,

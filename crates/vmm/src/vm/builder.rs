@@ -495,13 +495,19 @@ pub fn create(
     // 2. The VM: memory, irqchip, PIT.
     let complete_gaps = profile.emulated && cfg.complete_gaps;
     let (dirty, irqchip) = (cfg.track_dirty_pages, cfg.irqchip);
-    let vm = match early.and_then(super::ahead::Early::vm) {
-        Some(fd) => {
-            log::debug!("VM created ahead, while the command line was parsed");
-            Vm::set_up(fd, layout.clone(), memory, dirty, complete_gaps, irqchip)?
-        }
-        None => Vm::create(&hv, layout.clone(), memory, dirty, complete_gaps, irqchip)?,
-    };
+    let made = early.and_then(super::ahead::Early::vm);
+    if made.is_some() {
+        log::debug!("VM created ahead, while the command line was parsed");
+    }
+    let vm = Vm::create(
+        &hv,
+        made,
+        layout.clone(),
+        memory,
+        dirty,
+        complete_gaps,
+        irqchip,
+    )?;
     if cfg.irqchip.in_kernel() {
         log::info!("irqchip: kernel (KVM's PIC, IOAPIC, LAPICs and PIT)");
     } else if cfg.irqchip.lapic_in_kernel() {

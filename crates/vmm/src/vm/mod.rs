@@ -125,32 +125,25 @@ impl Vm {
         })
     }
 
-    /// Creates the VM, registers `memory` (laid out as `layout`; with
-    /// KVM's dirty log when `dirty_log`), and, with the `kernel` irqchip,
-    /// creates the in-kernel PIC, IOAPIC, LAPICs and PIT (with `split`,
-    /// LAPICs only); KVM wants the irqchip before any vCPU exists.
+    /// Creates the VM (or takes `made`, one KVM_CREATE_VM already made and
+    /// nothing has touched yet: see [`ahead`]), registers `memory` (laid
+    /// out as `layout`; with KVM's dirty log when `dirty_log`), and, with
+    /// the `kernel` irqchip, creates the in-kernel PIC, IOAPIC, LAPICs and
+    /// PIT (with `split`, LAPICs only); KVM wants the irqchip before any
+    /// vCPU exists.
     pub fn create(
         hv: &Hypervisor,
+        made: Option<VmFd>,
         layout: MemoryLayout,
         memory: GuestMemory,
         dirty_log: bool,
         trap_lstar: bool,
         irqchip: IrqchipMode,
     ) -> Result<Vm, Error> {
-        let fd = hv.kvm.create_vm().map_err(Error::CreateVm)?;
-        Vm::set_up(fd, layout, memory, dirty_log, trap_lstar, irqchip)
-    }
-
-    /// `create`'s work on a VM that KVM_CREATE_VM just made and nothing
-    /// has touched yet (one created ahead, see [`ahead`]).
-    pub fn set_up(
-        fd: VmFd,
-        layout: MemoryLayout,
-        memory: GuestMemory,
-        dirty_log: bool,
-        trap_lstar: bool,
-        irqchip: IrqchipMode,
-    ) -> Result<Vm, Error> {
+        let fd = match made {
+            Some(fd) => fd,
+            None => hv.kvm.create_vm().map_err(Error::CreateVm)?,
+        };
         // First, while the VM's SRCU has never had a grace period: the
         // filter's synchronize_srcu then takes the expedited path (tens of
         // µs) instead of waiting a whole grace period (~15 ms here) as it
