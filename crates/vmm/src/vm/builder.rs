@@ -494,7 +494,6 @@ pub fn create(
 
     // 2. The VM: memory, irqchip, PIT.
     let complete_gaps = profile.emulated && cfg.complete_gaps;
-    let (dirty, irqchip) = (cfg.track_dirty_pages, cfg.irqchip);
     let made = early.and_then(super::ahead::Early::vm);
     if made.is_some() {
         log::debug!("VM created ahead, while the command line was parsed");
@@ -504,9 +503,9 @@ pub fn create(
         made,
         layout.clone(),
         memory,
-        dirty,
+        cfg.track_dirty_pages,
         complete_gaps,
-        irqchip,
+        cfg.irqchip,
     )?;
     if cfg.irqchip.in_kernel() {
         log::info!("irqchip: kernel (KVM's PIC, IOAPIC, LAPICs and PIT)");
