@@ -93,18 +93,10 @@ fn a_kernel_without_io_uring_leaves_disks_on_the_synchronous_engine() {
     let mut data = vec![0u8; 8 * 512];
     data[..8].copy_from_slice(b"HOSTDISK");
     std::fs::write(&img, &data).unwrap();
-    let args = |engine: &str| {
-        vec![
-            "run".to_string(),
-            "--kernel".into(),
-            kernel("virtioblk"),
-            "--disk".into(),
-            format!("path={},engine={engine}", img.display()),
-        ]
-    };
-    let auto = args("auto");
-    let auto: Vec<&str> = auto.iter().map(String::as_str).collect();
-    let r = run_with_fault(&auto, "no-io-uring");
+    let guest = kernel("virtioblk");
+    let disk = |engine: &str| format!("path={},engine={engine}", img.display());
+    let auto = disk("auto");
+    let r = run_with_fault(&["run", "--kernel", &guest, "--disk", &auto], "no-io-uring");
     assert_eq!(r.status, 0, "{}", r.output());
     assert!(
         r.stdout.contains("flush 0000000000000000"),
@@ -116,9 +108,11 @@ fn a_kernel_without_io_uring_leaves_disks_on_the_synchronous_engine() {
         "{}",
         r.output()
     );
-    let strict = args("async");
-    let strict: Vec<&str> = strict.iter().map(String::as_str).collect();
-    let r = run_with_fault(&strict, "no-io-uring");
+    let strict = disk("async");
+    let r = run_with_fault(
+        &["run", "--kernel", &guest, "--disk", &strict],
+        "no-io-uring",
+    );
     assert_eq!(r.status, 1, "{}", r.output());
     assert!(
         r.stderr.contains("disk.img") && r.stderr.contains("engine=async needs io_uring"),

@@ -163,22 +163,16 @@ pub fn drain_chains(
             popped = true;
             if let Some(len) = work.start(&chain, &ram) {
                 // Chains started earlier go back first.
-                work.finish(&ram, &mut |head, len| {
-                    used |= chain.push_used_for(queue, &ram, head, len)
-                });
+                used |= return_started(work, &chain, queue, &ram);
                 used |= chain.push_used(queue, &ram, len);
             }
             budget -= 1;
             if budget == 0 {
-                work.finish(&ram, &mut |head, len| {
-                    used |= chain.push_used_for(queue, &ram, head, len)
-                });
+                used |= return_started(work, &chain, queue, &ram);
                 return Used::queue_if(index, used) | Used::again(index);
             }
         }
-        work.finish(&ram, &mut |head, len| {
-            used |= chain.push_used_for(queue, &ram, head, len)
-        });
+        used |= return_started(work, &chain, queue, &ram);
         // A later round runs only because "more" was announced; finding
         // nothing then means a ring the queue cannot read: stop.
         if (round > 0 && !popped) || !more_after_enabling(queue, mem) {
@@ -186,6 +180,21 @@ pub fn drain_chains(
         }
     }
     Used::queue_if(index, used)
+}
+
+/// Completes the chains `work` started and returns them to the driver, in
+/// the order they were started; whether any went back.
+fn return_started(
+    work: &mut dyn ChainWork,
+    chain: &Chain,
+    queue: &mut Queue,
+    ram: &HostRam,
+) -> bool {
+    let mut used = false;
+    work.finish(ram, &mut |head, len| {
+        used |= chain.push_used_for(queue, ram, head, len)
+    });
+    used
 }
 
 /// A device's own part of a snapshot (the transport saves the rest).
