@@ -30,17 +30,27 @@ struct Pending {
 
 static AHEAD: Mutex<Option<Pending>> = Mutex::new(None);
 
-/// The device opened ahead, and the VM the helper is making on it.
+/// The device opened ahead, and the VM the helper is making on it. The
+/// helper is joined when the VM is taken, or when this is dropped (a
+/// build that failed first): it never outlives the build.
 pub struct Early {
     pub hv: Arc<Hypervisor>,
-    created: JoinHandle<Option<VmFd>>,
+    created: Option<JoinHandle<Option<VmFd>>>,
 }
 
 impl Early {
     /// The VM, once the helper has made it; `None` if KVM refused (the
     /// builder then asks again and reports why).
-    pub fn vm(self) -> Option<VmFd> {
-        self.created.join().ok().flatten()
+    pub fn vm(mut self) -> Option<VmFd> {
+        self.created.take()?.join().ok().flatten()
+    }
+}
+
+impl Drop for Early {
+    fn drop(&mut self) {
+        if let Some(helper) = self.created.take() {
+            let _ = helper.join();
+        }
     }
 }
 
@@ -83,11 +93,10 @@ pub fn take(path: &Path) -> Option<Early> {
     };
     let early = Early {
         hv,
-        created: pending.created,
+        created: Some(pending.created),
     };
     if pending.device != path {
-        // Not ours: the helper's VM is closed once made.
-        drop(early.vm());
+        // Not ours: dropped, the helper joined and its VM closed.
         return None;
     }
     Some(early)
@@ -118,6 +127,16 @@ mod tests {
         let fd = early.vm().expect("created ahead");
         fd.create_vcpu(0).expect("a usable VM");
         assert!(take(kvm).is_none(), "handed out once");
+        // Dropped without its VM taken (a build that failed first), the
+        // helper is joined: no thread of it is left.
+        start(kvm);
+        drop(take(kvm).expect("opened ahead"));
+        let helpers = std::fs::read_dir("/proc/self/task")
+            .expect("/proc/self/task")
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "vm ahead")
+            .count();
+        assert_eq!(helpers, 0, "a helper outlived its Early");
         start(Path::new("/nonexistent/kvm"));
         assert!(
             take(Path::new("/nonexistent/kvm")).is_none(),
