@@ -2,6 +2,12 @@
 //! open KVM, create the VM and its memory and irqchip, start the vCPU
 //! threads (which create their vCPUs and wait), attach devices, load the
 //! kernel, and finally open the start gate.
+//!
+//! - [`platform`]: the devices every machine has, and interrupt lines.
+//! - [`pending`]: the vCPU threads until the machine starts.
+
+mod pending;
+mod platform;
 
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -10,22 +16,22 @@ use std::sync::{Arc, Mutex};
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 
 use super::{layout::MemoryLayout, Vm};
-use crate::boot::acpi::{AcpiConfig, DeviceDescription, Hid, Resource};
+use crate::boot::acpi::AcpiConfig;
 use crate::boot::cpuid::CpuProfile;
 use crate::boot::{self, BootConfig, BootSetup};
-use crate::config::{self, ProfileChoice, SerialConfig, VmConfig};
-use crate::devices::legacy::{
-    self, AcpiPower, PciConfigNoDevices, PortSink, SerialConsole, SerialOutput, I8042,
-};
+use crate::config::{self, ProfileChoice, VmConfig};
+use crate::devices::legacy::{SerialConsole, I8042};
 use crate::devices::manager::OwnChips;
 use crate::devices::virtio::mmio::MmioTransport;
-use crate::devices::{bus, Bus, DeviceManager, IrqLine};
+use crate::devices::{bus, DeviceManager};
 use crate::irqchip::UserChip;
 use crate::kvm::{self, HostKind, Hypervisor};
-use crate::lifecycle::{Lifecycle, StopReason};
+use crate::lifecycle::Lifecycle;
 use crate::machine::Machine;
 use crate::persist::{self, MachineShape};
-use crate::vcpu::{self, CpuPlan, Gate, Gates, MachineReady, Start, StartGate, VcpuHandle};
+use crate::vcpu::{self, CpuPlan, Gate, Gates, MachineReady, Start, StartGate};
+use pending::PendingVcpus;
+use platform::{attach_devices, register_irq, Devices};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,71 +90,6 @@ pub enum Error {
     MsrList(kvm_ioctls::Error),
     #[error(transparent)]
     Virtio(#[from] super::virtio::Error),
-}
-
-/// The legacy devices and where they sit.
-struct Devices {
-    pio: Bus,
-    mmio: Bus,
-    com1: Arc<Mutex<SerialConsole>>,
-    serial: Option<Arc<Mutex<SerialConsole>>>,
-    i8042: Arc<Mutex<I8042>>,
-    acpi: Vec<DeviceDescription>,
-}
-
-/// vCPU threads started but not yet running: on any later failure, the
-/// gate is aborted and the threads joined.
-struct PendingVcpus {
-    gate: Arc<StartGate>,
-    plan: Option<Arc<Gate<CpuPlan>>>,
-    threads: Vec<VcpuHandle>,
-    /// Each thread's "created and prepared" report.
-    created: mpsc::Receiver<(u8, Result<(), vcpu::Error>)>,
-    /// Every report came, and said so.
-    all_created: bool,
-}
-
-impl PendingVcpus {
-    /// Waits until every vCPU is created and prepared (at once after the
-    /// first time).
-    fn wait_created(&mut self) -> Result<(), Error> {
-        if self.all_created {
-            return Ok(());
-        }
-        for _ in 0..self.threads.len() {
-            match self.created.recv() {
-                Ok((_, Ok(()))) => {}
-                Ok((id, Err(source))) => return Err(Error::Vcpu { id, source }),
-                Err(_) => return Err(Error::Thread(std::io::Error::other("a vCPU thread died"))),
-            }
-        }
-        self.all_created = true;
-        crate::trace::mark("vcpus created");
-        Ok(())
-    }
-
-    /// The threads, for a machine that starts: the gate opens when the
-    /// last vCPU arrives, which may be after this (each reports "created"
-    /// before it arrives), so it must not be aborted now.
-    fn release(mut self) -> Vec<VcpuHandle> {
-        std::mem::take(&mut self.threads)
-    }
-}
-
-impl Drop for PendingVcpus {
-    fn drop(&mut self) {
-        if self.threads.is_empty() {
-            // Released (or none): nothing to stop.
-            return;
-        }
-        if let Some(plan) = &self.plan {
-            plan.abort();
-        }
-        self.gate.abort();
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Checks what can be checked without KVM: sizes and files.
@@ -253,131 +194,6 @@ fn choose_profile(cfg: &VmConfig, host: HostKind) -> (CpuProfile, Vec<&'static s
         params.extend_from_slice(EMULATION_PARAMS);
     }
     (profile, params)
-}
-
-/// The line for `gsi`: an irqfd with KVM's irqchip, else an input of
-/// Tsubame's PIC (which has 16).
-fn register_irq(vm: &Vm, chip: Option<&Arc<UserChip>>, gsi: u32) -> Result<IrqLine, Error> {
-    if let Some(chip) = chip {
-        if gsi >= 16 {
-            return Err(Error::PicInputs { gsi });
-        }
-        return Ok(IrqLine::Sink(chip.clone(), gsi));
-    }
-    let line = IrqLine::new()?;
-    if let IrqLine::Irqfd(fd) = &line {
-        vm.fd
-            .register_irqfd(fd, gsi)
-            .map_err(|source| Error::Irqfd { gsi, source })?;
-    }
-    Ok(line)
-}
-
-/// COM1, the i8042, the ACPI power registers, and the quiet sinks.
-fn attach_devices(
-    vm: &Vm,
-    chip: Option<&Arc<UserChip>>,
-    lifecycle: &Arc<Lifecycle>,
-    serial: &SerialConfig,
-) -> Result<Devices, Error> {
-    let mut pio = Bus::new();
-    let stop = |reason: StopReason| -> Box<dyn Fn() + Send> {
-        let l = lifecycle.clone();
-        Box::new(move || {
-            l.request_stop(reason.clone());
-        })
-    };
-
-    let output = match serial {
-        SerialConfig::Stdio => SerialOutput::Stdout,
-        SerialConfig::None => SerialOutput::Sink,
-        SerialConfig::File(path) => {
-            SerialOutput::file(path).map_err(|source| Error::SerialFile {
-                path: path.clone(),
-                source,
-            })?
-        }
-    };
-    let com1 = Arc::new(Mutex::new(SerialConsole::new(
-        register_irq(vm, chip, legacy::COM1_IRQ)?,
-        output,
-    )?));
-    pio.insert("com1", legacy::COM1_PORT.into(), 8, com1.clone())?;
-
-    let i8042 = Arc::new(Mutex::new(I8042::new(
-        register_irq(vm, chip, legacy::I8042_IRQ)?,
-        stop(StopReason::Reset),
-    )));
-    // Data on 0x60, status and command on 0x64; 0x61 is port B (the
-    // PIT's, in KVM or in Tsubame).
-    pio.insert("i8042", legacy::I8042_DATA_PORT.into(), 1, i8042.clone())?;
-    pio.insert(
-        "i8042",
-        legacy::I8042_CMD_PORT.into(),
-        1,
-        Arc::new(Mutex::new(bus::Shifted {
-            device: i8042.clone(),
-            shift: u64::from(legacy::I8042_CMD_PORT - legacy::I8042_DATA_PORT),
-        })),
-    )?;
-    pio.insert(
-        "acpi-power",
-        legacy::ACPI_POWER_PORT.into(),
-        legacy::ACPI_POWER_LEN.into(),
-        Arc::new(Mutex::new(AcpiPower::new(
-            stop(StopReason::PowerOff),
-            stop(StopReason::Reset),
-        ))),
-    )?;
-    let sink = Arc::new(Mutex::new(PortSink));
-    pio.insert("post-code", 0x80, 1, sink.clone())?;
-    pio.insert("io-delay", 0xed, 1, sink)?;
-    pio.insert(
-        "pci-config",
-        0xcf8,
-        8,
-        Arc::new(Mutex::new(PciConfigNoDevices::default())),
-    )?;
-
-    let acpi = vec![
-        DeviceDescription {
-            name: "COM1".into(),
-            hid: Hid::Eisa("PNP0501"),
-            uid: 0,
-            resources: vec![
-                Resource::Io {
-                    base: legacy::COM1_PORT,
-                    len: 8,
-                },
-                Resource::Irq(legacy::COM1_IRQ),
-            ],
-        },
-        // Described, so a stock kernel's PNP probe finds the controller.
-        DeviceDescription {
-            name: "PS2K".into(),
-            hid: Hid::Eisa("PNP0303"),
-            uid: 0,
-            resources: vec![
-                Resource::Io {
-                    base: legacy::I8042_DATA_PORT,
-                    len: 1,
-                },
-                Resource::Io {
-                    base: legacy::I8042_CMD_PORT,
-                    len: 1,
-                },
-                Resource::Irq(legacy::I8042_IRQ),
-            ],
-        },
-    ];
-    Ok(Devices {
-        pio,
-        mmio: Bus::new(),
-        serial: (*serial == SerialConfig::Stdio).then_some(com1.clone()),
-        com1,
-        i8042,
-        acpi,
-    })
 }
 
 /// What `build` did, for the log and for callers that want to check it.
@@ -771,56 +587,4 @@ impl CreatedMachine {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn cfg() -> VmConfig {
-        VmConfig::new("/nonexistent/kernel")
-    }
-
-    #[test]
-    fn bad_sizes_are_refused_before_kvm() {
-        let mut c = cfg();
-        c.cpus = 0;
-        assert!(matches!(check_inputs(&c), Err(Error::NoCpus(0))));
-        c.cpus = 255;
-        assert!(matches!(check_inputs(&c), Err(Error::TooManyCpus { .. })));
-        c.cpus = 1;
-        c.memory_mib = 0;
-        assert!(matches!(check_inputs(&c), Err(Error::Memory(_))));
-        c.memory_mib = 1 << 39;
-        assert!(matches!(check_inputs(&c), Err(Error::Memory(_))));
-        if let Some(host) = config::host_memory_mib() {
-            c.memory_mib = host + 1024;
-            assert!(matches!(check_inputs(&c), Err(Error::HostMemory { .. })));
-        }
-    }
-
-    #[test]
-    fn missing_files_are_named() {
-        let c = cfg();
-        let e = check_inputs(&c).unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/kernel"), "{e}");
-        let mut c = VmConfig::new("/proc/self/exe");
-        c.initrd = Some("/nonexistent/initrd".into());
-        let e = check_inputs(&c).unwrap_err().to_string();
-        assert!(e.contains("/nonexistent/initrd"), "{e}");
-        c.initrd = Some("/tmp".into());
-        let e = check_inputs(&c).unwrap_err().to_string();
-        assert!(e.contains("not a regular file"), "{e}");
-    }
-
-    #[test]
-    fn profile_follows_the_host_unless_forced() {
-        let mut c = cfg();
-        let pvm: Vec<&str> = [MACHINE_PARAMS, EMULATION_PARAMS].concat();
-        assert_eq!(choose_profile(&c, HostKind::Pvm).1, pvm);
-        assert!(choose_profile(&c, HostKind::Pvm).0.emulated);
-        assert_eq!(choose_profile(&c, HostKind::Vmx).1, MACHINE_PARAMS);
-        assert!(!choose_profile(&c, HostKind::Svm).0.emulated);
-        c.profile = ProfileChoice::Native;
-        assert_eq!(choose_profile(&c, HostKind::Pvm).1, MACHINE_PARAMS);
-        c.profile = ProfileChoice::Emulated;
-        assert!(choose_profile(&c, HostKind::Vmx).0.emulated);
-    }
-}
+mod tests;
