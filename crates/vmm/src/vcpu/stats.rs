@@ -370,8 +370,7 @@ mod tests {
     #[test]
     fn merge_and_render_name_devices() {
         let mut bus = Bus::new();
-        let dev = std::sync::Arc::new(std::sync::Mutex::new(crate::devices::legacy::PortSink));
-        bus.insert("com1", 0x3f8, 8, dev).unwrap();
+        bus.insert_sink("post-code", 0x80, 1).unwrap();
         let mut a = ExitStats::default();
         let mut b = ExitStats::default();
         a.record(
@@ -389,7 +388,7 @@ mod tests {
         assert_eq!(a.count(ExitKind::IoOut), 2);
         let text = a.render("total", &bus, &Bus::new());
         assert!(text.contains("total: 3 exits"), "{text}");
-        assert!(text.contains("com1 (port 0x3f8)"), "{text}");
+        assert!(text.contains("post-code (port 0x80)"), "{text}");
         assert!(text.contains("io-out"), "{text}");
     }
 }

@@ -9,7 +9,7 @@ pub mod sinks;
 pub use i8042::{I8042State, I8042};
 pub use power::AcpiPower;
 pub use serial::{SerialConsole, SerialOutput, SerialState};
-pub use sinks::{PciConfigNoDevices, PortSink};
+pub use sinks::PciConfigNoDevices;
 
 /// COM1: ports and ISA interrupt.
 pub const COM1_PORT: u16 = 0x3f8;

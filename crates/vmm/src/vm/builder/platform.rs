@@ -1,5 +1,5 @@
 //! The platform devices every machine has (COM1, the i8042, the ACPI power
-//! registers, the quiet port sinks), and the interrupt line a device gets.
+//! registers, the quiet ports), and the interrupt line a device gets.
 
 use std::sync::{Arc, Mutex};
 
@@ -7,7 +7,7 @@ use super::Error;
 use crate::boot::acpi::{DeviceDescription, Hid, Resource};
 use crate::config::SerialConfig;
 use crate::devices::legacy::{
-    self, AcpiPower, PciConfigNoDevices, PortSink, SerialConsole, SerialOutput, I8042,
+    self, AcpiPower, PciConfigNoDevices, SerialConsole, SerialOutput, I8042,
 };
 use crate::devices::{bus, Bus, IrqLine};
 use crate::irqchip::UserChip;
@@ -102,9 +102,8 @@ pub(super) fn attach_devices(
             stop(StopReason::Reset),
         ))),
     )?;
-    let sink = Arc::new(Mutex::new(PortSink));
-    pio.insert("post-code", 0x80, 1, sink.clone())?;
-    pio.insert("io-delay", 0xed, 1, sink)?;
+    pio.insert_sink("post-code", 0x80, 1)?;
+    pio.insert_sink("io-delay", 0xed, 1)?;
     pio.insert(
         "pci-config",
         0xcf8,
