@@ -303,10 +303,9 @@ pub fn create(
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(Error::Cpuid)
     };
-    let mut early_cpuid = None;
-    if early.is_some() && purpose == Purpose::Boot {
-        early_cpuid = Some(supported_cpuid(&hv)?);
-    }
+    let early_cpuid = (early.is_some() && purpose == Purpose::Boot)
+        .then(|| supported_cpuid(&hv))
+        .transpose()?;
 
     // 2. The VM: memory, irqchip, PIT.
     let complete_gaps = profile.emulated && cfg.complete_gaps;
