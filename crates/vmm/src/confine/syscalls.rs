@@ -111,6 +111,8 @@ const DEVICE: &[i64] = &[
     libc::SYS_pwritev,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    // virtio-blk's page-cache-only reads (RWF_NOWAIT), before io_uring.
+    libc::SYS_preadv2,
     libc::SYS_fdatasync,
     libc::SYS_fallocate,
     libc::SYS_accept4,

@@ -102,6 +102,52 @@ fn transfer_one(
     Ok(())
 }
 
+/// What the page cache alone gave a read.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Cached {
+    /// Every byte.
+    All,
+    /// Not every byte (the rest needs the disk, which was asked for it),
+    /// or the read failed: whatever was read is read again.
+    Not,
+    /// The file system takes no `RWF_NOWAIT` reads.
+    Unsupported,
+}
+
+/// Reads `segs` at `offset` from the page cache without waiting for the
+/// disk (`preadv2` with `RWF_NOWAIT`).
+pub(super) fn read_cached(
+    file: &File,
+    ram: &HostRam,
+    segs: &[(u64, usize)],
+    offset: u64,
+) -> Cached {
+    use std::os::fd::AsRawFd;
+    let (Some(iov), Ok(at)) = (IoVecs::writable(ram, segs), i64::try_from(offset)) else {
+        return Cached::Not;
+    };
+    let v = iov.as_slice();
+    let want: usize = v.iter().map(|v| v.iov_len).sum();
+    // SAFETY: every iovec points into guest memory that `iov` keeps
+    // mapped and bounds-checked; the kernel writes only those bytes.
+    let n = unsafe {
+        libc::preadv2(
+            file.as_raw_fd(),
+            v.as_ptr(),
+            v.len() as i32,
+            at,
+            libc::RWF_NOWAIT,
+        )
+    };
+    match n {
+        n if want > 0 && n == want as isize => Cached::All,
+        n if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EOPNOTSUPP) => {
+            Cached::Unsupported
+        }
+        _ => Cached::Not,
+    }
+}
+
 /// Discard punches a hole (the image stays the same size); write-zeroes
 /// must read back as zeros, which a punched hole also guarantees.
 pub(super) fn punch_or_zero(

@@ -3,8 +3,10 @@
 //! instead of a `pread` each, and the turn waits for all of them before
 //! it answers the driver, so nothing is in flight between turns (pause,
 //! snapshot and stop see an idle device, as with the synchronous engine).
-//! Reads from the page cache complete inside the submitting call; reads
-//! that miss it run side by side instead of one after another.
+//! Reads that miss the page cache run side by side instead of one after
+//! another. Which reads come here is `route`'s choice: those the page
+//! cache could not answer at once, or all of them where the file system
+//! cannot say.
 //!
 //! The ring can do nothing but read: it is restricted before it is
 //! enabled to READ and READV with no SQE flags, which the device thread's
@@ -43,6 +45,16 @@ impl Op {
             offset,
             result: NOT_DONE,
             iov: (0, 0),
+        }
+    }
+
+    /// A read already done (`len` bytes, from the page cache), kept in
+    /// its place among the batch's so that it is answered in order
+    /// without making the batch complete early.
+    pub fn done(segs: &[(u64, usize)], offset: u64, len: i32) -> Op {
+        Op {
+            result: len,
+            ..Op::read(segs, offset)
         }
     }
 }
@@ -96,8 +108,12 @@ impl Uring {
     pub fn run(&mut self, ram: &HostRam, ops: &mut [Op]) -> std::io::Result<()> {
         self.iovs.clear();
         for op in ops.iter_mut() {
-            op.result = NOT_DONE;
             let first = self.iovs.len();
+            op.iov = (first, 0);
+            if op.result != NOT_DONE {
+                // Done before the batch (`Op::done`).
+                continue;
+            }
             for &(addr, len) in &op.segs {
                 // The kernel writes guest memory behind vm-memory's back:
                 // marked dirty here, as the synchronous engine does.
@@ -114,7 +130,7 @@ impl Uring {
         }
         let mut in_flight = 0usize;
         for i in 0..ops.len() {
-            if ops[i].result == -libc::EFAULT || ops[i].iov.1 == 0 {
+            if ops[i].result != NOT_DONE || ops[i].iov.1 == 0 {
                 continue;
             }
             let sqe = self.entry(&ops[i]).user_data(i as u64);
