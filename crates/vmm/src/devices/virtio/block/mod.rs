@@ -219,6 +219,13 @@ impl Block {
         Ok(())
     }
 
+    /// Sends every read to the io_uring, as on a file system that cannot
+    /// read from the page cache alone (`RWF_NOWAIT`): the ring's own path,
+    /// for tests and fuzzing.
+    pub fn ring_only_reads(&mut self) {
+        self.route = ReadRoute::ring_only();
+    }
+
     /// Whether the data moves through io_uring.
     #[cfg(test)]
     pub fn batched(&self) -> bool {

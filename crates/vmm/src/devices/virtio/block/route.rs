@@ -52,9 +52,7 @@ impl ReadRoute {
         }
     }
 
-    /// Every read to the ring, as on a file system without `RWF_NOWAIT`
-    /// (for tests of the ring itself).
-    #[cfg(test)]
+    /// Every read to the ring, as on a file system without `RWF_NOWAIT`.
     pub fn ring_only() -> ReadRoute {
         ReadRoute {
             nowait: false,

@@ -55,7 +55,7 @@ fn rig(sectors: u64, read_only: bool) -> Rig {
     let mut dev = Block::open(&image, read_only, Some("tsubame-test-disk"), engine).unwrap();
     assert_eq!(dev.batched(), engine == IoEngine::Async);
     if ring_only {
-        dev.route = route::ReadRoute::ring_only();
+        dev.ring_only_reads();
     }
     Rig { mem, dev, image }
 }
