@@ -59,7 +59,9 @@ impl Vcpu {
             id,
             _kicks: handle::KickRegistration::new(fd.get_kvm_run()),
             handler: ExitHandler::new(ready.pio.clone(), ready.mmio.clone(), clock),
-            repairs: ready.complete_gaps.then(EmulationRepairs::default),
+            repairs: ready
+                .complete_gaps
+                .then(|| EmulationRepairs::new(ready.sync_regs)),
             fd,
             ready,
             requests,
@@ -147,7 +149,7 @@ impl Vcpu {
                 .map_err(|e| format!("vCPU {id}: {e}"))
                 .and_then(|()| match (&mut self.repairs, s.repairs) {
                     (Some(r), Some(saved)) => r
-                        .restore(&self.fd, saved)
+                        .restore(&mut self.fd, &self.ready.memory, saved)
                         .map_err(|e| format!("vCPU {id}: syscall repair: {e}")),
                     _ => Ok(()),
                 }),

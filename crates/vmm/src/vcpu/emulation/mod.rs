@@ -25,6 +25,15 @@ pub struct EmulationRepairs {
 }
 
 impl EmulationRepairs {
+    /// `sync_regs`: KVM can pass registers in the kvm_run page
+    /// (KVM_CAP_SYNC_REGS), which saves two ioctls per page fault.
+    pub fn new(sync_regs: bool) -> EmulationRepairs {
+        EmulationRepairs {
+            syscall: syscall::SyscallRepair::new(sync_regs),
+            note: None,
+        }
+    }
+
     /// What the core loop should do with `action`, after the repairs had
     /// their look at it. What they did is counted in `stats`.
     pub fn resolve(
@@ -89,8 +98,13 @@ impl EmulationRepairs {
     }
 
     /// Continues a saved repair on this vCPU.
-    pub fn restore(&mut self, fd: &VcpuFd, s: syscall::RepairState) -> Result<(), String> {
-        self.syscall.restore(fd, s).map_err(|e| e.to_string())
+    pub fn restore(
+        &mut self,
+        fd: &mut VcpuFd,
+        mem: &GuestMemory,
+        s: syscall::RepairState,
+    ) -> Result<(), String> {
+        self.syscall.restore(fd, mem, s).map_err(|e| e.to_string())
     }
 
     /// Why the last failure was left to the crash report, if one was.

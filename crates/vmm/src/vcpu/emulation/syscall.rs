@@ -14,14 +14,22 @@
 //!
 //! The breakpoint is placed when the guest writes LSTAR (an MSR filter
 //! makes that write exit): by then the IDT holds the final handler.
+//!
+//! Each vCPU ioctl costs about as much as an exit on such a host (~10 µs:
+//! the vCPU is loaded and put each time), so a stop uses as few as it
+//! can: the registers come with the exit and go back with the next entry
+//! (KVM_CAP_SYNC_REGS), and the handler's bytes are read at the guest
+//! physical address found when the breakpoint was placed (kernel text
+//! does not move; LSTAR is written again when a new kernel takes over).
+//! What is left is one translation, for the fault frame on the stack.
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use kvm_bindings::{
     kvm_guest_debug, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, Msrs, KVM_GUESTDBG_ENABLE,
     KVM_GUESTDBG_USE_HW_BP,
 };
-use kvm_ioctls::VcpuFd;
-use vm_memory::{Bytes, GuestAddress};
+use kvm_ioctls::{SyncReg, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::vm::GuestMemory;
 
@@ -211,6 +219,11 @@ pub struct SyscallRepair {
     lstar: u64,
     star: u64,
     handler: Option<u64>,
+    /// The guest physical address of the handler's first bytes, when
+    /// they sit in one page.
+    handler_gpa: Option<u64>,
+    /// Registers travel in the kvm_run page (KVM_CAP_SYNC_REGS).
+    sync_regs: bool,
 }
 
 /// What a snapshot keeps of the repair: the armed breakpoint (KVM does not
@@ -223,24 +236,81 @@ pub struct RepairState {
     pub handler: Option<u64>,
 }
 
-/// Arms (or, with `None`, clears) the hardware breakpoint on the handler.
-fn arm(fd: &VcpuFd, handler: Option<u64>) -> Result<(), Error> {
-    let mut dbg = kvm_guest_debug::default();
-    if let Some(handler) = handler {
-        dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
-        dbg.arch.debugreg[0] = handler;
-        dbg.arch.debugreg[7] = DR7_L0;
-    }
-    fd.set_guest_debug(&dbg)?;
-    Ok(())
-}
+/// The first instruction's longest encoding.
+const MAX_INSN: u64 = 15;
 
 impl SyscallRepair {
+    /// `sync_regs`: KVM can pass the registers in the kvm_run page.
+    pub fn new(sync_regs: bool) -> SyscallRepair {
+        SyscallRepair {
+            sync_regs,
+            ..SyscallRepair::default()
+        }
+    }
+
+    /// Arms the hardware breakpoint on the handler (or, without one,
+    /// clears it), with the registers passed at each exit while armed.
+    fn arm(&mut self, fd: &mut VcpuFd, mem: &GuestMemory) -> Result<(), Error> {
+        let mut dbg = kvm_guest_debug::default();
+        self.handler_gpa = None;
+        if let Some(handler) = self.handler {
+            dbg.control = KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_USE_HW_BP;
+            dbg.arch.debugreg[0] = handler;
+            dbg.arch.debugreg[7] = DR7_L0;
+            if handler & 0xfff <= 0x1000 - MAX_INSN {
+                self.handler_gpa = fd
+                    .translate_gva(handler)
+                    .ok()
+                    .filter(|t| {
+                        t.valid != 0 && mem.address_in_range(GuestAddress(t.physical_address))
+                    })
+                    .map(|t| t.physical_address);
+            }
+        }
+        fd.set_guest_debug(&dbg)?;
+        if self.sync_regs {
+            match self.handler {
+                Some(_) => fd.set_sync_valid_reg(SyncReg::Register),
+                None => fd.clear_sync_valid_reg(SyncReg::Register),
+            }
+        }
+        Ok(())
+    }
+
+    /// The registers at this exit.
+    fn regs(&self, fd: &mut VcpuFd) -> Result<kvm_regs, Error> {
+        match self.sync_regs {
+            true => Ok(fd.sync_regs_mut().regs),
+            false => Ok(fd.get_regs()?),
+        }
+    }
+
+    /// The registers the guest goes on with.
+    fn set_regs(&self, fd: &mut VcpuFd, regs: &kvm_regs) -> Result<(), Error> {
+        if self.sync_regs {
+            fd.sync_regs_mut().regs = *regs;
+            fd.set_sync_dirty_reg(SyncReg::Register);
+        } else {
+            fd.set_regs(regs)?;
+        }
+        Ok(())
+    }
+
+    /// The handler's first bytes, as they are now (the kernel patches
+    /// its entry code after the breakpoint is placed).
+    fn handler_bytes(&self, fd: &VcpuFd, mem: &GuestMemory, pc: u64) -> Option<[u8; 15]> {
+        let mut b = [0u8; MAX_INSN as usize];
+        match self.handler_gpa {
+            Some(gpa) => mem.read_slice(&mut b, GuestAddress(gpa)).ok().map(|()| b),
+            None => read_virt::<15>(fd, mem, pc),
+        }
+    }
+
     /// The guest wrote LSTAR (the write exited through the MSR filter):
     /// perform it, then (re)arm the breakpoint on the page-fault handler.
     pub fn on_lstar_write(
         &mut self,
-        fd: &VcpuFd,
+        fd: &mut VcpuFd,
         mem: &GuestMemory,
         value: u64,
     ) -> Result<(), Error> {
@@ -271,7 +341,7 @@ impl SyscallRepair {
             }
             (None, _) => log::warn!("syscall repair off: no page-fault handler in the IDT"),
         }
-        arm(fd, self.handler)
+        self.arm(fd, mem)
     }
 
     pub fn state(&self) -> RepairState {
@@ -283,24 +353,29 @@ impl SyscallRepair {
     }
 
     /// Takes over a saved repair and re-arms its breakpoint.
-    pub fn restore(&mut self, fd: &VcpuFd, s: RepairState) -> Result<(), Error> {
+    pub fn restore(
+        &mut self,
+        fd: &mut VcpuFd,
+        mem: &GuestMemory,
+        s: RepairState,
+    ) -> Result<(), Error> {
         self.lstar = s.lstar;
         self.star = s.star;
         self.handler = s.handler;
-        arm(fd, s.handler)
+        self.arm(fd, mem)
     }
 
     /// KVM_EXIT_DEBUG at `pc`.
     pub fn on_breakpoint(
         &mut self,
-        fd: &VcpuFd,
+        fd: &mut VcpuFd,
         mem: &GuestMemory,
         pc: u64,
     ) -> Result<Breakpoint, Error> {
         if Some(pc) != self.handler {
             return Ok(Breakpoint::Foreign);
         }
-        let regs = fd.get_regs()?;
+        let regs = self.regs(fd)?;
         let frame = read_virt::<48>(fd, mem, regs.rsp)
             .map(|b| FaultFrame::from_bytes(&b))
             .ok_or(Error::Frame(regs.rsp))?;
@@ -308,7 +383,7 @@ impl SyscallRepair {
             let sregs = fd.get_sregs()?;
             let (regs, sregs) = syscall_entry(&frame, self.star, self.lstar, regs, sregs);
             fd.set_sregs(&sregs)?;
-            fd.set_regs(&regs)?;
+            self.set_regs(fd, &regs)?;
             return Ok(Breakpoint::Syscall);
         }
         if log::log_enabled!(log::Level::Trace) {
@@ -320,10 +395,11 @@ impl SyscallRepair {
                 frame.error_code
             );
         }
-        let first = read_virt::<15>(fd, mem, pc)
+        let first = self
+            .handler_bytes(fd, mem, pc)
             .and_then(|b| FirstInstruction::decode(&b))
             .ok_or(Error::Prologue(pc))?;
-        fd.set_regs(&first.step(regs))?;
+        self.set_regs(fd, &first.step(regs))?;
         Ok(Breakpoint::PageFault)
     }
 }

@@ -223,6 +223,7 @@ pub struct CreatedMachine {
     chips: OwnChips,
     profile: CpuProfile,
     complete_gaps: bool,
+    sync_regs: bool,
     /// What a snapshot saves of each vCPU.
     state_msrs: Vec<u32>,
     xsave_bytes: usize,
@@ -431,6 +432,11 @@ pub fn create(
         .map(|l| persist::vcpu::state_msrs(l.as_slice()))
         .map_err(Error::MsrList)?;
     let xsave_bytes = vm.fd.check_extension_int(kvm_ioctls::Cap::Xsave2).max(0) as usize;
+    // Only the emulation-only repairs use it: asked only there.
+    let sync_regs = complete_gaps
+        && vm.fd.check_extension_int(kvm_ioctls::Cap::SyncRegs) as u32
+            & kvm_bindings::KVM_SYNC_X86_REGS
+            != 0;
     log::debug!(
         "a snapshot saves up to {} MSRs per vCPU and an XSAVE area of {} bytes",
         state_msrs.len(),
@@ -451,6 +457,7 @@ pub fn create(
         chips: OwnChips { chip, ioapic },
         profile,
         complete_gaps,
+        sync_regs,
         state_msrs,
         xsave_bytes,
         shape: MachineShape::of(cfg, profile.emulated),
@@ -546,6 +553,7 @@ impl CreatedMachine {
             start,
             cpu_profile: self.profile,
             complete_gaps: self.complete_gaps,
+            sync_regs: self.sync_regs,
             sample_rip,
             state_msrs: self.state_msrs,
             xsave_bytes: self.xsave_bytes,
