@@ -46,7 +46,8 @@ pub struct MachineReady {
     pub cpu_profile: CpuProfile,
     /// Complete instructions KVM's emulator rejects (emulation-only hosts).
     pub complete_gaps: bool,
-    /// KVM passes registers in the kvm_run page (KVM_CAP_SYNC_REGS).
+    /// KVM passes registers and system registers in the kvm_run page
+    /// (KVM_CAP_SYNC_REGS).
     pub sync_regs: bool,
     /// Record the guest RIP at every kick (the main loop kicks on a timer).
     pub sample_rip: bool,

@@ -25,8 +25,9 @@ pub struct EmulationRepairs {
 }
 
 impl EmulationRepairs {
-    /// `sync_regs`: KVM can pass registers in the kvm_run page
-    /// (KVM_CAP_SYNC_REGS), which saves two ioctls per page fault.
+    /// `sync_regs`: KVM can pass registers and system registers in the
+    /// kvm_run page (KVM_CAP_SYNC_REGS), which saves every ioctl of an
+    /// ordinary page fault's stop.
     pub fn new(sync_regs: bool) -> EmulationRepairs {
         EmulationRepairs {
             syscall: syscall::SyscallRepair::new(sync_regs),

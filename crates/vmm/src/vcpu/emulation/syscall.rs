@@ -18,10 +18,12 @@
 //! Each vCPU ioctl costs about as much as an exit on such a host (~10 µs:
 //! the vCPU is loaded and put each time), so a stop uses as few as it
 //! can: the registers come with the exit and go back with the next entry
-//! (KVM_CAP_SYNC_REGS), and the handler's bytes are read at the guest
+//! (KVM_CAP_SYNC_REGS), the handler's bytes are read at the guest
 //! physical address found when the breakpoint was placed (kernel text
-//! does not move; LSTAR is written again when a new kernel takes over).
-//! What is left is one translation, for the fault frame on the stack.
+//! does not move; LSTAR is written again when a new kernel takes over),
+//! and the fault frame (a translation) is read only when CR2 says the
+//! fault may be the broken `syscall`. An ordinary page fault then costs
+//! no ioctl; a `syscall` two (the frame, the segments).
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use kvm_bindings::{
@@ -90,6 +92,13 @@ fn flat_segment(selector: u16, code: bool) -> kvm_segment {
         unusable: 0,
         padding: 0,
     }
+}
+
+/// Whether a page fault with this CR2 can be the broken `syscall`, which
+/// faults on fetching the instruction at LSTAR; only then is the fault
+/// frame worth reading (an ioctl to translate its address).
+pub fn may_be_broken_syscall(cr2: u64, lstar: u64) -> bool {
+    cr2 == lstar
 }
 
 /// The state right after a SYSCALL from the fault frame: what the CPU would
@@ -269,9 +278,11 @@ impl SyscallRepair {
         }
         fd.set_guest_debug(&dbg)?;
         if self.sync_regs {
-            match self.handler {
-                Some(_) => fd.set_sync_valid_reg(SyncReg::Register),
-                None => fd.clear_sync_valid_reg(SyncReg::Register),
+            for reg in [SyncReg::Register, SyncReg::SystemRegister] {
+                match self.handler {
+                    Some(_) => fd.set_sync_valid_reg(reg),
+                    None => fd.clear_sync_valid_reg(reg),
+                }
             }
         }
         Ok(())
@@ -282,6 +293,14 @@ impl SyscallRepair {
         match self.sync_regs {
             true => Ok(fd.sync_regs_mut().regs),
             false => Ok(fd.get_regs()?),
+        }
+    }
+
+    /// The system registers at this exit.
+    fn sregs(&self, fd: &mut VcpuFd) -> Result<kvm_sregs, Error> {
+        match self.sync_regs {
+            true => Ok(fd.sync_regs_mut().sregs),
+            false => Ok(fd.get_sregs()?),
         }
     }
 
@@ -376,24 +395,35 @@ impl SyscallRepair {
             return Ok(Breakpoint::Foreign);
         }
         let regs = self.regs(fd)?;
-        let frame = read_virt::<48>(fd, mem, regs.rsp)
-            .map(|b| FaultFrame::from_bytes(&b))
-            .ok_or(Error::Frame(regs.rsp))?;
-        if frame.is_broken_syscall(self.lstar) {
-            let sregs = fd.get_sregs()?;
-            let (regs, sregs) = syscall_entry(&frame, self.star, self.lstar, regs, sregs);
-            fd.set_sregs(&sregs)?;
-            self.set_regs(fd, &regs)?;
-            return Ok(Breakpoint::Syscall);
+        let sregs = self.sregs(fd)?;
+        let frame = |fd: &VcpuFd| {
+            read_virt::<48>(fd, mem, regs.rsp)
+                .map(|b| FaultFrame::from_bytes(&b))
+                .ok_or(Error::Frame(regs.rsp))
+        };
+        // The broken syscall faults on fetching LSTAR: a fault elsewhere
+        // goes on without its frame being read.
+        if may_be_broken_syscall(sregs.cr2, self.lstar) {
+            let frame = frame(fd)?;
+            if frame.is_broken_syscall(self.lstar) {
+                let (regs, sregs) = syscall_entry(&frame, self.star, self.lstar, regs, sregs);
+                // Segments before registers, as KVM takes them (the
+                // registers go with the next entry).
+                fd.set_sregs(&sregs)?;
+                self.set_regs(fd, &regs)?;
+                return Ok(Breakpoint::Syscall);
+            }
         }
         if log::log_enabled!(log::Level::Trace) {
-            let cr2 = fd.get_sregs().map(|s| s.cr2).unwrap_or(0);
-            log::trace!(
-                "page fault: rip {:#x} cs {:#x} error {:#x} cr2 {cr2:#x}",
-                frame.rip,
-                frame.cs,
-                frame.error_code
-            );
+            if let Ok(f) = frame(fd) {
+                log::trace!(
+                    "page fault: rip {:#x} cs {:#x} error {:#x} cr2 {:#x}",
+                    f.rip,
+                    f.cs,
+                    f.error_code,
+                    sregs.cr2
+                );
+            }
         }
         let first = self
             .handler_bytes(fd, mem, pc)
@@ -459,6 +489,13 @@ mod tests {
         // Anything with more effect is refused: the repair stays off.
         assert_eq!(FirstInstruction::decode(&[0x6a, 0xff]), None); // push -1
         assert_eq!(FirstInstruction::decode(&[0xe8, 0, 0, 0, 0]), None); // call
+    }
+
+    #[test]
+    fn only_a_fault_at_lstar_has_its_frame_read() {
+        assert!(may_be_broken_syscall(LSTAR, LSTAR));
+        assert!(!may_be_broken_syscall(0x40_1000, LSTAR));
+        assert!(!may_be_broken_syscall(LSTAR + 1, LSTAR));
     }
 
     #[test]

@@ -433,10 +433,9 @@ pub fn create(
         .map_err(Error::MsrList)?;
     let xsave_bytes = vm.fd.check_extension_int(kvm_ioctls::Cap::Xsave2).max(0) as usize;
     // Only the emulation-only repairs use it: asked only there.
-    let sync_regs = complete_gaps
-        && vm.fd.check_extension_int(kvm_ioctls::Cap::SyncRegs) as u32
-            & kvm_bindings::KVM_SYNC_X86_REGS
-            != 0;
+    let both = kvm_bindings::KVM_SYNC_X86_REGS | kvm_bindings::KVM_SYNC_X86_SREGS;
+    let sync_regs =
+        complete_gaps && vm.fd.check_extension_int(kvm_ioctls::Cap::SyncRegs) as u32 & both == both;
     log::debug!(
         "a snapshot saves up to {} MSRs per vCPU and an XSAVE area of {} bytes",
         state_msrs.len(),
