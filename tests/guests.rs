@@ -400,6 +400,48 @@ fn kernel_page_faults_pass_the_syscall_repair_breakpoint_once_each() {
     }
 }
 
+/// A user-mode `syscall` enters the kernel at LSTAR, at CPL0, with the
+/// registers SYSCALL sets (RCX the return address) and the user stack.
+/// On emulation-only hosts the CPU leaves the entry at CPL3 and Tsubame's
+/// repair finishes it; with the repair off the guest sees the page fault
+/// at LSTAR instead, which shows the first run went through the repair.
+#[test]
+fn a_user_syscall_enters_the_kernel_at_cpl0() {
+    let r = run(&["run", "--kernel", &kernel("usersyscall"), "--stats"]);
+    assert_eq!(r.status, 0, "{}", r.output());
+    assert!(
+        r.stdout.contains(
+            "syscall entered: cs 0000000000000010 rax 000000000000002a \
+             rcx 0000000000200007 rsp 00000000003ff000"
+        ),
+        "{}",
+        r.output()
+    );
+    if host_is_emulated() {
+        let line = r
+            .stderr
+            .lines()
+            .find(|l| l.contains("syscall (repaired)"))
+            .unwrap_or_else(|| panic!("{}", r.output()));
+        assert_eq!(line.split_whitespace().last(), Some("1"), "{line}");
+        let off = run(&[
+            "run",
+            "--kernel",
+            &kernel("usersyscall"),
+            "--emulator-gaps",
+            "report",
+        ]);
+        assert!(
+            off.stdout.contains("page fault seen by the guest at")
+                && off
+                    .stdout
+                    .contains("error 0000000000000015 cs 0000000000000033"),
+            "{}",
+            off.output()
+        );
+    }
+}
+
 /// `rep outsb` and `rep insb` on COM1 move every byte: KVM gives the VMM
 /// one exit of size × count bytes, and each byte is one UART access.
 #[test]
