@@ -381,6 +381,15 @@ fn bzimage_guest_decompress_path_enters_at_0x200() {
     );
 }
 
+/// How many times `--stats` says the VMM handled `what`.
+fn handled<'r>(r: &'r common::Run, what: &str) -> &'r str {
+    r.stderr
+        .lines()
+        .find(|l| l.contains(what))
+        .and_then(|l| l.split_whitespace().last())
+        .unwrap_or_else(|| panic!("no count for {what}: {}", r.output()))
+}
+
 #[test]
 fn kernel_page_faults_pass_the_syscall_repair_breakpoint_once_each() {
     let r = run(&["run", "--kernel", &kernel("pfstep"), "--stats"]);
@@ -391,12 +400,7 @@ fn kernel_page_faults_pass_the_syscall_repair_breakpoint_once_each() {
         r.output()
     );
     if host_is_emulated() {
-        let line = r
-            .stderr
-            .lines()
-            .find(|l| l.contains("page fault (let through)"))
-            .unwrap_or_else(|| panic!("{}", r.output()));
-        assert_eq!(line.split_whitespace().last(), Some("5"), "{line}");
+        assert_eq!(handled(&r, "page fault (let through)"), "5");
     }
 }
 
@@ -418,12 +422,7 @@ fn a_user_syscall_enters_the_kernel_at_cpl0() {
         r.output()
     );
     if host_is_emulated() {
-        let line = r
-            .stderr
-            .lines()
-            .find(|l| l.contains("syscall (repaired)"))
-            .unwrap_or_else(|| panic!("{}", r.output()));
-        assert_eq!(line.split_whitespace().last(), Some("1"), "{line}");
+        assert_eq!(handled(&r, "syscall (repaired)"), "1");
         let off = run(&[
             "run",
             "--kernel",

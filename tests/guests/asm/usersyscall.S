@@ -14,6 +14,14 @@
 #define USER_CODE   0x200000
 #define USER_STACK  0x3ff000
 
+/* show: the string at \msg, then \reg in hex and a space (or \end). */
+.macro show msg, reg, end=puthex_sp
+    lea \msg(%rip), %rsi
+    call puts
+    mov \reg, %rax
+    call \end
+.endm
+
     .code64
     .text
     .globl _start
@@ -96,22 +104,10 @@ syscall_entry:
     mov %rax, %r12
     mov %rcx, %r15
     lea stack_top(%rip), %rsp
-    lea msg_syscall(%rip), %rsi
-    call puts
-    mov %r13, %rax
-    call puthex_sp
-    lea msg_rax(%rip), %rsi
-    call puts
-    mov %r12, %rax
-    call puthex_sp
-    lea msg_rcx(%rip), %rsi
-    call puts
-    mov %r15, %rax
-    call puthex_sp
-    lea msg_rsp(%rip), %rsi
-    call puts
-    mov %r14, %rax
-    call puthex_nl
+    show msg_syscall, %r13
+    show msg_rax, %r12
+    show msg_rcx, %r15
+    show msg_rsp, %r14, puthex_nl
     call poweroff
 
 /* A page fault the guest sees: where, why and from which CS. */
@@ -119,18 +115,10 @@ pf_handler:
     nop
     mov 0(%rsp), %r12                   /* error code */
     mov 16(%rsp), %r13                  /* CS */
-    lea msg_pf(%rip), %rsi
-    call puts
-    mov %cr2, %rax
-    call puthex_sp
-    lea msg_error(%rip), %rsi
-    call puts
-    mov %r12, %rax
-    call puthex_sp
-    lea msg_cs(%rip), %rsi
-    call puts
-    mov %r13, %rax
-    call puthex_nl
+    mov %cr2, %r14
+    show msg_pf, %r14
+    show msg_error, %r12
+    show msg_cs, %r13, puthex_nl
     call poweroff
 
 #include "lib64.S"

@@ -102,9 +102,9 @@ impl Uring {
         })
     }
 
-    /// Runs every op and sets its `result`; returns when all are done.
-    /// An error means the ring itself failed (not an op): the ops without
-    /// a completion keep `NOT_DONE`.
+    /// Runs every op not done yet (`Op::done` ones are) and sets its
+    /// `result`; returns when all are done. An error means the ring itself
+    /// failed (not an op): the ops without a completion keep `NOT_DONE`.
     pub fn run(&mut self, ram: &HostRam, ops: &mut [Op]) -> std::io::Result<()> {
         self.iovs.clear();
         for op in ops.iter_mut() {
