@@ -18,17 +18,24 @@ struct BlkLoad {
     block: usize,
     random: bool,
     write: bool,
-    /// Every batch starts with the image out of the page cache: what a
-    /// disk read costs, not a copy.
-    cold: bool,
-    /// And then every other block of the batch back in it: reads that
+    cache: Cache,
+}
+
+/// Where a load's data is when each batch starts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Cache {
+    /// In the page cache: what a copy costs.
+    Warm,
+    /// Out of it: what a disk read costs.
+    Cold,
+    /// Out of it, then every other block of the batch back in: reads that
     /// hit the cache among reads that wait for the disk.
-    half: bool,
+    Half,
 }
 
 impl BlkLoad {
     fn bytes_per_run(&self) -> u64 {
-        if self.cold {
+        if self.cache != Cache::Warm {
             BLK_COLD_BYTES_PER_RUN
         } else {
             BLK_BYTES_PER_RUN
@@ -40,11 +47,11 @@ impl BlkLoad {
 /// image dropped from it, then half the batch's blocks read back.
 fn prepare_cache(file: &std::fs::File, load: &BlkLoad, batch: &[u64]) -> Result<(), String> {
     use std::os::unix::fs::FileExt;
-    if !load.cold {
+    if load.cache == Cache::Warm {
         return Ok(());
     }
     uncache(file)?;
-    if load.half {
+    if load.cache == Cache::Half {
         let mut buf = vec![0u8; load.block];
         for &off in batch.iter().step_by(2) {
             file.read_exact_at(&mut buf, off).map_err(err)?;
@@ -311,48 +318,42 @@ pub fn bench_blk(args: &BenchArgs, dir: &Path) -> Result<(), String> {
             block: 4096,
             random: true,
             write: false,
-            cold: false,
-            half: false,
+            cache: Cache::Warm,
         },
         BlkLoad {
             name: "4 KiB random read, disk",
             block: 4096,
             random: true,
             write: false,
-            cold: true,
-            half: false,
+            cache: Cache::Cold,
         },
         BlkLoad {
             name: "4 KiB random read, half",
             block: 4096,
             random: true,
             write: false,
-            cold: true,
-            half: true,
+            cache: Cache::Half,
         },
         BlkLoad {
             name: "4 KiB random write",
             block: 4096,
             random: true,
             write: true,
-            cold: false,
-            half: false,
+            cache: Cache::Warm,
         },
         BlkLoad {
             name: "64 KiB sequential read",
             block: 65536,
             random: false,
             write: false,
-            cold: false,
-            half: false,
+            cache: Cache::Warm,
         },
         BlkLoad {
             name: "64 KiB sequential write",
             block: 65536,
             random: false,
             write: true,
-            cold: false,
-            half: false,
+            cache: Cache::Warm,
         },
     ];
     // The batched engine when this kernel has io_uring, and the
