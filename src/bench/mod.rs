@@ -503,6 +503,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
         if matches!(args.which, Which::All | Which::Blk) {
             virtio::bench_blk(&args, &dir)?;
         }
+        if matches!(args.which, Which::All | Which::Net) {
+            virtio::bench_net(&args, args.which == Which::All)?;
+        }
         if matches!(args.which, Which::All | Which::Notify) {
             virtio::bench_notify(&args, &dir)?;
         }
@@ -520,9 +523,6 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         if matches!(args.which, Which::All | Which::Pfrepair) {
             pfrepair::bench_pfrepair(&args, &dir)?;
-        }
-        if args.which == Which::Net {
-            virtio::bench_net(&args)?;
         }
         if args.which == Which::Boot || (args.which == Which::All && args.kernel.is_some()) {
             bench_boot(&args)?;
