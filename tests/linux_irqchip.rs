@@ -1,7 +1,7 @@
 //! Debian's kernel with the other interrupt-controller modes: `split` on 2
 //! vCPUs (KVM's LAPICs, Tsubame's IOAPIC, PIC and PIT) boots to user space
 //! and reboots; `userspace` (Tsubame's PIC and PIT alone, one vCPU) does
-//! the same. On an emulation-only host the split boot takes 6-7 minutes
+//! the same. On an emulation-only host the split boot takes 5-7 minutes
 //! and runs in CI (the in-kernel mode's boots are in `linux.rs` and
 //! `linux_snapshot.rs`); the userspace boot, one vCPU, runs by hand (CI
 //! covers that mode with tiny guests in `irqchip.rs`):

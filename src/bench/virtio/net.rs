@@ -239,13 +239,11 @@ pub fn bench_net(args: &BenchArgs, optional: bool) -> Result<(), String> {
                 "bench net needs root (CAP_SYS_ADMIN) for a network namespace of its own: {}",
                 std::io::Error::last_os_error()
             );
-            return match optional {
-                true => {
-                    println!("virtio-net: skipped ({why})");
-                    Ok(None)
-                }
-                false => Err(why),
-            };
+            if !optional {
+                return Err(why);
+            }
+            println!("virtio-net: skipped ({why})");
+            return Ok(None);
         }
         (0..runs)
             .map(|_| net_run("tsbbench0"))
