@@ -27,6 +27,12 @@ fn bare_loop_exe() -> Result<PathBuf, String> {
 
 /// Milliseconds from spawn to exit of the bare loop.
 fn bare_run(exe: &Path, code: &Path, extra: &[&str]) -> Result<f64, String> {
+    Ok(bare_run_teardown(exe, code, extra)?.0)
+}
+
+/// The same, with the part of it its VM's teardown took (closing the vCPU
+/// and VM fds, as the bare loop reports it).
+fn bare_run_teardown(exe: &Path, code: &Path, extra: &[&str]) -> Result<(f64, f64), String> {
     let start = Instant::now();
     let mut cmd = Command::new(exe);
     cmd.arg(code).args(extra);
@@ -44,7 +50,17 @@ fn bare_run(exe: &Path, code: &Path, extra: &[&str]) -> Result<f64, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    Ok(took)
+    let err = String::from_utf8_lossy(&out.stderr);
+    let teardown = number_after(&err, "teardown").ok_or("the bare loop gave no teardown line")?;
+    Ok((took, teardown))
+}
+
+/// Milliseconds of a traced run's stop that closing the VM took (KVM's
+/// teardown: the phase marks around dropping the VM).
+fn vm_teardown(log: &str) -> Option<f64> {
+    let marks = phases(log);
+    let at = |name: &str| marks.iter().find(|(n, _)| n == name).map(|m| m.1);
+    Some(at("vm closed")? - at("device threads joined")?)
 }
 
 /// One `tsubame run` of the guest at the default log level: (spawn to
@@ -87,6 +103,9 @@ pub(crate) fn bench_startup(args: &BenchArgs, dir: &Path) -> Result<(), String> 
     let (mut plain, mut devices, mut kernel, mut split) = (vec![], vec![], vec![], vec![]);
     let mut unconfined = vec![];
     let (mut to_run, mut logs, mut split_logs) = (vec![], vec![], vec![]);
+    // KVM's teardown apart: (spawn to exit, closing the VM) of the bare
+    // loop with devices and of the traced kernel-mode run.
+    let (mut devices_apart, mut kernel_apart) = (vec![], vec![]);
     const VARIANTS: usize = 7;
     let mut previous = None;
     for i in 0..runs {
@@ -104,10 +123,16 @@ pub(crate) fn bench_startup(args: &BenchArgs, dir: &Path) -> Result<(), String> 
             previous = Some(variant);
             match variant {
                 0 => plain.push(bare_run(&bare, &raw, &[])?),
-                1 => devices.push(bare_run(&bare, &raw, &["--devices"])?),
+                1 => {
+                    let (ms, teardown) = bare_run_teardown(&bare, &raw, &["--devices"])?;
+                    devices.push(ms);
+                    devices_apart.push((ms, teardown));
+                }
                 2 => kernel.push(tsubame_run(&elf, &[])?.0),
                 3 => {
-                    let err = tsubame_run_traced(&elf, &[])?.1;
+                    let (ms, err) = tsubame_run_traced(&elf, &[])?;
+                    let teardown = vm_teardown(&err).ok_or("no vm-closed phase marks")?;
+                    kernel_apart.push((ms, teardown));
                     to_run
                         .push(number_after(&err, "first KVM_RUN").ok_or("no first-KVM_RUN line")?);
                     logs.push(err);
@@ -148,6 +173,7 @@ pub(crate) fn bench_startup(args: &BenchArgs, dir: &Path) -> Result<(), String> 
     println!(
         "  tsubame, --irqchip kernel              {k:8.2} ms   {kernel_ratio:.2}x the bare loop with the same devices (goal <= 1.10)"
     );
+    print_teardown(&devices_apart, &kernel_apart);
     println!(
         "  tsubame, --irqchip split               {s:8.2} ms   {split_ratio:.2}x the plain bare loop (goal <= 1.30)"
     );
@@ -166,6 +192,36 @@ pub(crate) fn bench_startup(args: &BenchArgs, dir: &Path) -> Result<(), String> 
         print_phases("split", &split_logs);
     }
     Ok(())
+}
+
+/// The kernel-mode comparison with each process's VM teardown taken out.
+/// That teardown is KVM's alone and bimodal: the PIT's removal makes two
+/// back-to-back `synchronize_srcu` calls, and the second falls back to a
+/// normal grace period (16 ms at HZ=250) when it starts within SRCU's
+/// expedite hold-off (25 us) of the first's end. Which happens depends on
+/// the CPU the closing thread is on, not on the VMM: the bare loop pinned
+/// to CPU 0 (where SRCU's callbacks run) took 19-30 ms, 15 of 15 times;
+/// pinned to CPU 1, 5-12 ms, 15 of 15 times.
+fn print_teardown(devices: &[(f64, f64)], kernel: &[(f64, f64)]) {
+    let without = |runs: &[(f64, f64)]| runs.iter().map(|(ms, t)| ms - t).collect::<Vec<_>>();
+    let (d, k) = (without(devices), without(kernel));
+    let ratio = median(k.iter().zip(&d).map(|(k, d)| k / d).collect());
+    let slow = |runs: &[(f64, f64)]| runs.iter().filter(|r| r.1 > 10.0).count();
+    let teardown = |runs: &[(f64, f64)]| median(runs.iter().map(|r| r.1).collect());
+    println!(
+        "    the same without KVM's teardown     {:8.2} ms   {ratio:.2}x the bare loop's {:.2} ms (tsubame at debug log level)",
+        median(k),
+        median(d)
+    );
+    println!(
+        "    KVM's teardown (closing the VM): bare loop {:.2} ms, tsubame {:.2} ms; a slow SRCU grace period (> 10 ms) in {}/{} and {}/{} runs",
+        teardown(devices),
+        teardown(kernel),
+        slow(devices),
+        devices.len(),
+        slow(kernel),
+        kernel.len()
+    );
 }
 
 /// Start-up against guest memory size and vCPU count, interleaved, with
@@ -243,5 +299,13 @@ mod tests {
                 ("vm created".to_string(), 1.5)
             ]
         );
+    }
+
+    #[test]
+    fn vm_teardown_is_the_gap_between_its_marks() {
+        let log = "[ 0.1 DEBUG vmm::trace] phase device threads joined 3.250ms\n\
+                   [ 0.1 DEBUG vmm::trace] phase vm closed 24.750ms\n";
+        assert_eq!(vm_teardown(log), Some(21.5));
+        assert_eq!(vm_teardown("phase vm closed 1.0ms"), None);
     }
 }
