@@ -12,6 +12,7 @@ mod confine;
 mod dispatch;
 mod irqchip;
 mod pfrepair;
+mod repstring;
 mod snapshot;
 mod startup;
 mod virtio;
@@ -64,6 +65,10 @@ pub enum Which {
     /// Emulation-only hosts: Tsubame's page-fault breakpoint step against
     /// the host's own cost of the same faults.
     Pfrepair,
+    /// A guest kernel's rep string instructions, byte against quadword
+    /// elements (why emulation-only hosts' guests get
+    /// `clearcpuid=erms,fsrm`).
+    Repstring,
 }
 
 #[derive(clap::Args, Debug)]
@@ -523,6 +528,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         if matches!(args.which, Which::All | Which::Pfrepair) {
             pfrepair::bench_pfrepair(&args, &dir)?;
+        }
+        if matches!(args.which, Which::All | Which::Repstring) {
+            repstring::bench_repstring(&args, &dir)?;
         }
         if args.which == Which::Boot || (args.which == Which::All && args.kernel.is_some()) {
             bench_boot(&args)?;

@@ -143,14 +143,16 @@ fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
 ///   CPL0, which the emulator cannot.
 /// - `clearcpuid=erms,fsrm`: with them the kernel zeroes and copies with
 ///   `rep stosb`/`movsb` (pages, user copies), and the emulator steps a
-///   rep string instruction one element at a time; without, it takes the
-///   REP_GOOD `stosq`/`movsq` paths, an eighth of the steps. Debian 6.1
-///   on 2 vCPUs, two boots each, alternated: 40 `busybox true` starts
-///   48.3 and 50.6 s with them, 41.1 and 43.5 s without (-14 %); 25.6 MB
-///   read from /dev/zero 3.16 and 2.52 s against 2.33 and 2.36 s; 12.8 MB
-///   written to tmpfs 2.92 and 2.41 s against 1.93 and 2.29 s. A kernel
-///   parameter changes only the kernel's choice: user code's CPUID still
-///   shows both.
+///   rep string instruction one element at a time, at much the same cost
+///   whatever the element's size (`tsubame bench repstring`: a 4 KiB page
+///   cleared in 1688 us a byte at a time, 241 us a quadword at a time,
+///   copied in 2712 against 424 us). Without them the kernel takes the
+///   REP_GOOD `stosq`/`movsq` paths. In Debian 6.1 boots, 40 `busybox
+///   true` starts took 48.3, 50.6 and 48.0 s with them, 41.1, 43.5 and
+///   57.3 s without: this host's drift (the last run without was slow in
+///   everything, its boot included) is larger than the ~0.2 s a start
+///   should save. A kernel parameter changes only the kernel's choice:
+///   user code's CPUID still shows both.
 /// - `spectre_v2=off spec_rstack_overflow=off retbleed=off`: the retpoline
 ///   and return thunks were 8-12% of sampled boot time, and they guard
 ///   against speculation of kernel code, which here is emulated, not run.
