@@ -155,6 +155,28 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// One in-process run of a tiny guest that powers off (16 MiB, no serial),
+/// on a thread of its own: its outcome and how long it ran.
+pub(crate) fn timed_tiny_run(kernel: &Path) -> Result<(Duration, vmm::RunOutcome), String> {
+    on_own_thread(|| {
+        let mut cfg = VmConfig::new(kernel);
+        cfg.serial = SerialConfig::None;
+        cfg.memory_mib = 16;
+        let machine = vmm::vm::builder::build(&cfg).map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let outcome = machine.run(None);
+        let took = start.elapsed();
+        if outcome.reason != vmm::StopReason::PowerOff {
+            return Err(format!(
+                "{} ended with: {}",
+                kernel.display(),
+                outcome.reason
+            ));
+        }
+        Ok((took, outcome))
+    })
+}
+
 pub(crate) fn write_guest(dir: &Path, name: &str, code: &[u8]) -> std::io::Result<PathBuf> {
     let path = dir.join(name);
     std::fs::write(&path, elf_image::elf64(code, LOAD_ADDR, None))?;

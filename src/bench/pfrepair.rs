@@ -7,12 +7,10 @@
 //! share, the rest is the host's emulation of the fault and the handler.
 
 use std::path::Path;
-use std::time::Instant;
 
 use iced_x86::code_asm::*;
-use vmm::config::{SerialConfig, VmConfig};
 
-use super::{median, on_own_thread, power_off, write_guest, AsmResult, BenchArgs, LOAD_ADDR};
+use super::{median, power_off, timed_tiny_run, write_guest, AsmResult, BenchArgs, LOAD_ADDR};
 
 const IDT: u64 = 0x18_0000;
 const STACK_TOP: u64 = 0x20_0000;
@@ -81,20 +79,9 @@ fn fault_loop_code(arm: bool, turn: Turn, count: u32) -> AsmResult<Vec<u8>> {
 
 /// µs per turn of one run of `kernel`, and its breakpoint stops.
 fn per_turn(kernel: &Path) -> Result<(f64, u64), String> {
-    on_own_thread(|| {
-        let mut cfg = VmConfig::new(kernel);
-        cfg.serial = SerialConfig::None;
-        cfg.memory_mib = 16;
-        let machine = vmm::vm::builder::build(&cfg).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let outcome = machine.run(None);
-        let took = start.elapsed();
-        if outcome.reason != vmm::StopReason::PowerOff {
-            return Err(format!("loop guest ended with: {}", outcome.reason));
-        }
-        let steps = outcome.total.count(vmm::vcpu::stats::ExitKind::Debug);
-        Ok((took.as_secs_f64() * 1e6 / f64::from(FAULTS), steps))
-    })
+    let (took, outcome) = timed_tiny_run(kernel)?;
+    let steps = outcome.total.count(vmm::vcpu::stats::ExitKind::Debug);
+    Ok((took.as_secs_f64() * 1e6 / f64::from(FAULTS), steps))
 }
 
 pub(crate) fn bench_pfrepair(args: &BenchArgs, dir: &Path) -> Result<(), String> {

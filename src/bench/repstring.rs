@@ -8,12 +8,10 @@
 //! copies 4 KiB a number of times each way, timed from the host.
 
 use std::path::Path;
-use std::time::Instant;
 
 use iced_x86::code_asm::*;
-use vmm::config::{SerialConfig, VmConfig};
 
-use super::{median, on_own_thread, power_off, write_guest, AsmResult, BenchArgs};
+use super::{median, power_off, timed_tiny_run, write_guest, AsmResult, BenchArgs};
 
 /// Pages cleared or copied per run.
 const PAGES: u32 = 500;
@@ -74,19 +72,8 @@ fn page_loop_code(op: Op, pages: u32) -> AsmResult<Vec<u8>> {
 
 /// Microseconds per page of one run of `kernel`.
 fn per_page(kernel: &Path) -> Result<f64, String> {
-    on_own_thread(|| {
-        let mut cfg = VmConfig::new(kernel);
-        cfg.serial = SerialConfig::None;
-        cfg.memory_mib = 16;
-        let machine = vmm::vm::builder::build(&cfg).map_err(|e| e.to_string())?;
-        let start = Instant::now();
-        let outcome = machine.run(None);
-        let took = start.elapsed();
-        if outcome.reason != vmm::StopReason::PowerOff {
-            return Err(format!("page loop guest ended with: {}", outcome.reason));
-        }
-        Ok(took.as_secs_f64() * 1e6 / f64::from(PAGES))
-    })
+    let (took, _) = timed_tiny_run(kernel)?;
+    Ok(took.as_secs_f64() * 1e6 / f64::from(PAGES))
 }
 
 pub(crate) fn bench_repstring(args: &BenchArgs, dir: &Path) -> Result<(), String> {
