@@ -11,7 +11,7 @@ use std::path::Path;
 
 use iced_x86::code_asm::*;
 
-use super::{median, power_off, timed_tiny_run, write_guest, AsmResult, BenchArgs};
+use super::{median, power_off, timed_tiny_run, write_guest, AsmResult, BenchArgs, LOAD_ADDR};
 
 /// Pages cleared or copied per run.
 const PAGES: u32 = 500;
@@ -67,7 +67,7 @@ fn page_loop_code(op: Op, pages: u32) -> AsmResult<Vec<u8>> {
     a.dec(r8d)?;
     a.jnz(top)?;
     power_off(&mut a)?;
-    a.assemble(super::LOAD_ADDR)
+    a.assemble(LOAD_ADDR)
 }
 
 /// Microseconds per page of one run of `kernel`.

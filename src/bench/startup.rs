@@ -203,10 +203,12 @@ pub(crate) fn bench_startup(args: &BenchArgs, dir: &Path) -> Result<(), String> 
 /// to CPU 0 (where SRCU's callbacks run) took 19-30 ms, 15 of 15 times;
 /// pinned to CPU 1, 5-12 ms, 15 of 15 times.
 fn print_teardown(devices: &[(f64, f64)], kernel: &[(f64, f64)]) {
+    // Between the two modes (5-12 ms and 19-30 ms here).
+    const SLOW_MS: f64 = 10.0;
     let without = |runs: &[(f64, f64)]| runs.iter().map(|(ms, t)| ms - t).collect::<Vec<_>>();
     let (d, k) = (without(devices), without(kernel));
     let ratio = median(k.iter().zip(&d).map(|(k, d)| k / d).collect());
-    let slow = |runs: &[(f64, f64)]| runs.iter().filter(|r| r.1 > 10.0).count();
+    let slow = |runs: &[(f64, f64)]| runs.iter().filter(|r| r.1 > SLOW_MS).count();
     let teardown = |runs: &[(f64, f64)]| median(runs.iter().map(|r| r.1).collect());
     println!(
         "    the same without KVM's teardown     {:8.2} ms   {ratio:.2}x the bare loop's {:.2} ms (tsubame at debug log level)",
@@ -214,7 +216,7 @@ fn print_teardown(devices: &[(f64, f64)], kernel: &[(f64, f64)]) {
         median(d)
     );
     println!(
-        "    KVM's teardown (closing the VM): bare loop {:.2} ms, tsubame {:.2} ms; a slow SRCU grace period (> 10 ms) in {}/{} and {}/{} runs",
+        "    KVM's teardown (closing the VM): bare loop {:.2} ms, tsubame {:.2} ms; a slow SRCU grace period (> {SLOW_MS} ms) in {}/{} and {}/{} runs",
         teardown(devices),
         teardown(kernel),
         slow(devices),
