@@ -259,7 +259,7 @@ fn bare_loop(kernel_image: &[u8], expected: u32) -> Result<f64, String> {
         &layout,
         &BootConfig {
             kernel_path: Path::new("bench"),
-            kernel_image,
+            kernel_image: vmm::boot::KernelImage::Bytes(kernel_image),
             initrd: None,
             cmdline: "",
             boot_path: BootPath::default(),

@@ -4,7 +4,7 @@
 //! by a well-kept crate; LZO has none, so LZO kernels boot the classic way.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::{self, BufRead, BufReader, Read};
 
 /// Decompressed kernels larger than this are refused (a bad or hostile
 /// image must not exhaust host memory).
@@ -12,6 +12,10 @@ pub const MAX_KERNEL_SIZE: usize = 1 << 30;
 /// Legacy LZ4 frames (`lz4 -l`, what Linux uses) hold blocks of 8 MiB.
 const LZ4_LEGACY_MAGIC: u32 = 0x184c_2102;
 const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+/// LZ4's worst case for a block of that size: a longer one is corrupt.
+const LZ4_LEGACY_MAX_COMPRESSED: usize = LZ4_LEGACY_BLOCK + LZ4_LEGACY_BLOCK / 255 + 16;
+/// The buffer between a streaming decompressor and the kernel loader.
+const STREAM_BUFFER: usize = 256 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compression {
@@ -102,6 +106,124 @@ pub fn decompress(payload: &[u8]) -> Result<(Compression, Vec<u8>), Error> {
         return Err(Error::TooLarge(format));
     }
     Ok((format, out))
+}
+
+/// A reader of the decompressed payload, which is `len` bytes of `input`
+/// in `format`, for the formats whose crates decompress as they are read:
+/// the kernel goes into guest memory a buffer at a time. `None` for LZMA
+/// and XZ (lzma-rs writes rather than is read: [`decompress`] them whole).
+pub fn stream<'a, R: Read + 'a>(
+    format: Compression,
+    input: R,
+    len: u64,
+) -> Result<Option<Box<dyn BufRead + 'a>>, Error> {
+    let buffered = |r: Box<dyn Read + 'a>| -> Box<dyn BufRead + 'a> {
+        Box::new(BufReader::with_capacity(STREAM_BUFFER, r))
+    };
+    let input = input.take(len);
+    Ok(Some(match format {
+        Compression::Gzip => buffered(Box::new(flate2::read::GzDecoder::new(input))),
+        Compression::Bzip2 => buffered(Box::new(bzip2::read::BzDecoder::new(input))),
+        Compression::Zstd => {
+            let dec =
+                ruzstd::decoding::StreamingDecoder::new(input).map_err(|e| Error::Corrupt {
+                    format,
+                    reason: e.to_string(),
+                })?;
+            buffered(Box::new(dec))
+        }
+        // Without Linux's trailing size word.
+        Compression::Lz4 => Box::new(Lz4Legacy::new(input.take(len.saturating_sub(4)))),
+        Compression::Lzma | Compression::Xz => return Ok(None),
+        Compression::Lzo => return Err(Error::Unsupported(format)),
+    }))
+}
+
+/// The legacy LZ4 frame read a block at a time: each block decompressed
+/// whole (at most 8 MiB), then handed out.
+struct Lz4Legacy<R> {
+    input: R,
+    compressed: Vec<u8>,
+    block: Vec<u8>,
+    filled: usize,
+    at: usize,
+}
+
+impl<R: Read> Lz4Legacy<R> {
+    fn new(input: R) -> Self {
+        Lz4Legacy {
+            input,
+            compressed: Vec::new(),
+            block: Vec::new(),
+            filled: 0,
+            at: 0,
+        }
+    }
+
+    /// Decompresses the next block; false at the end of the frame.
+    fn next_block(&mut self) -> io::Result<bool> {
+        let corrupt = |why: String| io::Error::other(format!("lz4 payload is corrupt: {why}"));
+        loop {
+            let mut word = [0u8; 4];
+            let mut got = 0;
+            while got < 4 {
+                match self.input.read(&mut word[got..]) {
+                    Ok(0) if got == 0 => return Ok(false),
+                    Ok(0) => return Err(corrupt("truncated block length".into())),
+                    Ok(n) => got += n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            let len = u32::from_le_bytes(word);
+            if len == LZ4_LEGACY_MAGIC {
+                continue; // a frame's start, or concatenated frames
+            }
+            let len = len as usize;
+            if len > LZ4_LEGACY_MAX_COMPRESSED {
+                return Err(corrupt(format!("a block of {len} bytes")));
+            }
+            self.compressed.resize(len, 0);
+            self.input
+                .read_exact(&mut self.compressed)
+                .map_err(|e| corrupt(format!("block of {len} bytes: {e}")))?;
+            if self.block.is_empty() {
+                self.block = vec![0; LZ4_LEGACY_BLOCK];
+            }
+            self.filled = lz4_flex::block::decompress_into(&self.compressed, &mut self.block)
+                .map_err(|e| corrupt(e.to_string()))?;
+            self.at = 0;
+            return Ok(true);
+        }
+    }
+}
+
+impl<R: Read> Read for Lz4Legacy<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        let n = {
+            let ready = self.fill_buf()?;
+            let n = ready.len().min(out.len());
+            out[..n].copy_from_slice(&ready[..n]);
+            n
+        };
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl<R: Read> BufRead for Lz4Legacy<R> {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.at == self.filled {
+            if !self.next_block()? {
+                break;
+            }
+        }
+        Ok(&self.block[self.at..self.filled])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.at = (self.at + n).min(self.filled);
+    }
 }
 
 /// lzma-rs refuses bytes after the end of its stream: try without Linux's
@@ -270,6 +392,39 @@ mod tests {
             assert_eq!(format, want);
             assert!(out == original, "{want}: output differs");
         }
+    }
+
+    #[test]
+    fn streamed_formats_give_the_same_bytes() {
+        let data = sample();
+        let small = &data[..200_000];
+        for (format, packed, original) in [
+            (Compression::Lz4, compress::lz4_legacy(&data), &data[..]),
+            (Compression::Gzip, compress::gzip(&data), &data[..]),
+            (Compression::Zstd, compress::zstd(small), small),
+            (Compression::Bzip2, compress::bzip2(small), small),
+        ] {
+            let mut r = stream(format, &packed[..], packed.len() as u64)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{format} is not streamed"));
+            let mut out = Vec::new();
+            r.read_to_end(&mut out).unwrap();
+            assert!(out == original, "{format}: output differs");
+        }
+        assert!(stream(Compression::Xz, &[][..], 0).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_streamed_lz4_block_longer_than_lz4_allows_is_corrupt() {
+        let mut packed = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
+        packed.extend(u32::MAX.to_le_bytes());
+        packed.extend([0u8; 64]);
+        packed.extend(100u32.to_le_bytes()); // Linux's trailing size
+        let mut r = stream(Compression::Lz4, &packed[..], packed.len() as u64)
+            .unwrap()
+            .unwrap();
+        let e = r.fill_buf().unwrap_err().to_string();
+        assert!(e.contains("a block of 4294967295 bytes"), "{e}");
     }
 
     #[test]

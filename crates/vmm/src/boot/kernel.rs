@@ -4,16 +4,17 @@
 //! cannot read) boots it the classic way, through its own decompressor.
 
 use std::fmt;
-use std::io::Cursor;
+use std::io::{Cursor, Read, Seek, SeekFrom};
 use std::time::{Duration, Instant};
 
 use linux_loader::bootparam::setup_header;
 use linux_loader::loader::bzimage::BzImage;
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
-use vm_memory::{ByteValued, GuestAddress};
+use vm_memory::{ByteValued, GuestAddress, ReadVolatile};
 
 use super::decompress::{self, Compression};
+use super::stream::{self, ForwardReader};
 use crate::vm::layout::HIMEM_START;
 use crate::vm::GuestMemory;
 
@@ -51,6 +52,8 @@ pub enum Error {
     OldProtocol(u16),
     #[error("the bzImage has no 64-bit entry point (XLF_KERNEL_64 is clear)")]
     No64BitEntry,
+    #[error("cannot read the kernel image: {0}")]
+    Read(std::io::Error),
     #[error("cannot load the kernel into guest memory: {0} (is --memory large enough?)")]
     Load(#[from] linux_loader::loader::Error),
 }
@@ -71,7 +74,11 @@ pub enum Unpacked {
     HostDecompressed {
         format: Compression,
         compressed: usize,
+        /// Bytes of vmlinux decompressed: when streamed, only as far as
+        /// its last loadable segment.
         decompressed: usize,
+        /// Loaded as it was decompressed, never whole in memory.
+        streamed: bool,
         took: Duration,
     },
     GuestDecompress {
@@ -87,10 +94,12 @@ impl fmt::Display for Unpacked {
                 format,
                 compressed,
                 decompressed,
+                streamed,
                 took,
             } => write!(
                 f,
-                "bzImage, {format} payload decompressed on the host ({compressed} -> {decompressed} bytes in {:.1} ms)",
+                "bzImage, {format} payload decompressed on the host{} ({compressed} -> {decompressed} bytes in {:.1} ms)",
+                if *streamed { " as it loaded" } else { "" },
                 took.as_secs_f64() * 1e3
             ),
             Unpacked::GuestDecompress { why } => {
@@ -110,28 +119,29 @@ pub struct LoadedKernel {
     pub unpacked: Unpacked,
 }
 
-/// Loads `image` into `mem` and says how to enter it.
-pub fn load(mem: &GuestMemory, image: &[u8], path: BootPath) -> Result<LoadedKernel, Error> {
-    if image.is_empty() {
+/// Loads `image` into `mem` and says how to enter it. `image` is read in
+/// place: a vmlinux's segments go from it straight into guest memory, and
+/// a bzImage's payload is decompressed as it is loaded.
+pub fn load<F: Read + Seek + ReadVolatile>(
+    mem: &GuestMemory,
+    image: &mut F,
+    path: BootPath,
+) -> Result<LoadedKernel, Error> {
+    let head = read_head(image)?;
+    if head.is_empty() {
         return Err(Error::Empty);
     }
-    if image.starts_with(ELF_MAGIC) {
+    if head.starts_with(ELF_MAGIC) {
+        check_elf(&head)?;
         return load_elf(mem, image, None, Unpacked::Elf);
     }
-    let hdr = bzimage_header(image)?;
+    let hdr = bzimage_header(&head)?;
     let guest_reason = match path {
         BootPath::GuestDecompress => "requested".to_string(),
-        BootPath::HostDecompress => match extract_payload(image, &hdr) {
-            Ok((format, vmlinux, took)) => {
-                let unpacked = Unpacked::HostDecompressed {
-                    format,
-                    compressed: hdr.payload_length as usize,
-                    decompressed: vmlinux.len(),
-                    took,
-                };
-                return load_elf(mem, &vmlinux, Some(hdr), unpacked);
-            }
-            Err(why) => {
+        BootPath::HostDecompress => match host_decompress(mem, image, hdr) {
+            Ok(kernel) => return Ok(kernel),
+            Err(NotOnHost::Load(e)) => return Err(e),
+            Err(NotOnHost::Payload(why)) => {
                 log::warn!("cannot decompress the bzImage on the host ({why}); the guest will");
                 why
             }
@@ -140,26 +150,38 @@ pub fn load(mem: &GuestMemory, image: &[u8], path: BootPath) -> Result<LoadedKer
     load_bzimage(mem, image, hdr, guest_reason)
 }
 
-fn load_elf(
-    mem: &GuestMemory,
-    image: &[u8],
-    setup_header: Option<setup_header>,
-    unpacked: Unpacked,
-) -> Result<LoadedKernel, Error> {
-    let class = image.get(4).copied().unwrap_or(0);
-    let machine = image
+/// The image's first bytes: enough for an ELF header or a bzImage's
+/// setup header.
+fn read_head<F: Read + Seek>(image: &mut F) -> Result<Vec<u8>, Error> {
+    let len = SETUP_HEADER_OFFSET + std::mem::size_of::<setup_header>();
+    let mut head = Vec::with_capacity(len);
+    image.rewind().map_err(Error::Read)?;
+    image
+        .take(len as u64)
+        .read_to_end(&mut head)
+        .map_err(Error::Read)?;
+    Ok(head)
+}
+
+fn check_elf(head: &[u8]) -> Result<(), Error> {
+    let class = head.get(4).copied().unwrap_or(0);
+    let machine = head
         .get(18..20)
         .map(|b| u16::from_le_bytes([b[0], b[1]]))
         .unwrap_or(0);
     if class != ELFCLASS64 || machine != EM_X86_64 {
         return Err(Error::NotX86_64 { class, machine });
     }
-    let r = Elf::load(
-        mem,
-        None,
-        &mut Cursor::new(image),
-        Some(GuestAddress(HIMEM_START)),
-    )?;
+    Ok(())
+}
+
+fn load_elf<F: Read + Seek + ReadVolatile>(
+    mem: &GuestMemory,
+    image: &mut F,
+    setup_header: Option<setup_header>,
+    unpacked: Unpacked,
+) -> Result<LoadedKernel, Error> {
+    let r = Elf::load(mem, None, image, Some(GuestAddress(HIMEM_START)))?;
     let entry = match r.pvh_boot_cap {
         PvhBootCapability::PvhEntryPresent(addr) => KernelEntry::Pvh(addr.0),
         _ => KernelEntry::Linux64(r.kernel_load.0),
@@ -195,41 +217,126 @@ pub fn bzimage_header(image: &[u8]) -> Result<setup_header, Error> {
     Ok(hdr)
 }
 
-/// The compressed vmlinux inside a bzImage, decompressed.
-fn extract_payload(
-    image: &[u8],
-    hdr: &setup_header,
-) -> Result<(Compression, Vec<u8>, Duration), String> {
-    let setup_sects = if hdr.setup_sects == 0 {
-        4
-    } else {
-        hdr.setup_sects as usize
+/// Where a bzImage's compressed vmlinux lies in the file: (offset, length).
+pub fn payload_range(hdr: &setup_header) -> (u64, u64) {
+    let setup_sects = match hdr.setup_sects {
+        0 => 4,
+        n => u64::from(n),
     };
-    let start = (setup_sects + 1) * 512 + hdr.payload_offset as usize;
-    let payload = start
-        .checked_add(hdr.payload_length as usize)
-        .and_then(|end| image.get(start..end))
-        .ok_or("the payload runs past the end of the file")?;
-    let t = Instant::now();
-    let (format, vmlinux) = decompress::decompress(payload).map_err(|e| e.to_string())?;
-    if !vmlinux.starts_with(ELF_MAGIC) {
-        return Err(format!("the {format} payload is not an ELF vmlinux"));
-    }
-    Ok((format, vmlinux, t.elapsed()))
+    let start = (setup_sects + 1) * 512 + u64::from(hdr.payload_offset);
+    (start, u64::from(hdr.payload_length))
 }
 
-fn load_bzimage(
+/// Why a bzImage was not booted from a host-decompressed vmlinux.
+enum NotOnHost {
+    /// The payload: the guest's own decompressor may still read it.
+    Payload(String),
+    /// The vmlinux itself could not be loaded: no use trying the guest.
+    Load(Error),
+}
+
+/// Decompresses the bzImage's payload into a vmlinux and loads that: as a
+/// stream where the format allows (and the vmlinux's segments come in file
+/// order), else whole.
+fn host_decompress<F: Read + Seek + ReadVolatile>(
     mem: &GuestMemory,
-    image: &[u8],
+    image: &mut F,
+    hdr: setup_header,
+) -> Result<LoadedKernel, NotOnHost> {
+    let payload = |e: &dyn fmt::Display| NotOnHost::Payload(e.to_string());
+    let (start, len) = payload_range(&hdr);
+    let file_len = image.seek(SeekFrom::End(0)).map_err(|e| payload(&e))?;
+    if start + len > file_len {
+        return Err(payload(&"the payload runs past the end of the file"));
+    }
+    let mut magic = Vec::with_capacity(8);
+    image
+        .seek(SeekFrom::Start(start))
+        .map_err(|e| payload(&e))?;
+    (&mut *image)
+        .take(len.min(8))
+        .read_to_end(&mut magic)
+        .map_err(|e| payload(&e))?;
+    let format = decompress::detect(&magic)
+        .ok_or_else(|| payload(&decompress::Error::Unknown(magic.clone())))?;
+    let t = Instant::now();
+    image
+        .seek(SeekFrom::Start(start))
+        .map_err(|e| payload(&e))?;
+    if let Some(stream) = decompress::stream(format, &mut *image, len).map_err(|e| payload(&e))? {
+        let mut vmlinux = ForwardReader::new(stream, decompress::MAX_KERNEL_SIZE as u64);
+        let head = vmlinux.head().to_vec();
+        let loaded = load_vmlinux(mem, &mut vmlinux, &head, format, hdr);
+        let unpacked = Unpacked::HostDecompressed {
+            format,
+            compressed: len as usize,
+            decompressed: vmlinux.passed() as usize,
+            streamed: true,
+            took: t.elapsed(),
+        };
+        match (loaded, vmlinux.failure()) {
+            (Ok(mut k), _) => {
+                k.unpacked = unpacked;
+                return Ok(k);
+            }
+            (Err(e), None) => return Err(e),
+            (Err(_), Some(f @ stream::Failure::Backward { .. })) => {
+                log::info!(
+                    "the vmlinux cannot be loaded as a stream ({f}): decompressing it whole"
+                );
+            }
+            (Err(_), Some(f)) => return Err(payload(&format!("{format} payload: {f}"))),
+        }
+    }
+    // Whole: the payload, then the vmlinux, in memory.
+    image
+        .seek(SeekFrom::Start(start))
+        .map_err(|e| payload(&e))?;
+    let mut compressed = Vec::new();
+    (&mut *image)
+        .take(len)
+        .read_to_end(&mut compressed)
+        .map_err(|e| payload(&e))?;
+    let (format, vmlinux) = decompress::decompress(&compressed).map_err(|e| payload(&e))?;
+    drop(compressed);
+    let decompressed = vmlinux.len();
+    let head = vmlinux[..vmlinux.len().min(64)].to_vec();
+    let mut k = load_vmlinux(mem, &mut Cursor::new(vmlinux), &head, format, hdr)?;
+    k.unpacked = Unpacked::HostDecompressed {
+        format,
+        compressed: len as usize,
+        decompressed,
+        streamed: false,
+        took: t.elapsed(),
+    };
+    Ok(k)
+}
+
+/// Loads a decompressed vmlinux, whose first bytes are `head` (`unpacked`
+/// is the caller's to fill in).
+fn load_vmlinux<R: Read + Seek + ReadVolatile>(
+    mem: &GuestMemory,
+    vmlinux: &mut R,
+    head: &[u8],
+    format: Compression,
+    hdr: setup_header,
+) -> Result<LoadedKernel, NotOnHost> {
+    if !head.starts_with(ELF_MAGIC) {
+        return Err(NotOnHost::Payload(format!(
+            "the {format} payload is not an ELF vmlinux"
+        )));
+    }
+    check_elf(head).map_err(NotOnHost::Load)?;
+    load_elf(mem, vmlinux, Some(hdr), Unpacked::Elf).map_err(NotOnHost::Load)
+}
+
+fn load_bzimage<F: Read + Seek + ReadVolatile>(
+    mem: &GuestMemory,
+    image: &mut F,
     hdr: setup_header,
     why: String,
 ) -> Result<LoadedKernel, Error> {
-    let r = BzImage::load(
-        mem,
-        None,
-        &mut Cursor::new(image),
-        Some(GuestAddress(HIMEM_START)),
-    )?;
+    let r = BzImage::load(mem, None, image, Some(GuestAddress(HIMEM_START)))?;
     // The decompressor unpacks into [pref_address, +init_size): keep the
     // initrd out of it.
     let unpack_end = { hdr.pref_address }.max(r.kernel_load.0) + u64::from(hdr.init_size);
@@ -255,10 +362,101 @@ mod tests {
 
     const CODE: &[u8] = &[0xf4, 0x90, 0x90, 0xeb, 0xfc];
 
+    fn load_bytes(mem: &GuestMemory, image: &[u8], path: BootPath) -> Result<LoadedKernel, Error> {
+        load(mem, &mut Cursor::new(image), path)
+    }
+
+    /// A vmlinux of `len` bytes of code (so that it spans many buffers).
+    fn big_vmlinux(len: usize) -> (Vec<u8>, Vec<u8>) {
+        let code: Vec<u8> = (0..len as u32)
+            .map(|i| (i % 251) as u8 ^ (i >> 12) as u8)
+            .collect();
+        (elf64(&code, 0x20_0000, Some(0x20_0001)), code)
+    }
+
+    fn streamed(k: &LoadedKernel) -> Option<bool> {
+        match k.unpacked {
+            Unpacked::HostDecompressed { streamed, .. } => Some(streamed),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn bzimage_payloads_stream_into_memory_or_load_whole() {
+        let mem = memory(32);
+        let (vmlinux, code) = big_vmlinux(9 << 20);
+        let small = &vmlinux[..];
+        for (payload, want_streamed) in [
+            (compress::lz4_legacy(&vmlinux), true),
+            (compress::gzip(&vmlinux), true),
+            (compress::zstd(small), true),
+            (compress::bzip2(small), true),
+            (
+                compress::xz(&elf64(CODE, 0x20_0000, Some(0x20_0001))),
+                false,
+            ),
+        ] {
+            let image = bzimage(&[0xcc; 0x400], &payload);
+            let k = load_bytes(&mem, &image, BootPath::HostDecompress).unwrap();
+            assert_eq!(k.entry, KernelEntry::Pvh(0x20_0001));
+            assert_eq!(streamed(&k), Some(want_streamed), "{}", k.unpacked);
+            if want_streamed {
+                let mut back = vec![0u8; code.len()];
+                mem.read_slice(&mut back, GuestAddress(0x20_0000)).unwrap();
+                assert!(back == code, "{}: the segment differs", k.unpacked);
+            }
+        }
+    }
+
+    #[test]
+    fn a_vmlinux_that_goes_back_is_decompressed_whole() {
+        let mem = memory(16);
+        // Turn the PT_NOTE into a PT_LOAD of the note's bytes (before the
+        // code in the file, after it in the program headers) at address 0.
+        let mut vmlinux = elf64(CODE, 0x20_0000, Some(0x20_0001));
+        let note_phdr = 64 + 56;
+        vmlinux[note_phdr..note_phdr + 4].copy_from_slice(&1u32.to_le_bytes());
+        let note_off = 64 + 2 * 56;
+        let image = bzimage(&[0xcc; 0x400], &compress::gzip(&vmlinux));
+        let k = load_bytes(&mem, &image, BootPath::HostDecompress).unwrap();
+        assert_eq!(streamed(&k), Some(false), "{}", k.unpacked);
+        assert_eq!(k.entry, KernelEntry::Linux64(0x20_0000));
+        let mut note = [0u8; 20];
+        mem.read_slice(&mut note, GuestAddress(0)).unwrap();
+        assert_eq!(note[..], vmlinux[note_off..note_off + 20]);
+    }
+
+    #[test]
+    fn a_payload_corrupt_midway_falls_back_to_the_guest() {
+        let mem = memory(32);
+        let (vmlinux, _) = big_vmlinux(9 << 20);
+        for mut payload in [compress::lz4_legacy(&vmlinux), compress::gzip(&vmlinux)] {
+            let mid = payload.len() / 2;
+            payload.truncate(mid);
+            let image = bzimage(&[0xcc; 0x400], &payload);
+            let k = load_bytes(&mem, &image, BootPath::HostDecompress).unwrap();
+            match k.unpacked {
+                Unpacked::GuestDecompress { why } => {
+                    assert!(why.contains("lz4") || why.contains("gzip"), "{why}")
+                }
+                other => panic!("{other}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_vmlinux_larger_than_memory_is_a_load_error_not_a_fallback() {
+        let mem = memory(16);
+        let (vmlinux, _) = big_vmlinux(20 << 20);
+        let image = bzimage(&[0xcc; 0x400], &compress::lz4_legacy(&vmlinux));
+        let e = load_bytes(&mem, &image, BootPath::HostDecompress).unwrap_err();
+        assert!(matches!(e, Error::Load(_)), "{e}");
+    }
+
     #[test]
     fn elf_without_pvh_note_uses_the_64bit_entry() {
         let mem = memory(16);
-        let k = load(&mem, &elf64(CODE, 0x20_0000, None), BootPath::default()).unwrap();
+        let k = load_bytes(&mem, &elf64(CODE, 0x20_0000, None), BootPath::default()).unwrap();
         assert_eq!(k.entry, KernelEntry::Linux64(0x20_0000));
         assert_eq!(k.unpacked, Unpacked::Elf);
         let mut got = [0u8; 5];
@@ -269,7 +467,7 @@ mod tests {
     #[test]
     fn pvh_note_is_preferred() {
         let mem = memory(16);
-        let k = load(
+        let k = load_bytes(
             &mem,
             &elf64(CODE, 0x20_0000, Some(0x20_0002)),
             BootPath::default(),
@@ -284,7 +482,7 @@ mod tests {
         let vmlinux = elf64(CODE, 0x20_0000, Some(0x20_0001));
         for payload in [compress::lz4_legacy(&vmlinux), compress::gzip(&vmlinux)] {
             let image = bzimage(&[0xcc; 0x400], &payload);
-            let k = load(&mem, &image, BootPath::HostDecompress).unwrap();
+            let k = load_bytes(&mem, &image, BootPath::HostDecompress).unwrap();
             assert_eq!(k.entry, KernelEntry::Pvh(0x20_0001));
             assert!(matches!(k.unpacked, Unpacked::HostDecompressed { .. }));
             assert!(k.setup_header.is_some());
@@ -298,7 +496,7 @@ mod tests {
             &[0xcc; 0x400],
             &compress::gzip(&elf64(CODE, 0x20_0000, None)),
         );
-        let k = load(&mem, &image, BootPath::GuestDecompress).unwrap();
+        let k = load_bytes(&mem, &image, BootPath::GuestDecompress).unwrap();
         assert_eq!(k.entry, KernelEntry::Linux64(HIMEM_START + 0x200));
         assert!(matches!(k.unpacked, Unpacked::GuestDecompress { .. }));
         let mut b = [0u8; 1];
@@ -311,7 +509,7 @@ mod tests {
     fn unreadable_payload_falls_back_to_the_guest() {
         let mem = memory(16);
         let lzo = [0x89, b'L', b'Z', b'O', 1, 2, 3, 4];
-        let k = load(
+        let k = load_bytes(
             &mem,
             &bzimage(&[0x90; 0x400], &lzo),
             BootPath::HostDecompress,
@@ -327,7 +525,7 @@ mod tests {
     fn bad_images_are_named() {
         let mem = memory(16);
         let err = |img: &[u8]| {
-            load(&mem, img, BootPath::default())
+            load_bytes(&mem, img, BootPath::default())
                 .unwrap_err()
                 .to_string()
         };

@@ -14,8 +14,10 @@ pub mod msrs;
 pub mod paging;
 pub mod params;
 pub mod regs;
+pub mod stream;
 
 use std::fs::File;
+use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
 use vm_memory::{Bytes, GuestAddress};
@@ -89,10 +91,19 @@ pub enum Error {
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 
+/// Where the kernel is read from.
+#[derive(Clone, Copy, Debug)]
+pub enum KernelImage<'a> {
+    /// An open file, read in place (never whole into memory).
+    File(&'a File),
+    /// An image made in memory (benchmarks, tests).
+    Bytes(&'a [u8]),
+}
+
 /// What the boot needs from the configuration.
 pub struct BootConfig<'a> {
     pub kernel_path: &'a Path,
-    pub kernel_image: &'a [u8],
+    pub kernel_image: KernelImage<'a>,
     pub initrd: Option<&'a Path>,
     pub cmdline: &'a str,
     pub boot_path: BootPath,
@@ -116,11 +127,14 @@ pub fn setup(
     layout: &MemoryLayout,
     cfg: &BootConfig,
 ) -> Result<BootSetup, Error> {
-    let kernel =
-        kernel::load(mem, cfg.kernel_image, cfg.boot_path).map_err(|source| Error::Kernel {
-            path: cfg.kernel_path.to_owned(),
-            source,
-        })?;
+    let kernel = match cfg.kernel_image {
+        KernelImage::File(mut file) => kernel::load(mem, &mut file, cfg.boot_path),
+        KernelImage::Bytes(bytes) => kernel::load(mem, &mut Cursor::new(bytes), cfg.boot_path),
+    }
+    .map_err(|source| Error::Kernel {
+        path: cfg.kernel_path.to_owned(),
+        source,
+    })?;
     let initrd = match cfg.initrd {
         Some(path) => Some(load_initrd(mem, layout, &kernel, path)?),
         None => None,
@@ -256,7 +270,7 @@ mod tests {
     fn cfg<'a>(image: &'a [u8], initrd: Option<&'a Path>, cmdline: &'a str) -> BootConfig<'a> {
         BootConfig {
             kernel_path: Path::new("test-kernel"),
-            kernel_image: image,
+            kernel_image: KernelImage::Bytes(image),
             initrd,
             cmdline,
             boot_path: BootPath::default(),

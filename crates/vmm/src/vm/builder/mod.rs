@@ -93,7 +93,7 @@ pub enum Error {
 }
 
 /// Checks what can be checked without KVM: sizes and files.
-fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
+fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, std::fs::File), Error> {
     if cfg.cpus == 0 {
         return Err(Error::NoCpus(cfg.cpus));
     }
@@ -116,10 +116,15 @@ fn check_inputs(cfg: &VmConfig) -> Result<(MemoryLayout, Vec<u8>), Error> {
             });
         }
     }
-    let image = std::fs::read(&cfg.kernel).map_err(|source| Error::KernelFile {
+    // Opened, not read: the loader reads it in place.
+    let kernel_err = |source| Error::KernelFile {
         path: cfg.kernel.clone(),
         source,
-    })?;
+    };
+    let image = std::fs::File::open(&cfg.kernel).map_err(kernel_err)?;
+    if !image.metadata().map_err(kernel_err)?.is_file() {
+        return Err(kernel_err(std::io::Error::other("not a regular file")));
+    }
     if let Some(initrd) = &cfg.initrd {
         let meta = std::fs::metadata(initrd).map_err(|source| Error::InitrdFile {
             path: initrd.clone(),
@@ -500,14 +505,18 @@ pub fn create(
 
 /// Steps 5-6: the kernel, initrd, command line, e820, ACPI and MP table
 /// go into guest memory, then the gate opens.
-pub fn boot(mut c: CreatedMachine, cfg: &VmConfig, kernel_image: &[u8]) -> Result<Machine, Error> {
+pub fn boot(
+    mut c: CreatedMachine,
+    cfg: &VmConfig,
+    kernel_image: &std::fs::File,
+) -> Result<Machine, Error> {
     // 5. Boot.
     let boot = boot::setup(
         &c.vm.memory,
         &c.layout,
         &BootConfig {
             kernel_path: &cfg.kernel,
-            kernel_image,
+            kernel_image: boot::KernelImage::File(kernel_image),
             initrd: cfg.initrd.as_deref(),
             cmdline: &c.cmdline,
             boot_path: cfg.boot_path,
