@@ -11,6 +11,7 @@ mod api;
 mod confine;
 mod dispatch;
 mod irqchip;
+mod kernel_memory;
 mod pfrepair;
 mod repstring;
 mod snapshot;
@@ -82,8 +83,9 @@ pub struct BenchArgs {
     /// Runs per figure (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
-    /// A bzImage for `boot`: time to the kernel banner with host-side and
-    /// with in-guest decompression.
+    /// A bzImage for `boot` (time to the kernel banner with host-side and
+    /// with in-guest decompression) and `memory` (peak memory while loading
+    /// it, against its vmlinux).
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Give up on a `boot` run after this many seconds.
@@ -526,6 +528,9 @@ pub fn main(args: BenchArgs) -> ExitCode {
         }
         if matches!(args.which, Which::All | Which::Memory) {
             bench_memory(&dir)?;
+            if let Some(kernel) = &args.kernel {
+                kernel_memory::bench_kernel_memory(&dir, kernel, args.runs)?;
+            }
         }
         if matches!(args.which, Which::All | Which::Blk) {
             virtio::bench_blk(&args, &dir)?;
