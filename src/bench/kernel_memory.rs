@@ -3,7 +3,8 @@
 //! bzImage (its payload decompressed on the host as it is loaded) and from
 //! the same kernel's vmlinux (read in place, the baseline: what loading
 //! costs with nothing to decompress). Each run is stopped by SIGTERM once
-//! the kernel is loaded, so the guest has touched little beyond it.
+//! the kernel is loaded, so the guest has touched little beyond it; its
+//! debug log's phase marks also give main() to the kernel loaded.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -26,11 +27,15 @@ pub(crate) fn bench_kernel_memory(dir: &Path, bzimage: &Path, runs: usize) -> Re
     drop((image, vmlinux));
 
     let (mut from_bz, mut from_elf, mut guest) = (vec![], vec![], vec![]);
+    let (mut bz_ms, mut elf_ms) = (vec![], vec![]);
     for _ in 0..runs.max(1) {
-        let (overhead, touched) = loaded_memory(bzimage)?;
-        from_bz.push(overhead);
-        guest.push(touched);
-        from_elf.push(loaded_memory(&elf)?.0);
+        let bz = loaded_memory(bzimage)?;
+        from_bz.push(bz.overhead_kib);
+        guest.push(bz.guest_kib);
+        bz_ms.push(bz.loaded_ms);
+        let elf = loaded_memory(&elf)?;
+        from_elf.push(elf.overhead_kib);
+        elf_ms.push(elf.loaded_ms);
     }
     let (bz, elf_kib) = (median(from_bz), median(from_elf));
     println!(
@@ -44,15 +49,25 @@ pub(crate) fn bench_kernel_memory(dir: &Path, bzimage: &Path, runs: usize) -> Re
         elf_kib / 1024.0,
         bz / elf_kib
     );
+    let (bz_ms, elf_ms) = (median(bz_ms), median(elf_ms));
+    println!(
+        "  main() to kernel loaded: bzImage {bz_ms:.1} ms   its vmlinux {elf_ms:.1} ms   ratio {:.2}",
+        bz_ms / elf_ms
+    );
     Ok(())
 }
 
-/// One `tsubame run` of `kernel`, stopped once it is loaded: (peak RSS
-/// beyond guest RAM, guest RAM touched), in KiB.
-fn loaded_memory(kernel: &Path) -> Result<(f64, f64), String> {
+struct Loaded {
+    overhead_kib: f64,
+    guest_kib: f64,
+    loaded_ms: f64,
+}
+
+/// One `tsubame run` of `kernel`, stopped once it is loaded.
+fn loaded_memory(kernel: &Path) -> Result<Loaded, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut child = Command::new(exe)
-        .args(["run", "--kernel"])
+        .args(["--log-level", "debug", "run", "--kernel"])
         .arg(kernel)
         .args(["--memory", "256", "--stats", "--cmdline", "console=ttyS0"])
         .stdin(Stdio::null())
@@ -75,5 +90,9 @@ fn loaded_memory(kernel: &Path) -> Result<(f64, f64), String> {
     }
     child.wait().map_err(|e| e.to_string())?;
     let figure = |name| number_after(&log, name).ok_or_else(|| format!("no {name} in: {log}"));
-    Ok((figure("VMM overhead")?, figure("guest RAM resident")?))
+    Ok(Loaded {
+        overhead_kib: figure("VMM overhead")?,
+        guest_kib: figure("guest RAM resident")?,
+        loaded_ms: figure("phase kernel loaded")?,
+    })
 }
