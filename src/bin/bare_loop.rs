@@ -2,12 +2,14 @@
 //! least a process can do to run a tiny guest on KVM. Open `/dev/kvm`,
 //! create a VM with 128 MiB of untouched anonymous memory, optionally the
 //! in-kernel irqchip and PIT (`--devices`), one vCPU in 64-bit mode with
-//! identity page tables, then `KVM_RUN` until the guest writes the ACPI
+//! identity page tables (and with `--vcpus N`, N-1 more, each created and
+//! given CPUID on a thread of its own, never run: what KVM and a thread
+//! cost per vCPU), then `KVM_RUN` until the guest writes the ACPI
 //! power-off port. COM1 bytes go to stdout. Closing the vCPU and the VM
 //! (KVM's teardown, what exit would do anyway) is timed and reported on
 //! stderr as `teardown MS ms`.
 //!
-//! Usage: `tsubame-bare-loop CODE [--devices] [--mem-mib N]`, where CODE is
+//! Usage: `tsubame-bare-loop CODE [--devices] [--mem-mib N] [--vcpus N]`, where CODE is
 //! flat 64-bit code to load and enter at 1 MiB. No Tsubame code is used on
 //! purpose.
 
@@ -38,8 +40,8 @@ fn run() -> Result<(), String> {
     let mut args = std::env::args().skip(1);
     let code_path = args
         .next()
-        .ok_or("usage: tsubame-bare-loop CODE [--devices] [--mem-mib N]")?;
-    let (mut devices, mut mem_mib) = (false, 128usize);
+        .ok_or("usage: tsubame-bare-loop CODE [--devices] [--mem-mib N] [--vcpus N]")?;
+    let (mut devices, mut mem_mib, mut vcpus) = (false, 128usize, 1u64);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--devices" => devices = true,
@@ -49,6 +51,13 @@ fn run() -> Result<(), String> {
                     .and_then(|n| n.parse().ok())
                     .filter(|&n| (2..=1 << 20).contains(&n))
                     .ok_or("--mem-mib: expected a size from 2 to 1048576")?
+            }
+            "--vcpus" => {
+                vcpus = args
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|&n| (1..=255).contains(&n))
+                    .ok_or("--vcpus: expected a count from 1 to 255")?
             }
             other => return Err(format!("unknown argument '{other}'")),
         }
@@ -116,6 +125,25 @@ fn run() -> Result<(), String> {
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
         .map_err(e("KVM_GET_SUPPORTED_CPUID"))?;
     vcpu.set_cpuid2(&cpuid).map_err(e("KVM_SET_CPUID2"))?;
+    let others = std::thread::scope(|s| {
+        let threads: Vec<_> = (1..vcpus)
+            .map(|id| {
+                let (vm, cpuid) = (&vm, &cpuid);
+                s.spawn(move || {
+                    let vcpu = vm.create_vcpu(id).map_err(e("KVM_CREATE_VCPU"))?;
+                    vcpu.set_cpuid2(cpuid).map_err(e("KVM_SET_CPUID2"))?;
+                    Ok::<_, String>(vcpu)
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .map(|t| {
+                t.join()
+                    .unwrap_or_else(|_| Err("a vCPU thread panicked".into()))
+            })
+            .collect::<Result<Vec<_>, String>>()
+    })?;
     let mut sregs = vcpu.get_sregs().map_err(e("KVM_GET_SREGS"))?;
     sregs.cr3 = PML4;
     sregs.cr4 = 1 << 5; // PAE
@@ -165,6 +193,7 @@ fn run() -> Result<(), String> {
     }
     let closing = std::time::Instant::now();
     drop(vcpu);
+    drop(others);
     drop(vm);
     eprintln!("teardown {:.3} ms", closing.elapsed().as_secs_f64() * 1e3);
     Ok(())
