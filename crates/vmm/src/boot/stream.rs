@@ -59,8 +59,9 @@ struct Kept {
 impl Kept {
     /// Copies what of `chunk` (the stream's bytes from `at`) falls in this range.
     fn record(&mut self, at: u64, chunk: &[u8]) {
-        let have = self.start + self.bytes.len() as u64;
-        let end = self.start + self.len;
+        // start and len come from the image: saturate, never overflow.
+        let have = self.start.saturating_add(self.bytes.len() as u64);
+        let end = self.start.saturating_add(self.len);
         let chunk_end = at + chunk.len() as u64;
         if have >= end || chunk_end <= have || at > have {
             return;
@@ -72,7 +73,7 @@ impl Kept {
 
     /// The kept bytes from `pos` on, if `pos` is in the part kept so far.
     fn at(&self, pos: u64) -> Option<&[u8]> {
-        let have = self.start + self.bytes.len() as u64;
+        let have = self.start.saturating_add(self.bytes.len() as u64);
         (pos >= self.start && pos < have).then(|| &self.bytes[(pos - self.start) as usize..])
     }
 }
@@ -111,9 +112,9 @@ impl<R: BufRead> ForwardReader<R> {
             r.kept[0].len = head;
             r.pass_to(head);
             let head = std::mem::take(&mut r.kept[0].bytes);
-            let mut notes = 0;
+            let mut notes = 0u64;
             for (start, len) in notes_of(&head) {
-                notes += len;
+                notes = notes.saturating_add(len);
                 if notes <= MAX_KEPT_NOTES {
                     r.kept.push(Kept {
                         start,
