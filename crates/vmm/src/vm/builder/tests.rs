@@ -34,6 +34,13 @@ fn missing_files_are_named() {
     c.initrd = Some("/tmp".into());
     let e = check_inputs(&c).unwrap_err().to_string();
     assert!(e.contains("not a regular file"), "{e}");
+    // The kernel is read in place (seeked), so it must be a file too.
+    let c = VmConfig::new("/tmp");
+    let e = check_inputs(&c).unwrap_err().to_string();
+    assert!(
+        e.contains("/tmp") && e.contains("not a regular file"),
+        "{e}"
+    );
 }
 
 #[test]
