@@ -377,7 +377,7 @@ mod tests {
     }
 
     #[test]
-    fn every_supported_format_round_trips() {
+    fn every_supported_format_round_trips_whole_and_streamed() {
         let data = sample();
         let small = &data[..200_000];
         for (want, packed, original) in [
@@ -391,27 +391,16 @@ mod tests {
             let (format, out) = decompress(&packed).unwrap_or_else(|e| panic!("{want}: {e}"));
             assert_eq!(format, want);
             assert!(out == original, "{want}: output differs");
+            // lzma-rs writes rather than is read: those two stay whole.
+            let streams = !matches!(format, Compression::Xz | Compression::Lzma);
+            let reader = stream(format, &packed[..], packed.len() as u64).unwrap();
+            assert_eq!(reader.is_some(), streams, "{format}");
+            if let Some(mut r) = reader {
+                let mut out = Vec::new();
+                r.read_to_end(&mut out).unwrap();
+                assert!(out == original, "{format}: streamed output differs");
+            }
         }
-    }
-
-    #[test]
-    fn streamed_formats_give_the_same_bytes() {
-        let data = sample();
-        let small = &data[..200_000];
-        for (format, packed, original) in [
-            (Compression::Lz4, compress::lz4_legacy(&data), &data[..]),
-            (Compression::Gzip, compress::gzip(&data), &data[..]),
-            (Compression::Zstd, compress::zstd(small), small),
-            (Compression::Bzip2, compress::bzip2(small), small),
-        ] {
-            let mut r = stream(format, &packed[..], packed.len() as u64)
-                .unwrap()
-                .unwrap_or_else(|| panic!("{format} is not streamed"));
-            let mut out = Vec::new();
-            r.read_to_end(&mut out).unwrap();
-            assert!(out == original, "{format}: output differs");
-        }
-        assert!(stream(Compression::Xz, &[][..], 0).unwrap().is_none());
     }
 
     #[test]
