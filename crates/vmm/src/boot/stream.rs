@@ -107,15 +107,13 @@ impl<R: BufRead> ForwardReader<R> {
             failure: None,
         };
         r.pass_to(EHDR_SIZE as u64);
-        let ehdr = r.kept[0].bytes.clone();
-        if let Some(head) = program_headers_end(&ehdr) {
-            r.kept[0].len = head;
-            r.pass_to(head);
-            let head = std::mem::take(&mut r.kept[0].bytes);
-            let mut notes = 0u64;
-            for (start, len) in notes_of(&head) {
-                notes = notes.saturating_add(len);
-                if notes <= MAX_KEPT_NOTES {
+        if let Some(end) = program_headers_end(r.head()) {
+            r.kept[0].len = end;
+            r.pass_to(end);
+            let mut total = 0u64;
+            for (start, len) in notes_of(r.head()) {
+                total = total.saturating_add(len);
+                if total <= MAX_KEPT_NOTES {
                     r.kept.push(Kept {
                         start,
                         len,
@@ -123,7 +121,6 @@ impl<R: BufRead> ForwardReader<R> {
                     });
                 }
             }
-            r.kept[0].bytes = head;
         }
         r
     }
@@ -265,31 +262,39 @@ impl<R: BufRead> Seek for ForwardReader<R> {
     }
 }
 
+/// `n` (at most 8) little-endian bytes of `b` at `at`, if it has them.
+fn le(b: &[u8], at: usize, n: usize) -> Option<u64> {
+    let bytes = b.get(at..at.checked_add(n)?)?;
+    Some(bytes.iter().rev().fold(0, |v, &x| v << 8 | u64::from(x)))
+}
+
+/// An ELF64 header's program-header table: (offset, entry size, count).
+fn program_headers(ehdr: &[u8]) -> Option<(u64, u64, u64)> {
+    if !ehdr.starts_with(b"\x7fELF") || ehdr.get(4) != Some(&2) {
+        return None;
+    }
+    Some((le(ehdr, 0x20, 8)?, le(ehdr, 0x36, 2)?, le(ehdr, 0x38, 2)?))
+}
+
 /// Where an ELF64 file's program headers end, from its header; `None` if
 /// `ehdr` is not one or they lie beyond [`MAX_HEAD`].
 fn program_headers_end(ehdr: &[u8]) -> Option<u64> {
-    if ehdr.len() < EHDR_SIZE || !ehdr.starts_with(b"\x7fELF") || ehdr[4] != 2 {
-        return None;
-    }
-    let phoff = u64::from_le_bytes(ehdr[0x20..0x28].try_into().ok()?);
-    let phentsize = u16::from_le_bytes([ehdr[0x36], ehdr[0x37]]);
-    let phnum = u16::from_le_bytes([ehdr[0x38], ehdr[0x39]]);
-    let end = phoff.checked_add(u64::from(phentsize) * u64::from(phnum))?;
+    let (phoff, phentsize, phnum) = program_headers(ehdr)?;
+    let end = phoff.checked_add(phentsize * phnum)?;
     (phentsize >= 56 && phoff >= EHDR_SIZE as u64 && end <= MAX_HEAD).then_some(end)
 }
 
 /// The (offset, size) of each PT_NOTE segment, from the program headers in
 /// `head` (the file's first bytes, up to their end).
 fn notes_of(head: &[u8]) -> Vec<(u64, u64)> {
-    let word = |at: usize| u64::from_le_bytes(head[at..at + 8].try_into().unwrap());
-    let phoff = word(0x20) as usize;
-    let phentsize = u16::from_le_bytes([head[0x36], head[0x37]]) as usize;
-    let phnum = u16::from_le_bytes([head[0x38], head[0x39]]) as usize;
+    let Some((phoff, phentsize, phnum)) = program_headers(head) else {
+        return Vec::new();
+    };
+    // Entries outside `head` are skipped: p + 32 cannot overflow.
     (0..phnum)
-        .map(|i| phoff + i * phentsize)
-        .filter(|&p| p + 56 <= head.len())
-        .filter(|&p| u32::from_le_bytes(head[p..p + 4].try_into().unwrap()) == PT_NOTE)
-        .map(|p| (word(p + 8), word(p + 32)))
+        .filter_map(|i| usize::try_from(phoff.checked_add(i * phentsize)?).ok())
+        .filter(|&p| p < head.len() && le(head, p, 4) == Some(u64::from(PT_NOTE)))
+        .filter_map(|p| Some((le(head, p + 8, 8)?, le(head, p + 32, 8)?)))
         .collect()
 }
 

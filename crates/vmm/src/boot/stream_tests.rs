@@ -109,3 +109,18 @@ fn limits_and_decompressor_errors_stop_the_stream_by_name() {
     assert!(matches!(r.failure(), Some(Failure::Decompress(_))));
     assert!(r.seek(SeekFrom::End(0)).is_err());
 }
+
+#[test]
+fn a_note_ending_past_the_address_space_does_not_overflow() {
+    // The PT_NOTE header (the second) claims a small note ending past
+    // u64::MAX; the file itself is intact.
+    let mut elf = elf64(&[0x90; 300], 0x20_0000, Some(0x20_0010));
+    let note = 64 + 56;
+    elf[note + 8..note + 16].copy_from_slice(&(u64::MAX - 8).to_le_bytes());
+    elf[note + 32..note + 40].copy_from_slice(&100u64.to_le_bytes());
+    let mut r = reader(&elf, 5);
+    let mut all = Vec::new();
+    r.read_to_end(&mut all).unwrap();
+    assert_eq!(all, elf);
+    assert!(r.failure().is_none());
+}
