@@ -26,7 +26,7 @@ impl<'a> Variant<'a> {
 
 /// (wall ms, peak RSS KiB) of one run.
 fn one(args: &[&str]) -> Result<(f64, f64), String> {
-    let (_, err, wall) = child_run(args)?;
+    let (err, wall) = child_run(args)?;
     let rss = number_after(&err, "peak RSS").ok_or("no peak RSS line")?;
     Ok((wall.as_secs_f64() * 1e3, rss))
 }

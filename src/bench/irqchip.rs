@@ -101,7 +101,7 @@ fn children_cpu_us() -> f64 {
 fn ticks_run(kernel: &str, mode: IrqchipMode, ticks: u32) -> Result<(f64, f64, f64), String> {
     let before = children_cpu_us();
     let start = Instant::now();
-    let (_, err, _) = super::child_run(&[
+    let (err, _) = super::child_run(&[
         "run",
         "--kernel",
         kernel,

@@ -6,10 +6,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::process::Command;
 
-use super::{child_run, hello_code, median, number_after, write_guest, BenchArgs};
+use super::{child_run, hello_code, median, number_after, timed_output, write_guest, BenchArgs};
 
 /// `tsubame-bare-loop`, built beside `tsubame` by the same `cargo build`.
 fn bare_loop_exe() -> Result<PathBuf, String> {
@@ -33,16 +32,8 @@ fn bare_run(exe: &Path, code: &Path, extra: &[&str]) -> Result<f64, String> {
 /// The same, with the part of it its VM's teardown took (closing the vCPU
 /// and VM fds, as the bare loop reports it).
 fn bare_run_teardown(exe: &Path, code: &Path, extra: &[&str]) -> Result<(f64, f64), String> {
-    let start = Instant::now();
-    let mut cmd = Command::new(exe);
-    cmd.arg(code).args(extra);
-    let out = cmd
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .stdout(Stdio::piped())
-        .output()
-        .map_err(|e| format!("{}: {e}", exe.display()))?;
-    let took = start.elapsed().as_secs_f64() * 1e3;
+    let (out, took) = timed_output(Command::new(exe).arg(code).args(extra))?;
+    let took = took.as_secs_f64() * 1e3;
     if !out.status.success() || out.stdout != b"T\n" {
         return Err(format!(
             "bare loop failed ({}): {}",
@@ -68,7 +59,7 @@ fn vm_teardown(log: &str) -> Option<f64> {
 fn tsubame_run(elf: &str, extra: &[&str]) -> Result<(f64, String), String> {
     let mut args = vec!["run", "--kernel", elf];
     args.extend_from_slice(extra);
-    let (_, err, wall) = child_run(&args)?;
+    let (err, wall) = child_run(&args)?;
     Ok((wall.as_secs_f64() * 1e3, err))
 }
 
