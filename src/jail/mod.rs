@@ -73,7 +73,14 @@ fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
-fn limits(specs: &[String]) -> Result<Vec<(libc::__rlimit_resource_t, u64)>, String> {
+/// setrlimit(2)'s resource: an enum type of its own in glibc, an int in
+/// musl.
+#[cfg(target_env = "gnu")]
+type Resource = libc::__rlimit_resource_t;
+#[cfg(not(target_env = "gnu"))]
+type Resource = libc::c_int;
+
+fn limits(specs: &[String]) -> Result<Vec<(Resource, u64)>, String> {
     let mut out = vec![(libc::RLIMIT_NOFILE, 2048)];
     for s in specs {
         let (name, n) = s

@@ -39,10 +39,10 @@ fn link_up(name: &str) -> Result<(), String> {
     }
     // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass.
     let rc = unsafe {
-        let mut rc = libc::ioctl(s, libc::SIOCGIFFLAGS, &mut req);
+        let mut rc = libc::ioctl(s, libc::SIOCGIFFLAGS as _, &mut req);
         if rc == 0 {
             req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            rc = libc::ioctl(s, libc::SIOCSIFFLAGS, &req);
+            rc = libc::ioctl(s, libc::SIOCSIFFLAGS as _, &req);
         }
         libc::close(s);
         rc

@@ -129,8 +129,19 @@ pub struct Wakeup {
     woken: Mutex<Woken>,
     changed: Condvar,
     /// The vCPU thread while it runs its loop.
-    thread: Mutex<Option<libc::pthread_t>>,
+    thread: Mutex<Option<Pthread>>,
 }
+
+/// A thread's `pthread_t`, only ever compared and signalled. musl's is a
+/// pointer (glibc's an integer), which Rust does not let cross threads by
+/// itself.
+#[derive(Clone, Copy)]
+struct Pthread(libc::pthread_t);
+
+// SAFETY: a pthread_t is an opaque handle, not memory this code reads or
+// writes; it is only passed to pthread_equal and pthread_kill, which any
+// thread of the process may call with it.
+unsafe impl Send for Pthread {}
 
 impl Wakeup {
     /// Wakes a waiter and kicks the registered thread out of KVM_RUN.
@@ -139,7 +150,7 @@ impl Wakeup {
             return;
         }
         let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(t) = *thread {
+        if let Some(Pthread(t)) = *thread {
             // SAFETY: pthread_self has no preconditions; `t` is a live
             // thread: it clears this entry (under this lock) before it
             // ends. The vCPU itself (an EOI it wrote) needs no kick: it
@@ -175,7 +186,7 @@ impl Wakeup {
     pub fn register(self: &Arc<Self>) -> WakeupRegistration {
         // SAFETY: pthread_self has no preconditions.
         let me = unsafe { libc::pthread_self() };
-        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(me);
+        *self.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pthread(me));
         WakeupRegistration(self.clone())
     }
 }
