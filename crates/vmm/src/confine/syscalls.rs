@@ -34,6 +34,8 @@ const COMMON: &[i64] = &[
     libc::SYS_gettid,
     libc::SYS_getpid,
     libc::SYS_tgkill,
+    // musl's pthread_kill (a vCPU's kick).
+    libc::SYS_tkill,
     libc::SYS_prctl,
     libc::SYS_restart_syscall,
     libc::SYS_rseq,
@@ -50,9 +52,14 @@ const VMM: &[i64] = &[
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_openat,
+    // musl's open().
+    libc::SYS_open,
     libc::SYS_newfstatat,
     libc::SYS_fstat,
     libc::SYS_statx,
+    // musl's stat() and lstat() (Rust's std uses statx only with glibc).
+    libc::SYS_stat,
+    libc::SYS_lstat,
     libc::SYS_lseek,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
@@ -123,6 +130,9 @@ const DEVICE: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_fstat,
     libc::SYS_statx,
+    // musl's stat() and lstat() (Rust's std uses statx only with glibc).
+    libc::SYS_stat,
+    libc::SYS_lstat,
     // virtio-blk's batched reads; the ring itself can only read.
     libc::SYS_io_uring_enter,
 ];

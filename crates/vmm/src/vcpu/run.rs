@@ -72,6 +72,9 @@ impl Vcpu {
     }
 
     /// Runs until the vCPU is asked to exit or the machine stops.
+    /// A function of its own in every build (called once per thread):
+    /// profiles and tests/startup_layout.rs find it by name.
+    #[inline(never)]
     pub fn run_loop(mut self) -> VcpuOutcome {
         if self.id == 0 {
             self.ready.lifecycle.mark_first_run();

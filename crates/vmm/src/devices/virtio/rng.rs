@@ -22,9 +22,19 @@ pub fn host_random(buf: &mut [u8]) -> std::io::Result<()> {
     let mut filled = 0;
     while filled < buf.len() {
         let rest = &mut buf[filled..];
-        // SAFETY: getrandom writes at most `rest.len()` bytes into `rest`,
-        // which we own mutably.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        // The system call, not libc's wrapper: on musl, std declares
+        // `getrandom` weak, and under LTO that left this call's symbol
+        // unresolved (a jump to address 0).
+        // SAFETY: getrandom(2) writes at most `rest.len()` bytes into
+        // `rest`, which we own mutably.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getrandom,
+                rest.as_mut_ptr(),
+                rest.len(),
+                0 as libc::c_uint,
+            )
+        };
         if n < 0 {
             let e = std::io::Error::last_os_error();
             if e.kind() == std::io::ErrorKind::Interrupted {
