@@ -1,11 +1,8 @@
 //! Link-time layout of the `tsubame` binaries (see link/startup.ld).
 //!
-//! Both options need a linker that takes the script and packs relative
-//! relocations: for musl (the default target, .cargo/config.toml) the
-//! system's GNU ld (2.38 or later), through `cc`; for glibc rustc's own
-//! LLD, its default linker for x86_64-unknown-linux-gnu since 1.90.
-//! Elsewhere they are left out and the binary is only larger in memory,
-//! not different in behaviour.
+//! Both options need LLD, which rustc uses by default for
+//! x86_64-unknown-linux-gnu since 1.90; elsewhere they are left out and
+//! the binary is only larger in memory, not different in behaviour.
 use std::path::Path;
 use std::process::Command;
 
@@ -14,25 +11,17 @@ fn main() {
     println!("cargo:rerun-if-changed={}", layout.display());
     println!("cargo:rerun-if-changed=build.rs");
     let target = std::env::var("TARGET").unwrap_or_default();
-    let layout_linker = match target.as_str() {
-        "x86_64-unknown-linux-musl" => true,
-        "x86_64-unknown-linux-gnu" => rustc_links_with_lld(),
-        _ => false,
-    };
-    if !layout_linker {
-        println!(
-            "cargo:warning=target {target}: start-up code is not grouped (more resident memory)"
-        );
+    if target != "x86_64-unknown-linux-gnu" || !rustc_links_with_lld() {
+        println!("cargo:warning=not linking with LLD: start-up code is not grouped (more resident memory)");
         return;
     }
     // Start-up code side by side: the kernel maps text 64 KiB around each
     // fault, so scattered start-up code makes almost all text resident.
     // The script only adds a section before .text (INSERT): the rest of
-    // the layout stays the linker's own.
+    // the layout stays LLD's own.
     println!("cargo:rustc-link-arg-bins=-Wl,-T,{}", layout.display());
-    // Relative relocations packed (DT_RELR: musl >= 1.2.4, Rust's is
-    // 1.2.5; glibc >= 2.36): the static PIE carries ~1-8 KiB instead of
-    // ~150 KiB of them, all read at start-up.
+    // Relative relocations packed (DT_RELR, glibc >= 2.36): the static PIE
+    // carries ~8 KiB instead of ~150 KiB of them, all read at start-up.
     println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
 }
 

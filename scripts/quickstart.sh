@@ -10,9 +10,8 @@ if ! ls /boot/vmlinuz-*-cloud-amd64 >/dev/null 2>&1 || [ ! -x /bin/busybox ]; th
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq linux-image-cloud-amd64 busybox-static
 fi
-rustup target add x86_64-unknown-linux-musl
 cargo build --release
 scripts/mkinitramfs.sh target/initramfs.cpio
 kernel=$(ls /boot/vmlinuz-*-cloud-amd64 | sort -V | tail -n 1)
-exec target/x86_64-unknown-linux-musl/release/tsubame run --kernel "$kernel" --initrd target/initramfs.cpio \
+exec target/x86_64-unknown-linux-gnu/release/tsubame run --kernel "$kernel" --initrd target/initramfs.cpio \
     --cpus 2 --memory 256 "$@"

@@ -13,8 +13,8 @@ for tool in gdb curl nm python3; do
 done
 
 cargo build --release --bins -p tsubame -p tsubame-test-guests
-bin=target/x86_64-unknown-linux-musl/release/tsubame
-guest=$(ls -t target/x86_64-unknown-linux-musl/release/build/tsubame-test-guests-*/out/hello64 | head -1)
+bin=target/x86_64-unknown-linux-gnu/release/tsubame
+guest=$(ls -t target/x86_64-unknown-linux-gnu/release/build/tsubame-test-guests-*/out/hello64 | head -1)
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 

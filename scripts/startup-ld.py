@@ -20,11 +20,7 @@ import re
 import subprocess
 import sys
 
-# The C library Tsubame links: musl, from the Rust toolchain's own copy.
-SYSROOT = subprocess.run(["rustc", "--print", "sysroot"], capture_output=True,
-                         text=True).stdout.strip()
-MUSL = SYSROOT + "/lib/rustlib/x86_64-unknown-linux-musl/lib/self-contained/"
-ARCHIVES = [MUSL + "libc.a", MUSL + "rcrt1.o",
+ARCHIVES = ["/usr/lib/x86_64-linux-gnu/libc.a", "/usr/lib/x86_64-linux-gnu/rcrt1.o",
             *glob.glob("/usr/lib/gcc/x86_64-linux-gnu/*/libgcc*.a")]
 
 args = sys.argv[1:]
@@ -46,7 +42,7 @@ member = {}
 for archive in ARCHIVES:
     nm = subprocess.run(["nm", "-A", "--defined-only", archive], capture_output=True, text=True)
     for line in nm.stdout.splitlines():
-        m = re.match(r"^.*?:(?:(\S+\.l?o):)?\s*[0-9a-f]*\s+[tTwWiI]\s+(\S+)$", line)
+        m = re.match(r"^.*?:(?:(\S+\.o):)?\s*[0-9a-f]*\s+[tTwWiI]\s+(\S+)$", line)
         if m:
             file = archive.rsplit("/", 1)[1]
             member.setdefault(m.group(2), file + (":" + m.group(1) if m.group(1) else ""))

@@ -253,13 +253,3 @@ pub(crate) fn finish(f: Finish, stats: bool) -> ExitCode {
     vmm::trace::report();
     ExitCode::from(code as u8)
 }
-
-/// musl's own allocator maps and unmaps small groups of slots as they
-/// fill and empty, and in a process with several threads each unmap is a
-/// TLB shootdown: an interrupt to every CPU the process ran on, which a
-/// nested host makes costly (a tiny guest's run: 50 munmaps against 9,
-/// and no faster than with glibc). dlmalloc, the allocator Rust's std
-/// uses on wasm, keeps what is freed for reuse.
-#[cfg(target_env = "musl")]
-#[global_allocator]
-static ALLOC: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
