@@ -5,7 +5,6 @@
 //! in the same run.
 
 use std::path::Path;
-use std::time::Instant;
 
 use iced_x86::code_asm::*;
 use vmm::irqchip::IrqchipMode;
@@ -100,8 +99,7 @@ fn children_cpu_us() -> f64 {
 /// second, ms of wall time).
 fn ticks_run(kernel: &str, mode: IrqchipMode, ticks: u32) -> Result<(f64, f64, f64), String> {
     let before = children_cpu_us();
-    let start = Instant::now();
-    let (err, _) = super::child_run(&[
+    let (err, wall) = super::child_run(&[
         "run",
         "--kernel",
         kernel,
@@ -109,7 +107,7 @@ fn ticks_run(kernel: &str, mode: IrqchipMode, ticks: u32) -> Result<(f64, f64, f
         mode.name(),
         "--stats",
     ])?;
-    let wall = start.elapsed().as_secs_f64();
+    let wall = wall.as_secs_f64();
     let cpu = children_cpu_us() - before;
     let exits = super::number_after(&err, "vCPU 0:").ok_or("no exit count in --stats")?;
     Ok((cpu / f64::from(ticks), exits / wall, wall * 1e3))

@@ -265,7 +265,7 @@ fn scaling(elf: &str, bare: &Path, raw: &Path, runs: usize) -> Result<(), String
     // metadata, made and freed in ioctls Tsubame cannot skip: Tsubame's
     // own share is its growth beyond the bare loop's with the same
     // devices, each process's VM teardown taken out.
-    let (b1, b16) = (median(bare_one.clone()), median(bare_big_dev));
+    let (b1, b16) = (median(bare_one), median(bare_big_dev));
     let own = (u[1] - u[0]) - (b16 - b1);
     println!(
         "    16 GiB against 128 MiB, VM teardown taken out: tsubame {:+.2} ms, the bare loop with the same devices {:+.2} ms; Tsubame's own {own:+.2} ms = {:+.1} % of its 128 MiB start",
@@ -277,7 +277,7 @@ fn scaling(elf: &str, bare: &Path, raw: &Path, runs: usize) -> Result<(), String
         "    each vCPU beyond the first: {:+.3} ms spawn to exit (goal <= 0.5 ms); without the VM's teardown {:+.3} ms, the bare loop's {:+.3} ms (KVM's and a thread's own: each vCPU created and given CPUID on a thread, never run)",
         (m[2] - m[0]) / 31.0,
         (u[2] - u[0]) / 31.0,
-        (median(bare_many) - median(bare_one)) / 31.0
+        (median(bare_many) - b1) / 31.0
     );
     Ok(())
 }
