@@ -34,8 +34,6 @@ const COMMON: &[i64] = &[
     libc::SYS_gettid,
     libc::SYS_getpid,
     libc::SYS_tgkill,
-    // musl's pthread_kill (a vCPU's kick).
-    libc::SYS_tkill,
     libc::SYS_prctl,
     libc::SYS_restart_syscall,
     libc::SYS_rseq,
@@ -52,14 +50,9 @@ const VMM: &[i64] = &[
     libc::SYS_poll,
     libc::SYS_ppoll,
     libc::SYS_openat,
-    // musl's open().
-    libc::SYS_open,
     libc::SYS_newfstatat,
     libc::SYS_fstat,
     libc::SYS_statx,
-    // musl's stat() and lstat() (Rust's std uses statx only with glibc).
-    libc::SYS_stat,
-    libc::SYS_lstat,
     libc::SYS_lseek,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
@@ -130,14 +123,34 @@ const DEVICE: &[i64] = &[
     libc::SYS_newfstatat,
     libc::SYS_fstat,
     libc::SYS_statx,
-    // musl's stat() and lstat() (Rust's std uses statx only with glibc).
-    libc::SYS_stat,
-    libc::SYS_lstat,
     // virtio-blk's batched reads; the ring itself can only read.
     libc::SYS_io_uring_enter,
 ];
 
 const CONSOLE: &[i64] = &[libc::SYS_writev, libc::SYS_poll];
+
+/// musl's forms of calls the lists above name in glibc's: its
+/// pthread_kill (a vCPU's kick) makes `tkill`, its open() `open`, and its
+/// stat() and lstat() (Rust's std uses statx only with glibc) `stat` and
+/// `lstat`. Allowed only where they are made, in a musl build.
+#[cfg(target_env = "musl")]
+fn musl_forms(kind: ThreadKind) -> &'static [i64] {
+    match kind {
+        ThreadKind::Vmm => &[
+            libc::SYS_tkill,
+            libc::SYS_open,
+            libc::SYS_stat,
+            libc::SYS_lstat,
+        ],
+        ThreadKind::Device => &[libc::SYS_tkill, libc::SYS_stat, libc::SYS_lstat],
+        _ => &[libc::SYS_tkill],
+    }
+}
+
+#[cfg(not(target_env = "musl"))]
+fn musl_forms(_: ThreadKind) -> &'static [i64] {
+    &[]
+}
 
 /// `ioctl` request types (bits 8-15): KVM's and the tun driver's.
 const KVMIO: u64 = 0xae;
@@ -207,7 +220,7 @@ pub fn allowed(kind: ThreadKind) -> Result<Rules, seccompiler::BackendError> {
         ThreadKind::Device => (DEVICE, vec![ioctl_exact(FIONBIO)?, ioctl_type(TUNIO)?]),
         ThreadKind::Console => (CONSOLE, Vec::new()),
     };
-    for &nr in COMMON.iter().chain(own) {
+    for &nr in COMMON.iter().chain(own).chain(musl_forms(kind)) {
         rules.insert(nr, Vec::new());
     }
     if !ioctls.is_empty() {
