@@ -163,18 +163,20 @@ fn net_run(tap_name: &str) -> Result<NetFigures, String> {
     mem.write_slice(&vec![0u8; NET_BATCH * 4096], GuestAddress(RAW_RX_BUFS))
         .map_err(err)?;
     // The raw reads use as many distinct buffers as the device fills.
-    let host = |gpa: u64, len: usize| {
-        use vm_memory::{GuestMemoryBackend, GuestMemoryRegion};
-        let (region, at) = mem
-            .to_region_addr(GuestAddress(gpa))
-            .filter(|(r, at)| at.0 + len as u64 <= r.len())
-            .ok_or_else(|| format!("{gpa:#x}+{len} is outside the bench's guest RAM"))?;
-        region.get_host_address(at).map_err(err)
-    };
+    // Host pointers as the device takes them (HostRam, the receive
+    // buffers marked dirty as its iovecs are).
+    let ram = vmm::devices::virtio::ram::HostRam::new(&mem);
+    let outside = |gpa: u64| format!("{gpa:#x} is outside the bench's guest RAM");
     let scratch = (0..NET_BATCH as u64)
-        .map(|i| host(RAW_RX_BUFS + i * 4096, 4096))
+        .map(|i| RAW_RX_BUFS + i * 4096)
+        .map(|gpa| {
+            ram.host_ptr_for_write(gpa, 4096)
+                .ok_or_else(|| outside(gpa))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let tx_frame = host(TX_BUF, frame.len())?;
+    let tx_frame = ram
+        .host_ptr(TX_BUF, frame.len())
+        .ok_or_else(|| outside(TX_BUF))?;
     raw_drain(fd, &scratch); // the host stack's own first frames
     let mut f = NetFigures {
         dev_tx: 0.0,
